@@ -1,0 +1,140 @@
+"""The one protocol every model host speaks, and the errors a worker acts on.
+
+Error classes map to what the worker does next (see DESIGN.md, "Fallback"):
+
+================  ==================================================
+HostDown          mark the breaker, fall back to the next tier
+RateLimited       wait ``retry_after`` if within budget, else fall back
+QuotaExhausted    open the breaker hard (no retry), fall back
+ContextTooLong    fall back to a host with a larger window
+BadRequest        fail the job with the host's message (no fallback)
+AuthError         configuration error: fail, alert
+ModelNotFound     configuration error: fail, alert
+================  ==================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, Field
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+    images: list[str] = Field(default_factory=list)  # base64, no data: prefix
+
+
+class CompletionRequest(BaseModel):
+    model: str
+    messages: list[ChatMessage]
+    max_tokens: int | None = None
+    temperature: float | None = 0.0
+    json_output: bool = False
+    # Used by hosts whose jobs outlive a request (Runpod) to resume instead of paying twice.
+    job_id: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Completion(BaseModel):
+    text: str
+    model: str
+    host: str
+    tokens_in: int | None = None  # as reported by the host; None when it reports none
+    tokens_out: int | None = None
+    latency_s: float = 0.0
+    finish_reason: str | None = None  # "stop", "length", ...
+    simulated: bool = False
+    external_id: str | None = None  # e.g. the Runpod job id
+    billed_seconds: float | None = None  # Runpod executionTime, for per-second billing
+
+
+class HostHealth(BaseModel):
+    host: str
+    ok: bool
+    latency_s: float = 0.0
+    detail: str = ""
+    models: list[str] = Field(default_factory=list)
+    model_present: bool | None = None
+    load: dict[str, Any] = Field(default_factory=dict)  # Runpod: workers and jobs in queue
+    simulated: bool = False
+
+
+class BackendError(Exception):
+    """A host failed a request. ``host`` names it; the message is the host's own."""
+
+    fallback: bool = True  # whether trying another place may help
+
+    def __init__(self, host: str, message: str, *, status: int | None = None) -> None:
+        super().__init__(f"{host}: {message}")
+        self.host = host
+        self.message = message
+        self.status = status
+
+
+class HostDown(BackendError):
+    """Connection refused, timeout, 5xx, 503 busy."""
+
+
+class RateLimited(BackendError):
+    def __init__(
+        self, host: str, message: str, *, retry_after: float | None = None, status: int = 429
+    ) -> None:
+        super().__init__(host, message, status=status)
+        self.retry_after = retry_after
+
+
+class QuotaExhausted(BackendError):
+    """Billing quota gone: retrying here is pointless until someone pays."""
+
+
+class ContextTooLong(BackendError):
+    """The prompt does not fit this host's window: only a larger window helps."""
+
+
+class BadRequest(BackendError):
+    fallback = False
+
+
+class AuthError(BackendError):
+    fallback = False
+
+
+class ModelNotFound(BackendError):
+    fallback = False
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    def complete(self, request: CompletionRequest) -> Completion: ...
+
+    def health(self) -> HostHealth: ...
+
+
+class ExternalIdStore(Protocol):
+    """Where a backend keeps the id of a remote job, so a redelivery resumes it."""
+
+    def get(self, job_id: str) -> str | None: ...
+
+    def set(self, job_id: str, external_id: str) -> None: ...
+
+    def clear(self, job_id: str) -> None: ...
+
+
+class MemoryExternalIds:
+    """In-process store; the worker uses a Redis-backed one."""
+
+    def __init__(self) -> None:
+        self._d: dict[str, str] = {}
+
+    def get(self, job_id: str) -> str | None:
+        return self._d.get(job_id)
+
+    def set(self, job_id: str, external_id: str) -> None:
+        self._d[job_id] = external_id
+
+    def clear(self, job_id: str) -> None:
+        self._d.pop(job_id, None)

@@ -1,0 +1,1 @@
+"""The ``tierfleet`` command. Each area registers its commands from its own module."""

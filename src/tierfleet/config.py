@@ -1,0 +1,306 @@
+"""The fleet's one config file: tiers, hosts, models, prices, policy and limits.
+
+Resolution order for the file: an explicit path, then ``TIERFLEET_CONFIG``, then
+``./fleet.toml``, then the built-in ``defaults.toml`` shipped with the package.
+Environment variables (``TIERFLEET_REDIS_URL``, ``TIERFLEET_POLICY__P_SMALL_OK_THRESHOLD``,
+...) override whatever the file says, so one file can serve every machine.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+DEFAULT_TIERS = ("rules", "local-mac", "local-gpu", "runpod", "paid")
+_BUILTIN = Path(__file__).with_name("defaults.toml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HostConfig(_Strict):
+    """One model server a tier reaches."""
+
+    kind: Literal["ollama", "openai", "runpod"]
+    url: str
+    tier: str
+    models: list[str] = Field(default_factory=list)
+    # Name of the environment variable that holds the key: the key itself never
+    # sits in this file, in Redis or in a log line.
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=120.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    context_window: int = Field(default=8192, gt=0)
+    cost_per_hour: float = Field(default=0.0, ge=0, description="amortised or rented, USD")
+    cost_per_second: float | None = Field(default=None, ge=0, description="Runpod Serverless")
+    # Simulated hosts answer on loopback for the demo, tests and benchmarks only.
+    simulated: bool = False
+
+
+class ModelConfig(_Strict):
+    input_per_mtok: float | None = Field(default=None, ge=0, description="USD per 1M input tokens")
+    output_per_mtok: float | None = Field(default=None, ge=0, description="USD per 1M output")
+    context_window: int | None = Field(default=None, gt=0)
+    vision: bool = False
+
+
+class TierConfig(_Strict):
+    # local: our own hardware (allowed for confidential jobs); rented: a GPU paid
+    # by time (Runpod); paid: a provider billed by token; rules: no model.
+    place: Literal["rules", "local", "rented", "paid"]
+    # Which model this tier uses for a job kind; "default" for the rest.
+    models: dict[str, str] = Field(default_factory=dict)
+    fallback: list[str] = Field(default_factory=list)
+    concurrency: int = Field(default=1, ge=1)
+
+    def model_for(self, kind: str) -> str | None:
+        return self.models.get(kind) or self.models.get("default")
+
+
+class PolicyConfig(_Strict):
+    kind_tiers: dict[str, str] = Field(
+        default_factory=lambda: {
+            "classification": "local-mac",
+            "extraction": "local-mac",
+            "summary": "local-mac",
+            "translation": "local-mac",
+            "chat": "local-mac",
+            "code": "local-gpu",
+            "reasoning": "local-gpu",
+            "vision": "local-gpu",
+            "writing": "paid",
+        }
+    )
+    classifier: Literal["learned", "keyword"] = "learned"
+    p_small_ok_threshold: float = Field(default=0.75, ge=0, le=1)
+    large_job_tokens: int = Field(default=50_000, gt=0)
+    large_job_tier: str = "runpod"
+    high_risk_tier: str = "paid"
+    premium_tier: str | None = "paid"
+    spill_order: list[str] = Field(default_factory=lambda: ["local-gpu", "runpod", "paid"])
+    session_memory: int = Field(default=3, ge=0)
+    short_chat_tokens: int = Field(default=400, gt=0)
+
+
+class LimitsConfig(_Strict):
+    max_prompt_chars: int = Field(default=400_000, gt=0)
+    max_payload_bytes: int = Field(default=2_000_000, gt=0)
+    max_messages: int = Field(default=200, gt=0)
+    max_images: int = Field(default=8, ge=0)
+    max_batch: int = Field(default=100_000, gt=0)
+    regex_timeout_s: float = Field(default=1.0, gt=0)
+    max_regex_chars: int = Field(default=2_000, gt=0)
+
+
+class ReliabilityConfig(_Strict):
+    visibility_timeout_s: int = Field(default=3600, gt=0)
+    task_time_limit_s: int = Field(default=1800, gt=0)
+    max_attempts: int = Field(default=8, ge=1)
+    park_backoff_s: list[float] = Field(default_factory=lambda: [2, 5, 15, 30, 60, 120, 300])
+    health_timeout_s: float = Field(default=2.0, gt=0)
+    health_cache_s: float = Field(default=5.0, ge=0)
+    breaker_failures: int = Field(default=2, ge=1)
+    breaker_open_s: float = Field(default=30.0, gt=0)
+    retry_after_budget_s: float = Field(default=10.0, ge=0)
+    heartbeat_s: float = Field(default=2.0, gt=0)
+    dead_after_s: float = Field(default=10.0, gt=0)
+    result_expires_s: int = Field(default=7 * 24 * 3600, gt=0)
+
+    @model_validator(mode="after")
+    def _time_limit_below_visibility(self) -> ReliabilityConfig:
+        # A job outliving the visibility timeout is redelivered while still running.
+        if self.task_time_limit_s >= self.visibility_timeout_s:
+            raise ValueError(
+                "reliability.task_time_limit_s must stay below visibility_timeout_s "
+                f"({self.task_time_limit_s} >= {self.visibility_timeout_s})"
+            )
+        return self
+
+
+class LedgerConfig(_Strict):
+    dir: str = "tierfleet-ledger"
+    baseline_model: str | None = None
+    alert_cost_increase: float = Field(default=0.20, ge=0)
+    max_fallback_rate: float = Field(default=0.20, ge=0, le=1)
+    max_escalation_rate: float = Field(default=0.15, ge=0, le=1)
+
+
+class CacheConfig(_Strict):
+    enabled: bool = True
+    ttl_s: int = Field(default=24 * 3600, gt=0)
+
+
+class KeywordRule(_Strict):
+    label: str
+    any: list[str]
+
+
+class RulesConfig(_Strict):
+    keyword_routes: list[KeywordRule] = Field(default_factory=list)
+    default_label: str = "review"
+
+
+class ApiConfig(_Strict):
+    # Names of environment variables holding producer tokens (comma separated values allowed).
+    tokens_env: str = "TIERFLEET_API_TOKENS"
+    max_body_bytes: int = Field(default=4_000_000, gt=0)
+    wait_timeout_s: float = Field(default=120.0, gt=0)
+
+
+class FleetConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TIERFLEET_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    result_url: str | None = None
+    key_prefix: str = "tierfleet"
+    tiers: dict[str, TierConfig] = Field(default_factory=dict)
+    hosts: dict[str, HostConfig] = Field(default_factory=dict)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    source: str = Field(default="<built-in>", description="where this config was read from")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment beats the file: one shared file, per-machine overrides.
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FleetConfig:
+        problems: list[str] = []
+        for name, host in self.hosts.items():
+            if host.tier not in self.tiers:
+                problems.append(f"hosts.{name}.tier: unknown tier {host.tier!r}")
+            for m in host.models:
+                if m not in self.models:
+                    problems.append(f"hosts.{name}.models: {m!r} is not in [models]")
+        for name, tier in self.tiers.items():
+            for t in tier.fallback:
+                if t not in self.tiers:
+                    problems.append(f"tiers.{name}.fallback: unknown tier {t!r}")
+            for kind, m in tier.models.items():
+                if m not in self.models:
+                    problems.append(f"tiers.{name}.models.{kind}: {m!r} is not in [models]")
+                elif not any(m in h.models for h in self.hosts.values() if h.tier == name):
+                    problems.append(f"tiers.{name}.models.{kind}: no host of tier {name} serves {m!r}")
+            if tier.place == "paid":
+                for m in set(tier.models.values()) | {
+                    m for h in self.hosts.values() if h.tier == name for m in h.models
+                }:
+                    mc = self.models.get(m)
+                    if mc is None or mc.input_per_mtok is None or mc.output_per_mtok is None:
+                        problems.append(
+                            f"models.{m}: paid tier {name} uses it but it has no "
+                            "input_per_mtok/output_per_mtok price"
+                        )
+        for kind, t in self.policy.kind_tiers.items():
+            if t not in self.tiers:
+                problems.append(f"policy.kind_tiers.{kind}: unknown tier {t!r}")
+        if self.ledger.baseline_model and self.ledger.baseline_model not in self.models:
+            problems.append(f"ledger.baseline_model: {self.ledger.baseline_model!r} not in [models]")
+        if problems:
+            raise ValueError("; ".join(sorted(set(problems))))
+        return self
+
+    # -- derived views -------------------------------------------------------------
+
+    @property
+    def results_url(self) -> str:
+        return self.result_url or self.redis_url
+
+    def tier_names(self) -> list[str]:
+        return list(self.tiers)
+
+    def hosts_for(self, tier: str) -> dict[str, HostConfig]:
+        return {n: h for n, h in self.hosts.items() if h.tier == tier}
+
+    def local_tiers(self) -> list[str]:
+        return [n for n, t in self.tiers.items() if t.place in ("local", "rules")]
+
+    def baseline_model(self) -> str | None:
+        """The reference model savings are measured against: the priciest paid model."""
+        if self.ledger.baseline_model:
+            return self.ledger.baseline_model
+        paid = {
+            m
+            for n, t in self.tiers.items()
+            if t.place == "paid"
+            for h in self.hosts_for(n).values()
+            for m in h.models
+        }
+        priced = [(self._blended(m), m) for m in paid if self.models[m].input_per_mtok is not None]
+        return max(priced)[1] if priced else None
+
+    def _blended(self, model: str) -> float:
+        mc = self.models[model]
+        return (mc.input_per_mtok or 0.0) + (mc.output_per_mtok or 0.0)
+
+    def context_window(self, host: str, model: str | None) -> int:
+        h = self.hosts[host]
+        if model and model in self.models and self.models[model].context_window:
+            return min(h.context_window, self.models[model].context_window or h.context_window)
+        return h.context_window
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def config_path(path: str | os.PathLike[str] | None = None) -> Path:
+    if path:
+        return Path(path)
+    env = os.environ.get("TIERFLEET_CONFIG")
+    if env:
+        return Path(env)
+    local = Path("fleet.toml")
+    return local if local.exists() else _BUILTIN
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> FleetConfig:
+    """Read, merge with the environment and validate; every problem is named in the error."""
+    p = config_path(path)
+    data = _read_toml(p)
+    data["source"] = str(p)
+    try:
+        return FleetConfig(**data)
+    except ValueError as exc:
+        raise ConfigError(f"{p}: invalid fleet config: {exc}") from exc
+
+
+@lru_cache(maxsize=1)
+def get_config() -> FleetConfig:
+    """The process-wide config (workers and dispatchers read it once)."""
+    return load_config()
+
+
+def reset_config() -> None:
+    get_config.cache_clear()
