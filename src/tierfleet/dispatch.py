@@ -1,0 +1,266 @@
+"""Submit jobs: validate, count tokens, route, enqueue on the tier's queue.
+
+    submit(Job) -> validate (pydantic + limits + rules payload) -> Policy.route(job, state)
+                -> result store "pending" -> Celery message on queue route.tier (JSON)
+
+``submit_many`` routes the whole batch at once and publishes it through one
+kombu publish batch (a Redis pipeline), staying wire-compatible with any
+Celery worker.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis
+from celery import Celery
+from pydantic import BaseModel, ValidationError
+
+from . import rules
+from .broker import TASK_NAME, key, make_celery, redis_client
+from .config import FleetConfig, get_config
+from .errors import JobRejected, ResultTimeout
+from .health import Breaker
+from .jobs import Job, Result, Route, Status
+from .policy import FleetState, Policy, build_policy
+from .reaper import live_workers
+from .runner import message
+from .store import Parking, ResultStore
+
+
+class Handle(BaseModel):
+    id: str
+    route: Route
+
+
+def parse_job(data: Job | Mapping[str, Any]) -> Job:
+    """A Job from a mapping, with pydantic's errors turned into one clear JobRejected."""
+    if isinstance(data, Job):
+        return data
+    try:
+        return Job.model_validate(dict(data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "job"
+        msg = first["msg"].removeprefix("Value error, ")
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise JobRejected(field, msg + more) from None
+
+
+def check_limits(job: Job, config: FleetConfig) -> None:
+    lim = config.limits
+    if job.prompt is not None and len(job.prompt) > lim.max_prompt_chars:
+        raise JobRejected("prompt", f"{len(job.prompt)} characters, limit {lim.max_prompt_chars}")
+    if job.messages is not None:
+        if len(job.messages) > lim.max_messages:
+            raise JobRejected("messages", f"{len(job.messages)} messages, limit {lim.max_messages}")
+        total = sum(len(m.content) for m in job.messages)
+        if total > lim.max_prompt_chars:
+            raise JobRejected("messages", f"{total} characters, limit {lim.max_prompt_chars}")
+    n_images = len(job.images) + sum(len(m.images) for m in job.messages or [])
+    if n_images > lim.max_images:
+        raise JobRejected("images", f"{n_images} images, limit {lim.max_images}")
+    size = len(json.dumps(job.model_dump(mode="json"), ensure_ascii=False).encode())
+    if size > lim.max_payload_bytes:
+        raise JobRejected("input", f"job is {size} bytes, limit {lim.max_payload_bytes}")
+    if job.tier is not None and job.tier not in config.tiers:
+        raise JobRejected("tier", f"unknown tier {job.tier!r}; known: {', '.join(config.tiers)}")
+    if job.model is not None and job.model not in config.models:
+        raise JobRejected("model", f"unknown model {job.model!r}")
+    if job.is_rules:
+        rules.validate(job.kind, job.input or {}, lim)
+
+
+class Dispatcher:
+    """Routes and enqueues jobs. Thread-safe; one per process is plenty."""
+
+    STATE_TTL_S = 1.0
+
+    def __init__(
+        self,
+        config: FleetConfig | None = None,
+        *,
+        client: redis.Redis | None = None,
+        app: Celery | None = None,
+        policy: Policy | None = None,
+    ) -> None:
+        self.config = config or get_config()
+        self.r = client or redis_client(self.config)
+        self.app = app or make_celery(self.config)
+        self.policy = policy or build_policy(self.config)
+        self.results = ResultStore(self.r, self.config)
+        self.breaker = Breaker(self.r, self.config)
+        self._state: tuple[float, FleetState] | None = None
+        self._lock = threading.Lock()
+
+    # -- routing -----------------------------------------------------------------------
+
+    def fleet_state(self) -> FleetState:
+        """Queue depths, live workers, service times and open breakers, cached for 1 s."""
+        with self._lock:
+            if self._state and time.monotonic() - self._state[0] < self.STATE_TTL_S:
+                return self._state[1]
+        tiers = list(self.config.tiers)
+        pipe = self.r.pipeline(transaction=False)
+        for t in tiers:
+            pipe.llen(t)
+        pipe.hgetall(key(self.config, "svc"))
+        *depths, svc = pipe.execute()
+        workers: dict[str, int] = {}
+        for w in live_workers(self.r, self.config):
+            for q in w.get("queues", []):
+                workers[q] = workers.get(q, 0) + int(w.get("concurrency") or 1)
+        state = FleetState(
+            queue_depth=dict(zip(tiers, (int(d) for d in depths), strict=True)),
+            live_workers=workers,
+            service_time_s={t: float(v) for t, v in (svc or {}).items()},
+            open_hosts=self.breaker.open_hosts(),
+        )
+        with self._lock:
+            self._state = (time.monotonic(), state)
+        return state
+
+    def _with_session(self, state: FleetState, job: Job) -> FleetState:
+        if not job.session or self.config.policy.session_memory == 0:
+            return state
+        recent = self.r.lrange(key(self.config, "session", job.session), 0,
+                               self.config.policy.session_memory - 1)
+        if not recent:
+            return state
+        return FleetState(
+            queue_depth=state.queue_depth, live_workers=state.live_workers,
+            service_time_s=state.service_time_s, open_hosts=state.open_hosts,
+            session_tiers={job.session: list(reversed(recent))},
+        )
+
+    def _remember_session(self, pipe: Any, job: Job, route: Route) -> None:
+        if job.session and self.config.policy.session_memory:
+            k = key(self.config, "session", job.session)
+            pipe.lpush(k, route.kind.value)
+            pipe.ltrim(k, 0, self.config.policy.session_memory - 1)
+            pipe.expire(k, 24 * 3600)
+
+    def prepare(self, data: Job | Mapping[str, Any]) -> tuple[Job, Route]:
+        job = parse_job(data)
+        check_limits(job, self.config)
+        route = self.policy.route(job, self._with_session(self.fleet_state(), job))
+        return job, route
+
+    def route(self, data: Job | Mapping[str, Any]) -> Route:
+        return self.prepare(data)[1]
+
+    # -- submitting --------------------------------------------------------------------
+
+    def submit(self, data: Job | Mapping[str, Any]) -> Handle:
+        job, route = self.prepare(data)
+        self.results.mark_pending(job.id, route.tier)
+        self.app.send_task(TASK_NAME, kwargs=message(job, route, [], 1), queue=route.tier,
+                           task_id=job.id)
+        if job.session:
+            pipe = self.r.pipeline(transaction=False)
+            self._remember_session(pipe, job, route)
+            pipe.execute()
+        return Handle(id=job.id, route=route)
+
+    def submit_many(self, items: Iterable[Job | Mapping[str, Any]]) -> list[Handle]:
+        """Validate and route everything first (so a bad job rejects the batch before
+        anything is enqueued), then publish in one pipelined batch."""
+        prepared: list[tuple[Job, Route]] = []
+        for i, data in enumerate(items):
+            try:
+                job = parse_job(data)
+                check_limits(job, self.config)
+            except JobRejected as exc:
+                raise JobRejected(f"[{i}].{exc.field}", exc.message) from None
+            prepared.append((job, Route(tier="-", kind=job.kind)))
+        if len(prepared) > self.config.limits.max_batch:
+            raise JobRejected("jobs", f"{len(prepared)} jobs, limit {self.config.limits.max_batch}")
+        state = self.fleet_state()
+        jobs = [j for j, _ in prepared]
+        if any(j.session for j in jobs):
+            routes = [self.policy.route(j, self._with_session(state, j)) for j in jobs]
+        else:
+            routes = self.policy.route_many(jobs, state)
+        self.results.mark_pending_many((j.id, r.tier) for j, r in zip(jobs, routes, strict=True))
+        with self.app.producer_or_acquire() as producer, producer.batch():
+            for job, route in zip(jobs, routes, strict=True):
+                self.app.send_task(TASK_NAME, kwargs=message(job, route, [], 1),
+                                   queue=route.tier, task_id=job.id, producer=producer)
+        pipe = self.r.pipeline(transaction=False)
+        for job, route in zip(jobs, routes, strict=True):
+            self._remember_session(pipe, job, route)
+        pipe.execute()
+        return [Handle(id=j.id, route=r) for j, r in zip(jobs, routes, strict=True)]
+
+    # -- results -----------------------------------------------------------------------
+
+    def result(self, job_id: str, timeout: float | None = None) -> Result:
+        """Wait for a job's final result (``timeout`` None: look once, don't wait)."""
+        return self.results_for([job_id], timeout)[0]
+
+    def results_for(self, job_ids: list[str], timeout: float | None = None,
+                    on_progress: Any = None) -> list[Result]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done: dict[str, Result] = {}
+        pending = list(dict.fromkeys(job_ids))
+        delay = 0.02
+        while True:
+            for jid, res in zip(pending, self.results.get_many(pending), strict=True):
+                if res is not None and res.status in (Status.SUCCEEDED, Status.FAILED, Status.DEAD):
+                    done[jid] = res
+            pending = [j for j in pending if j not in done]
+            if on_progress is not None:
+                on_progress(len(done), len(job_ids))
+            if not pending:
+                return [done[j] for j in job_ids]
+            if deadline is None or time.monotonic() >= deadline:
+                if deadline is None:
+                    cur = self.results.get_many(pending)
+                    for jid, res in zip(pending, cur, strict=True):
+                        done[jid] = res or Result(job_id=jid, status=Status.PENDING,
+                                                  error="unknown job id or not finished")
+                    return [done[j] for j in job_ids]
+                raise ResultTimeout(
+                    f"{len(pending)} of {len(job_ids)} job(s) not finished after {timeout}s "
+                    f"(first: {pending[0]})"
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+    # -- status ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        state = self.fleet_state()
+        parking = Parking(self.r, self.config)
+        workers = live_workers(self.r, self.config)
+        from .health import breaker_table
+
+        return {
+            "queues": [
+                {"tier": t, "place": tc.place, "depth": state.queue_depth.get(t, 0),
+                 "workers": state.live_workers.get(t, 0)}
+                for t, tc in self.config.tiers.items()
+            ],
+            "workers": [{"node": w["node"], "queues": w["queues"], "busy": len(w["tags"]),
+                         "host": w.get("host")} for w in workers],
+            "in_flight": int(self.r.hlen("unacked")),
+            "hosts": breaker_table(self.breaker),
+            "parked": parking.parked(),
+            "dead_letters": [{"id": d["id"], "reason": d.get("reason")} for d in parking.dead()],
+        }
+
+
+_default: Dispatcher | None = None
+_default_lock = threading.Lock()
+
+
+def default_dispatcher() -> Dispatcher:
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Dispatcher()
+        return _default

@@ -1,0 +1,311 @@
+"""The ledger: one record per attempt, billed once however often a job is delivered.
+
+Celery on Redis delivers at least once, so the same attempt may reach
+:meth:`Ledger.record` twice. The record, the raw per-day list and the
+aggregates are written in one Redis transaction (WATCH/MULTI) guarded by the
+job's own hash: a second delivery finds its ``(job_id, attempt)`` field and
+changes nothing.
+
+Redis layout (``P`` = ``config.key_prefix``; every key expires after the
+retention period):
+
+- ``P:ledger:job:{job_id}``: hash, attempt number -> record JSON;
+- ``P:ledger:day:{YYYY-MM-DD}``: list of the day's record JSON (UTC days), read by
+  reports on any machine (latency percentiles need the raw values);
+- ``P:ledger:agg:{YYYY-MM-DD}:{dim}``: hash of integer counters, field
+  ``{value}|{metric}``, for ``dim`` in total/workflow/tier/model/kind. Money is
+  counted in nano-dollars so the counters add up exactly.
+
+Each new record is also appended to ``{ledger.dir}/token-usage-YYYY-MM-DD.jsonl``
+on the machine that recorded it. Redis is the shared source of truth; the file
+is the local, greppable trail.
+
+Which attempt carries what:
+
+- ``jobs`` counts final attempts (outcome ok, failed or cached); an attempt that
+  fell back or escalated is followed by another one for the same job.
+- The baseline (what the job would have cost on the baseline model) is counted
+  once per job, on its final attempt, so a job that took three attempts is not
+  compared with three baseline calls.
+- A final attempt flags its job as having fallen back when it says so
+  (``fallbacks > 0``) or an earlier attempt of the job ended in ``fallback``;
+  likewise for escalation. Fallback and escalation rates are shares of jobs.
+
+Records hold counts, names and times, never prompts, answers or keys; error
+texts are cut short and scrubbed of anything that looks like a credential.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import redis
+from pydantic import BaseModel
+
+from .config import FleetConfig
+from .jobs import Attempt
+from .pricing import attempt_cost, baseline_cost, from_nanos, to_nanos
+
+__all__ = ["DIMENSIONS", "FINAL_OUTCOMES", "Ledger", "Totals", "day_of", "scrub_error"]
+
+log = logging.getLogger(__name__)
+
+FINAL_OUTCOMES = frozenset({"ok", "failed", "cached"})
+DIMENSIONS = ("total", "workflow", "tier", "model", "kind")
+DEFAULT_RETENTION_DAYS = 400
+_MAX_ERROR_CHARS = 300
+_SECRETISH = re.compile(
+    r"(?i)(bearer\s+|authorization:\s*|api[_-]?key[\"']?\s*[:=]\s*[\"']?|token[\"']?\s*[:=]\s*[\"']?)"
+    r"[^\s\"',;&]+|\b(sk|rk|rpa|pk)[-_][A-Za-z0-9_-]{8,}"
+)
+
+
+def day_of(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+def scrub_error(text: str | None) -> str | None:
+    """Cut an error message short and blank anything shaped like a credential."""
+    if text is None:
+        return None
+    cleaned = _SECRETISH.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+    return cleaned[:_MAX_ERROR_CHARS]
+
+
+def _str(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class Totals(BaseModel):
+    """Counters of one group over a period, read back from the Redis aggregates."""
+
+    attempts: int = 0
+    jobs: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_nusd: int = 0
+    baseline_nusd: int = 0
+    fallbacks: int = 0
+    escalations: int = 0
+    fallback_jobs: int = 0
+    escalated_jobs: int = 0
+    cache_hits: int = 0
+    failed: int = 0
+    latency_ms: int = 0
+    estimated: int = 0
+    simulated: int = 0
+
+    @property
+    def cost_usd(self) -> float:
+        return from_nanos(self.cost_nusd)
+
+    @property
+    def baseline_usd(self) -> float:
+        return from_nanos(self.baseline_nusd)
+
+
+def _counters(rec: dict[str, Any]) -> dict[str, int]:
+    final = rec["outcome"] in FINAL_OUTCOMES
+    return {
+        "attempts": 1,
+        "jobs": int(final),
+        "tokens_in": int(rec["tokens_in"]),
+        "tokens_out": int(rec["tokens_out"]),
+        "cost_nusd": to_nanos(rec["cost_usd"]),
+        "baseline_nusd": to_nanos(rec["baseline_cost_usd"]),
+        "fallbacks": int(rec["outcome"] == "fallback"),
+        "escalations": int(rec["outcome"] == "escalated"),
+        "fallback_jobs": int(final and rec["job_fallback"]),
+        "escalated_jobs": int(final and rec["job_escalated"]),
+        "cache_hits": int(final and (rec["cache_hit"] or rec["outcome"] == "cached")),
+        "failed": int(rec["outcome"] == "failed"),
+        "latency_ms": round(float(rec["latency_s"]) * 1000),
+        "estimated": int(bool(rec["tokens_estimated"])),
+        "simulated": int(bool(rec["simulated"])),
+    }
+
+
+def _dim_values(rec: dict[str, Any]) -> dict[str, str]:
+    return {
+        "total": "all",
+        "workflow": rec["workflow"],
+        "tier": rec["tier"],
+        "model": rec["model"] or "-",
+        "kind": rec["kind"],
+    }
+
+
+class Ledger:
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        config: FleetConfig,
+        *,
+        retention_days: int = DEFAULT_RETENTION_DAYS,
+        write_jsonl: bool = True,
+    ) -> None:
+        self.r = redis_client
+        self.config = config
+        self.retention_s = int(retention_days * 86400)
+        self.write_jsonl = write_jsonl
+        self._p = f"{config.key_prefix}:ledger"
+
+    # -- keys ------------------------------------------------------------------
+
+    def _job_key(self, job_id: str) -> str:
+        return f"{self._p}:job:{job_id}"
+
+    def _day_key(self, day: str) -> str:
+        return f"{self._p}:day:{day}"
+
+    def _agg_key(self, day: str, dim: str) -> str:
+        return f"{self._p}:agg:{day}:{dim}"
+
+    # -- writing ---------------------------------------------------------------
+
+    def price(self, attempt: Attempt) -> Attempt:
+        """Fill what the worker left unset: cost, baseline, timestamp; scrub the error text."""
+        update: dict[str, Any] = {}
+        fields = attempt.model_fields_set
+        if "cost_usd" not in fields:
+            update["cost_usd"] = (
+                0.0
+                if attempt.outcome == "cached"
+                else attempt_cost(
+                    self.config,
+                    tier=attempt.tier,
+                    host=attempt.host,
+                    model=attempt.model,
+                    tokens_in=attempt.tokens_in,
+                    tokens_out=attempt.tokens_out,
+                    seconds=attempt.latency_s,
+                )
+            )
+        if "baseline_cost_usd" not in fields:
+            # Counted once per job, on the attempt that ends it.
+            update["baseline_cost_usd"] = (
+                baseline_cost(self.config, attempt.tokens_in, attempt.tokens_out)
+                if attempt.outcome in FINAL_OUTCOMES
+                else 0.0
+            )
+        if not attempt.ts:
+            update["ts"] = time.time()
+        if attempt.error is not None:
+            update["error"] = scrub_error(attempt.error)
+        return attempt.model_copy(update=update) if update else attempt
+
+    def record(self, attempt: Attempt) -> bool:
+        """Store one attempt. True if new; False if it was already recorded (billed once)."""
+        attempt = self.price(attempt)
+        job_key = self._job_key(attempt.job_id)
+        field = str(attempt.attempt)
+        day = day_of(attempt.ts)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(job_key)
+                    earlier = {_str(k): _str(v) for k, v in pipe.hgetall(job_key).items()}
+                    if field in earlier:
+                        pipe.unwatch()
+                        return False
+                    rec = self._record_dict(attempt, earlier.values())
+                    line = json.dumps(rec, separators=(",", ":"), sort_keys=True)
+                    pipe.multi()
+                    pipe.hset(job_key, field, line)
+                    pipe.expire(job_key, self.retention_s)
+                    pipe.rpush(self._day_key(day), line)
+                    pipe.expire(self._day_key(day), self.retention_s)
+                    counters = _counters(rec)
+                    for dim, value in _dim_values(rec).items():
+                        key = self._agg_key(day, dim)
+                        for metric, n in counters.items():
+                            if n:
+                                pipe.hincrby(key, f"{value}|{metric}", n)
+                        pipe.expire(key, self.retention_s)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    # Another delivery of this job wrote first: look again.
+                    continue
+        if self.write_jsonl:
+            self._append_jsonl(day, line)
+        return True
+
+    def _record_dict(self, attempt: Attempt, earlier: Any) -> dict[str, Any]:
+        rec = attempt.model_dump(mode="json")
+        outcomes = {json.loads(e).get("outcome") for e in earlier}
+        rec["job_fallback"] = attempt.fallbacks > 0 or "fallback" in outcomes
+        rec["job_escalated"] = "escalated" in outcomes
+        return rec
+
+    def _append_jsonl(self, day: str, line: str) -> None:
+        folder = Path(self.config.ledger.dir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            # One write() on an O_APPEND descriptor: lines from concurrent workers do not interleave.
+            fd = os.open(folder / f"token-usage-{day}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                os.write(fd, (line + "\n").encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            # Redis already holds the record; a full disk must not fail the job.
+            log.warning("ledger: could not append to %s: %s", folder, exc)
+
+    # -- reading ---------------------------------------------------------------
+
+    @staticmethod
+    def _days(start: float, end: float) -> list[str]:
+        first = datetime.fromtimestamp(start, UTC).date()
+        last = datetime.fromtimestamp(end, UTC).date()
+        return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+
+    def raw_between(self, start: float, end: float) -> list[dict[str, Any]]:
+        """Record dicts with ``start < ts <= end`` (with the job_fallback/job_escalated flags)."""
+        days = self._days(start, end)
+        with self.r.pipeline(transaction=False) as pipe:
+            for d in days:
+                pipe.lrange(self._day_key(d), 0, -1)
+            lists = pipe.execute()
+        out: list[dict[str, Any]] = []
+        for items in lists:
+            for item in items:
+                rec = json.loads(_str(item))
+                if start < rec.get("ts", 0.0) <= end:
+                    out.append(rec)
+        return out
+
+    def records(self, since_days: float = 30, *, end: float | None = None) -> list[Attempt]:
+        end = time.time() if end is None else end
+        return [Attempt.model_validate(r) for r in self.raw_between(end - since_days * 86400, end)]
+
+    def job_attempts(self, job_id: str) -> list[Attempt]:
+        raw = self.r.hgetall(self._job_key(job_id))
+        recs = [Attempt.model_validate_json(_str(v)) for v in raw.values()]
+        return sorted(recs, key=lambda a: a.attempt)
+
+    def totals(
+        self, since_days: float = 30, by: str = "total", *, end: float | None = None
+    ) -> dict[str, Totals]:
+        """Counters per value of ``by`` over whole UTC days, from the Redis aggregates."""
+        if by not in DIMENSIONS:
+            raise ValueError(f"by must be one of {DIMENSIONS}, got {by!r}")
+        end = time.time() if end is None else end
+        acc: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        with self.r.pipeline(transaction=False) as pipe:
+            for d in self._days(end - since_days * 86400, end):
+                pipe.hgetall(self._agg_key(d, by))
+            hashes = pipe.execute()
+        for h in hashes:
+            for k, v in h.items():
+                value, metric = _str(k).rsplit("|", 1)
+                acc[value][metric] += int(v)
+        return {value: Totals(**counts) for value, counts in acc.items()}

@@ -1,0 +1,28 @@
+"""Send dead letters back to their first tier with a fresh retry budget."""
+
+from __future__ import annotations
+
+from .broker import TASK_NAME, make_celery, redis_client
+from .config import FleetConfig
+from .jobs import Result, Status
+from .store import Parking, ResultStore
+
+
+def replay(config: FleetConfig, job_id: str | None = None) -> int:
+    client = redis_client(config)
+    parking = Parking(client, config)
+    results = ResultStore(client, config)
+    app = make_celery(config)
+    ids = [job_id] if job_id else [d["id"] for d in parking.dead()]
+    n = 0
+    for jid in ids:
+        msg = parking.take_dead(jid)
+        if msg is None:
+            continue
+        body = {"job": msg["job"], "route": msg["route"], "trail": [], "attempt": 1, "parks": 0}
+        # The stored DEAD result is terminal; replace it so the new run's answer is kept.
+        client.delete(results._k(jid))
+        results.save(Result(job_id=jid, status=Status.PENDING, tier=body["route"]["tier"]))
+        app.send_task(TASK_NAME, kwargs=body, queue=body["route"]["tier"], task_id=jid)
+        n += 1
+    return n

@@ -1,0 +1,94 @@
+"""``dedupe``: drop exact and near-duplicate texts from a list, keeping the first of each.
+
+Input::
+
+    {"items": ["Reset my VPN", "reset my vpn!", "Printer jam"], "normalise": true}
+
+- ``items`` (list of strings, required): the texts, in order. The payload size
+  limit (``limits.max_payload_bytes``) bounds the list.
+- ``normalise`` (bool, default true): also treat texts as duplicates when they
+  differ only in case, whitespace, punctuation, invisible format characters or
+  Unicode compatibility forms (NFKC: full-width letters, ligatures, ...). With
+  false only exact repeats are dropped.
+
+Output::
+
+    {"unique": ["Reset my VPN", "Printer jam"],
+     "duplicates": [{"item": "reset my vpn!", "duplicate_of": "Reset my VPN",
+                     "index": 1, "of_index": 0, "how": "normalised"}],
+     "count_in": 3, "count_out": 2}
+
+``unique`` keeps input order. Each duplicate points at the kept item (``of_index``
+is its position in ``items``); ``how`` is ``exact`` when the texts are identical
+and ``normalised`` otherwise. A text that normalises to nothing (only punctuation
+or spaces) is compared exactly, so ``"?"`` and ``"!!"`` stay distinct. Running
+dedupe on its own ``unique`` output returns it unchanged.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Any
+
+import regex
+from pydantic import Field, StrictBool, StrictStr
+
+from ..config import FleetConfig, LimitsConfig
+from ._common import RuleInput
+
+# Punctuation (P*) and invisible format characters (Cf: zero-width space, BOM, ...).
+_DROP = regex.compile(r"[\p{P}\p{Cf}]+")
+
+
+class DedupeInput(RuleInput):
+    items: list[StrictStr] = Field(description="texts to deduplicate, in order")
+    normalise: StrictBool = Field(default=True, description="also catch near-duplicates")
+
+
+def normalise(text: str) -> str:
+    """The comparison key of a text: NFKC, case-folded, no punctuation, single spaces."""
+    # casefold can produce non-NFKC sequences (e.g. from ligatures), so normalise again.
+    key = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    key = _DROP.sub("", key)
+    return " ".join(key.split())
+
+
+def check(inp: DedupeInput, limits: LimitsConfig) -> None:
+    # The payload byte limit, checked for every rules kind, already bounds the list.
+    return None
+
+
+def run(inp: DedupeInput, config: FleetConfig) -> dict[str, Any]:
+    unique: list[str] = []
+    duplicates: list[dict[str, Any]] = []
+    # key -> index (in items) of the first text with that key
+    seen_exact: dict[str, int] = {}
+    seen_norm: dict[str, int] = {}
+    for index, item in enumerate(inp.items):
+        first = seen_exact.get(item)
+        if first is None and inp.normalise:
+            key = normalise(item)
+            if key:
+                first = seen_norm.get(key)
+                if first is None:
+                    seen_norm[key] = index
+        if first is None:
+            seen_exact[item] = index
+            unique.append(item)
+            continue
+        kept = inp.items[first]
+        duplicates.append(
+            {
+                "item": item,
+                "duplicate_of": kept,
+                "index": index,
+                "of_index": first,
+                "how": "exact" if item == kept else "normalised",
+            }
+        )
+    return {
+        "unique": unique,
+        "duplicates": duplicates,
+        "count_in": len(inp.items),
+        "count_out": len(unique),
+    }

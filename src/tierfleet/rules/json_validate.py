@@ -1,0 +1,286 @@
+"""``json_validate``: check a JSON document against a JSON Schema, listing every error with its path.
+
+Input::
+
+    {"document": {"id": "x", "tags": [1]},          # any JSON value, or a JSON text
+     "schema": {"type": "object", "required": ["id", "name"],
+                "properties": {"id": {"type": "integer"},
+                               "tags": {"type": "array", "items": {"type": "string"}}}},
+     "parse": true, "formats": false, "max_errors": 100}
+
+- ``document`` (required): the value to check. A string is read as JSON text
+  (the usual shape of a model's answer) unless ``parse`` is false, in which case
+  the string itself is the value.
+- ``schema`` (required): a JSON Schema (object or boolean). Draft 2020-12 unless
+  its ``$schema`` names another known draft (3, 4, 6, 7, 2019-09). An invalid
+  schema, an unknown ``$schema``, a ``#/...`` reference to nothing, or a
+  ``pattern`` that is refused (see ``rules._common``) is rejected at submit time.
+  References are resolved inside the schema and against the standard
+  meta-schemas only: nothing is fetched over the network.
+- ``formats`` (bool, default false): also assert ``format`` (email, date, ipv4, ...)
+  where a checker is available; by default ``format`` is an annotation, as the
+  2020-12 specification says.
+- ``max_errors`` (1..10,000, default 100): stop collecting after this many.
+
+Output::
+
+    {"valid": false,
+     "errors": [{"path": "$.id", "message": "'x' is not of type 'integer'",
+                 "keyword": "type", "schema_path": "/properties/id/type"},
+                {"path": "$", "message": "'name' is a required property", ...},
+                {"path": "$.tags[0]", ...}],
+     "count": 3, "truncated": false,
+     "dialect": "https://json-schema.org/draft/2020-12/schema"}
+
+A string document that is not JSON gives ``valid: false`` with one error at
+path ``$`` and keyword ``parse``. Schema ``pattern`` keywords run under the job's
+regex time budget (``limits.regex_timeout_s``); past it the job fails with
+``schema pattern timed out after Ns``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import re
+from collections.abc import Iterator, Mapping
+from types import ModuleType
+from typing import Any
+
+import regex
+from jsonschema import validators
+from jsonschema.exceptions import SchemaError, ValidationError
+from jsonschema.protocols import Validator
+from jsonschema_specifications import REGISTRY as META_SCHEMAS
+from pydantic import Field, StrictBool, StrictInt
+from referencing.exceptions import Unresolvable
+
+from ..config import FleetConfig, LimitsConfig
+from ..errors import JobRejected
+from ._common import (
+    MAX_JSON_DEPTH,
+    RegexBudget,
+    RuleFailed,
+    RuleInput,
+    compile_pattern,
+    json_depth_over,
+)
+
+DEFAULT_DIALECT = validators.Draft202012Validator
+_MESSAGE_CHARS = 500
+
+
+class JsonValidateInput(RuleInput):
+    document: Any = Field(description="the JSON value to check, or JSON text when parse is true")
+    schema_: dict[str, Any] | StrictBool = Field(alias="schema", description="a JSON Schema")
+    parse: StrictBool = Field(default=True, description="read a string document as JSON text")
+    formats: StrictBool = Field(default=False, description="assert 'format' keywords")
+    max_errors: StrictInt = Field(default=100, ge=1, le=10_000)
+
+
+# -- guarding jsonschema's own regex calls ---------------------------------------------
+#
+# jsonschema evaluates ``pattern``, ``patternProperties`` and the property-name side
+# of ``additionalProperties``/``unevaluatedProperties`` with the stdlib ``re``, which
+# has no timeout. Those calls all go through the name ``re`` in three of its modules;
+# pointing that name at a stand-in whose ``search`` uses the ``regex`` engine with the
+# current job's time budget bounds every one of them. Outside a json_validate job the
+# stand-in calls the real ``re.search``, so nothing else in the process changes.
+
+_BUDGET: contextvars.ContextVar[RegexBudget | None] = contextvars.ContextVar(
+    "tierfleet_json_validate_budget", default=None
+)
+
+
+class _BudgetedRe(ModuleType):
+    def __init__(self) -> None:
+        super().__init__("re")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(re, name)
+
+    @staticmethod
+    def search(pattern: Any, string: str, flags: int = 0) -> Any:
+        budget = _BUDGET.get()
+        if budget is None or not isinstance(pattern, str):
+            return re.search(pattern, string, flags)
+        return budget.search(pattern, string, flags)
+
+
+_GUARD = _BudgetedRe()
+_GUARDED = False
+
+
+def _install_guard() -> None:
+    global _GUARDED
+    if _GUARDED:
+        return
+    import importlib
+
+    for name in ("jsonschema._keywords", "jsonschema._utils", "jsonschema._legacy_keywords"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        if getattr(mod, "re", None) is re:
+            mod.re = _GUARD  # type: ignore[attr-defined]
+    _GUARDED = True
+
+
+# -- submit-time checks ----------------------------------------------------------------
+
+# Keywords whose values are data, not subschemas: a "$ref" or "pattern" key inside
+# them means nothing.
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples", "example"})
+
+
+def _walk_schema(node: Any, path: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Every schema object in ``node`` with its field path (``properties`` keys included)."""
+    stack: list[tuple[str, Any]] = [(path, node)]
+    while stack:
+        p, value = stack.pop()
+        if isinstance(value, Mapping):
+            yield p, value
+            for k, v in value.items():
+                if k in _DATA_KEYWORDS:
+                    continue
+                stack.append((f"{p}.{k}", v))
+        elif isinstance(value, list):
+            stack.extend((f"{p}[{i}]", v) for i, v in enumerate(value))
+
+
+def validator_class(schema: Mapping[str, Any] | bool, field: str = "input.schema") -> type[Validator]:
+    if isinstance(schema, Mapping) and "$schema" in schema:
+        uri = schema["$schema"]
+        cls = validators.validator_for(schema, default=None) if isinstance(uri, str) else None
+        if cls is None:
+            raise JobRejected(
+                f"{field}.$schema",
+                f"unknown dialect {uri!r}; known: draft-03, -04, -06, -07, 2019-09, 2020-12",
+            )
+        return cls
+    return DEFAULT_DIALECT
+
+
+def _build(inp: JsonValidateInput) -> Validator:
+    cls = validator_class(inp.schema_)
+    checker = cls.FORMAT_CHECKER if inp.formats else None
+    # The meta-schema registry only: a $ref to an outside URL fails instead of fetching it.
+    return cls(inp.schema_, registry=META_SCHEMAS, format_checker=checker)
+
+
+def check(inp: JsonValidateInput, limits: LimitsConfig) -> None:
+    schema = inp.schema_
+    if json_depth_over(schema):
+        raise JobRejected("input.schema", f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if not (isinstance(inp.document, str) and inp.parse) and json_depth_over(inp.document):
+        raise JobRejected("input.document", f"nested deeper than {MAX_JSON_DEPTH} levels")
+    cls = validator_class(schema)
+    try:
+        cls.check_schema(schema)
+    except SchemaError as exc:
+        where = "input.schema" + exc.json_path[1:]
+        raise JobRejected(where, f"invalid JSON Schema: {_short(exc.message)}") from exc
+    if isinstance(schema, bool):
+        return
+    nested_ids = False
+    refs: list[tuple[str, str]] = []
+    for path, node in _walk_schema(schema, "input.schema"):
+        pattern = node.get("pattern")
+        if isinstance(pattern, str):
+            compile_pattern(pattern, 0, f"{path}.pattern", limits)
+        props = node.get("patternProperties")
+        if isinstance(props, Mapping):
+            for key in props:
+                compile_pattern(str(key), 0, f"{path}.patternProperties", limits)
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            refs.append((f"{path}.$ref", ref))
+        if path != "input.schema" and isinstance(node.get("$id") or node.get("id"), str):
+            nested_ids = True
+    # A reference into this same document can be checked now; with nested $id the
+    # base URI changes along the way, so those are left to run time.
+    if refs and not nested_ids:
+        resolver = _build(inp)._resolver  # type: ignore[attr-defined]
+        for where, ref in refs:
+            if not ref.startswith("#"):
+                continue
+            try:
+                resolver.lookup(ref)
+            except Unresolvable as exc:
+                raise JobRejected(where, f"reference {ref!r} points to nothing") from exc
+
+
+# -- run -------------------------------------------------------------------------------
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MESSAGE_CHARS else text[: _MESSAGE_CHARS - 1] + "…"
+
+
+def _schema_pointer(err: ValidationError) -> str:
+    return "".join(
+        "/" + str(p).replace("~", "~0").replace("/", "~1") for p in err.absolute_schema_path
+    )
+
+
+def run(inp: JsonValidateInput, config: FleetConfig) -> dict[str, Any]:
+    validator = _build(inp)
+    dialect = validator.META_SCHEMA.get("$id") or validator.META_SCHEMA.get("id", "")
+    document = inp.document
+    if isinstance(document, str) and inp.parse:
+        try:
+            document = json.loads(document)
+        except RecursionError as exc:
+            raise RuleFailed(f"document nested deeper than Python can read ({exc})") from exc
+        except ValueError as exc:
+            return {
+                "valid": False,
+                "errors": [
+                    {
+                        "path": "$",
+                        "message": f"document is not valid JSON: {exc}",
+                        "keyword": "parse",
+                        "schema_path": "",
+                    }
+                ],
+                "count": 1,
+                "truncated": False,
+                "dialect": dialect,
+            }
+        if json_depth_over(document):
+            raise RuleFailed(f"document nested deeper than {MAX_JSON_DEPTH} levels")
+
+    _install_guard()
+    budget = RegexBudget(config.limits.regex_timeout_s)
+    token = _BUDGET.set(budget)
+    errors: list[dict[str, Any]] = []
+    truncated = False
+    try:
+        for err in validator.iter_errors(document):
+            if len(errors) >= inp.max_errors:
+                truncated = True
+                break
+            errors.append(
+                {
+                    "path": err.json_path,
+                    "message": _short(err.message),
+                    "keyword": str(err.validator),
+                    "schema_path": _schema_pointer(err),
+                }
+            )
+    except TimeoutError as exc:
+        raise budget.failure("schema pattern") from exc
+    except Unresolvable as exc:
+        raise RuleFailed(f"schema reference cannot be resolved (nothing is fetched): {exc}") from exc
+    except regex.error as exc:
+        raise RuleFailed(f"schema pattern does not compile: {exc}") from exc
+    finally:
+        _BUDGET.reset(token)
+    return {
+        "valid": not errors,
+        "errors": errors,
+        "count": len(errors),
+        "truncated": truncated,
+        "dialect": dialect,
+    }

@@ -1,0 +1,158 @@
+"""The Celery app workers run: ``celery -A tierfleet.worker worker -Q local-gpu``.
+
+One task, ``tierfleet.run_job``, carries a job, its route, the trail of tiers
+already tried and the attempt count, as JSON kwargs (readable in Flower; never
+secrets). What a delivery does is in :mod:`tierfleet.runner`; this module wires
+it to Celery and keeps the worker's heartbeat and the reaper thread running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from celery import bootsteps
+from celery.exceptions import Ignore
+from celery.signals import worker_process_init
+from celery.worker import state as worker_state
+
+from .broker import TASK_NAME, make_celery, redis_client
+from .config import get_config
+from .logs import setup_logging
+from .reaper import Reaper, write_heartbeat
+from .runner import Rerouted, Runner
+
+log = logging.getLogger("tierfleet.worker")
+
+config = get_config()
+app = make_celery(config)
+
+_runner: Runner | None = None
+
+
+def runner() -> Runner:
+    """One Runner per process, built after fork so no Redis socket is shared."""
+    global _runner
+    if _runner is None or _runner_pid != os.getpid():
+        _set_runner(Runner(config, redis_client(config), publish))
+    assert _runner is not None
+    return _runner
+
+
+_runner_pid = -1
+
+
+def _set_runner(r: Runner) -> None:
+    global _runner, _runner_pid
+    _runner, _runner_pid = r, os.getpid()
+
+
+def publish(msg: dict[str, Any], tier: str) -> None:
+    app.send_task(TASK_NAME, kwargs=msg, queue=tier, task_id=msg["job"]["id"])
+
+
+@app.task(name=TASK_NAME, bind=True)
+def run_job(
+    self: Any,
+    job: dict[str, Any],
+    route: dict[str, Any],
+    trail: list[str] | None = None,
+    attempt: int = 1,
+    parks: int = 0,
+) -> dict[str, Any]:
+    msg = {"job": job, "route": route, "trail": trail or [], "attempt": attempt, "parks": parks}
+    try:
+        return runner().run(msg)
+    except Rerouted as exc:
+        # The job lives on in the message just published; this delivery is acked with no result.
+        raise Ignore(str(exc)) from None
+
+
+@worker_process_init.connect
+def _fresh_runner(**_: Any) -> None:
+    global _runner
+    _runner = None
+
+
+def _held_tags() -> list[str]:
+    tags: list[str] = []
+    for reqs in (worker_state.active_requests, worker_state.reserved_requests):
+        for _ in range(3):  # the sets change under us while tasks start and finish
+            try:
+                snapshot = list(reqs)
+                break
+            except RuntimeError:
+                continue
+        else:
+            snapshot = []
+        for req in snapshot:
+            tag = getattr(getattr(req, "message", None), "delivery_tag", None)
+            if tag:
+                tags.append(str(tag))
+    return tags
+
+
+class Heartbeat(bootsteps.StartStopStep):
+    """Tells the fleet this node is alive and which deliveries it holds; runs the reaper.
+
+    A thread, not the consumer's timer: with the solo pool a long job blocks the
+    event loop, and a silent heartbeat would let the reaper re-run a live job.
+    """
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self, parent: Any) -> None:
+        self._stop.clear()
+        node = parent.hostname
+        queues = [q.name for q in parent.task_consumer.queues] if parent.task_consumer else []
+        concurrency = getattr(parent.controller, "concurrency", 1) or 1
+        client = redis_client(config)
+        qos_tags = _qos_tags_reader(parent)
+
+        def beat() -> None:
+            while not self._stop.is_set():
+                try:
+                    write_heartbeat(client, config, node, queues, _held_tags() + qos_tags(),
+                                    concurrency)
+                except Exception as exc:
+                    log.warning("heartbeat failed: %s", exc)
+                self._stop.wait(config.reliability.heartbeat_s)
+
+        reaper = Reaper(config, redis_client(config), app)
+        self._threads = [
+            threading.Thread(target=beat, name="tierfleet-heartbeat", daemon=True),
+            threading.Thread(target=reaper.run_forever, args=(self._stop,),
+                             name="tierfleet-reaper", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def stop(self, parent: Any) -> None:
+        self._stop.set()
+
+    def shutdown(self, parent: Any) -> None:
+        self._stop.set()
+
+
+def _qos_tags_reader(parent: Any) -> Any:
+    """Tags kombu has delivered to this node but Celery has not yet made requests of."""
+
+    def read() -> list[str]:
+        try:
+            qos = parent.task_consumer.channel.qos
+            return [str(t) for t in list(qos._delivered.keys())]
+        except Exception:
+            return []
+
+    return read
+
+
+app.steps["consumer"].add(Heartbeat)
+setup_logging()

@@ -1,0 +1,141 @@
+"""Real processes for integration tests: a private redis-server, Celery worker
+subprocesses started the way operators start them, and fleet configs on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FAST_RELIABILITY = """
+[reliability]
+visibility_timeout_s = 3600
+task_time_limit_s = 600
+max_attempts = {max_attempts}
+park_backoff_s = [0.5, 1.0, 1.0, 2.0]
+health_timeout_s = 1.0
+health_cache_s = 0.3
+breaker_failures = 1
+breaker_open_s = {breaker_open_s}
+retry_after_budget_s = 2.0
+heartbeat_s = 0.5
+dead_after_s = 3.0
+"""
+
+
+def write_config(path: Path, redis_url: str, body: str = "", *, max_attempts: int = 8,
+                 breaker_open_s: float = 2.0, ledger_dir: Path | None = None) -> Path:
+    """A fleet config: the given tiers/hosts/models body plus fast reliability knobs."""
+    ledger = ledger_dir or path.parent / "ledger"
+    text = (
+        f'redis_url = "{redis_url}"\n'
+        f'key_prefix = "tf"\n'
+        + (body or RULES_ONLY)
+        + FAST_RELIABILITY.format(max_attempts=max_attempts, breaker_open_s=breaker_open_s)
+        + f'\n[ledger]\ndir = "{ledger}"\n'
+    )
+    path.write_text(text)
+    return path
+
+
+RULES_ONLY = """
+[tiers.rules]
+place = "rules"
+
+[tiers.local-mac]
+place = "local"
+
+[tiers.paid]
+place = "paid"
+
+[policy]
+kind_tiers = { classification = "local-mac", extraction = "local-mac", summary = "local-mac", translation = "local-mac", chat = "local-mac", code = "local-mac", reasoning = "local-mac", vision = "local-mac", writing = "local-mac" }
+high_risk_tier = "paid"
+premium_tier = "paid"
+spill_order = ["local-mac", "paid"]
+large_job_tier = "paid"
+"""
+
+
+class Worker:
+    """``celery -A tierfleet.worker worker -Q TIER`` as a subprocess."""
+
+    def __init__(self, tier: str, config: Path, *, name: str | None = None, concurrency: int = 1,
+                 pool: str = "prefork", env: dict[str, str] | None = None,
+                 log_dir: Path | None = None) -> None:
+        self.tier = tier
+        self.config = config
+        self.name = name or f"{tier.replace(',', '+')}-{os.getpid()}-{time.monotonic_ns()}@test"
+        self.concurrency = concurrency
+        self.pool = pool
+        self.env = env or {}
+        self.log_path = (log_dir or config.parent) / f"worker-{self.name.split('@')[0]}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, client: redis.Redis, timeout: float = 30.0) -> Worker:
+        env = {**os.environ, "TIERFLEET_CONFIG": str(self.config), "PYTHONUNBUFFERED": "1",
+               **self.env}
+        env.pop("TIERFLEET_REDIS_URL", None)
+        argv = [sys.executable, "-m", "celery", "-A", "tierfleet.worker", "worker",
+                "-Q", self.tier, "-n", self.name, "-c", str(self.concurrency), "-P", self.pool,
+                "-E", "--without-gossip", "--without-mingle", "-l", "INFO"]
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=str(self.config.parent), start_new_session=True)
+        deadline = time.monotonic() + timeout
+        hb = f"tf:hb:{self.name}"
+        while time.monotonic() < deadline:
+            if client.exists(hb):
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited: {self.log()[-3000:]}")
+            time.sleep(0.1)
+        raise RuntimeError(f"worker {self.name} did not start: {self.log()[-3000:]}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def children(self) -> list[int]:
+        assert self.proc is not None
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(x) for x in out.stdout.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the whole node (main process and pool children): a machine powering off."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+def read_jsonl(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def cli(args: list[str], config: Path, *, input_text: str | None = None,
+        timeout: float = 120.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "TIERFLEET_CONFIG": str(config), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "tierfleet", *args], input=input_text,
+                          capture_output=True, text=True, timeout=timeout, env=full_env,
+                          cwd=str(config.parent))
