@@ -10,8 +10,8 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tierfleet.config import reset_config  # noqa: E402
-from tierfleet.embedded import EmbeddedRedis  # noqa: E402
+from tierfleet.config import reset_config
+from tierfleet.embedded import EmbeddedRedis
 
 # Never pick up a developer's own fleet config or Redis by accident.
 for var in ("TIERFLEET_CONFIG", "TIERFLEET_REDIS_URL"):

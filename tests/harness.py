@@ -53,16 +53,51 @@ place = "rules"
 
 [tiers.local-mac]
 place = "local"
+models = { default = "small" }
 
 [tiers.paid]
 place = "paid"
+models = { default = "big" }
+
+# Hosts nobody listens on: these fleets test queues and rules, not models.
+[hosts.mac]
+kind = "ollama"
+url = "http://127.0.0.1:9"
+tier = "local-mac"
+models = ["small"]
+simulated = true
+
+[hosts.provider]
+kind = "openai"
+url = "http://127.0.0.1:9/v1"
+tier = "paid"
+models = ["big"]
+simulated = true
+
+[models.small]
+input_per_mtok = 0.0
+output_per_mtok = 0.0
+
+[models.big]
+input_per_mtok = 3.0
+output_per_mtok = 15.0
 
 [policy]
-kind_tiers = { classification = "local-mac", extraction = "local-mac", summary = "local-mac", translation = "local-mac", chat = "local-mac", code = "local-mac", reasoning = "local-mac", vision = "local-mac", writing = "local-mac" }
 high_risk_tier = "paid"
 premium_tier = "paid"
 spill_order = ["local-mac", "paid"]
 large_job_tier = "paid"
+
+[policy.kind_tiers]
+classification = "local-mac"
+extraction = "local-mac"
+summary = "local-mac"
+translation = "local-mac"
+chat = "local-mac"
+code = "local-mac"
+reasoning = "local-mac"
+vision = "local-mac"
+writing = "local-mac"
 """
 
 

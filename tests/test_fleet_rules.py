@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import redis
-from harness import Worker, cli, read_jsonl, write_config
 
+from harness import Worker, cli, read_jsonl, write_config
 from tierfleet.config import load_config
 from tierfleet.dispatch import Dispatcher
 from tierfleet.errors import JobRejected

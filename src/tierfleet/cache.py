@@ -75,9 +75,7 @@ def _temperature(job: Job) -> float | None:
 
 def cache_key(job: Job, model: str | None, prefix: str = "tierfleet") -> str:
     if job.messages:
-        words = [
-            [m.role, normalise(m.content, job.kind), [_sha(i) for i in m.images]] for m in job.messages
-        ]
+        words = [[m.role, normalise(m.content, job.kind), [_sha(i) for i in m.images]] for m in job.messages]
     else:
         words = [["user", normalise(job.prompt or "", job.kind), []]]
     material = {
@@ -138,9 +136,7 @@ class AnswerCache:
         if not self.allowed(job):
             return
         key = self.key(job, model)
-        entry = CachedAnswer(
-            answer=answer, model=model, kind=job.kind.value, stored_at=time.time(), key=key
-        )
+        entry = CachedAnswer(answer=answer, model=model, kind=job.kind.value, stored_at=time.time(), key=key)
         data = entry.model_dump_json()
         if len(data.encode()) > self.max_answer_bytes:
             return

@@ -145,7 +145,13 @@ class KeywordRule(_Strict):
 
 
 class RulesConfig(_Strict):
-    keyword_routes: list[KeywordRule] = Field(default_factory=list)
+    # The seed's detect_ticket_type, as data; replace it with your own labels.
+    keyword_routes: list[KeywordRule] = Field(
+        default_factory=lambda: [
+            KeywordRule(label="vpn", any=["vpn"]),
+            KeywordRule(label="email", any=["outlook", "email"]),
+        ]
+    )
     default_label: str = "review"
 
 

@@ -45,8 +45,11 @@ def parse_job(data: Job | Mapping[str, Any]) -> Job:
         return Job.model_validate(dict(data))
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "job"
+        field = ".".join(str(p) for p in first["loc"])
         msg = first["msg"].removeprefix("Value error, ")
+        if not field:
+            # Whole-job checks word their message "field: why".
+            field, _, msg = msg.partition(": ") if ": " in msg else ("job", "", msg)
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise JobRejected(field, msg + more) from None
 

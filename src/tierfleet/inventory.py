@@ -64,6 +64,10 @@ REQUIRED_COLUMNS = (
 OPTIONAL_COLUMNS = ("tier", "model")
 
 
+# The Job model's own bound on max_tokens.
+_MAX_TOKENS: int = next(m.le for m in Job.model_fields["max_tokens"].metadata if hasattr(m, "le"))
+
+
 class InventoryError(TierfleetError):
     """The inventory or prices file is unreadable or names something the fleet does not know."""
 
@@ -161,7 +165,8 @@ def read_rows(csv_path: str | Path, *, max_rows: int = 100_000) -> list[tuple[in
         if missing or unknown:
             raise InventoryError(
                 f"{path}: columns must be {', '.join(REQUIRED_COLUMNS)} (optional: "
-                f"{', '.join(OPTIONAL_COLUMNS)}); missing {missing or 'none'}, unknown {unknown or 'none'}"
+                f"{', '.join(OPTIONAL_COLUMNS)}); missing {missing or 'none'}, "
+                f"unknown {unknown or 'none'}"
             )
         rows: list[tuple[int, InventoryRow]] = []
         for raw in reader:
@@ -187,7 +192,7 @@ def read_rows(csv_path: str | Path, *, max_rows: int = 100_000) -> list[tuple[in
 def apply_prices(
     config: FleetConfig, prices: str | Path | None = None, *, baseline_model: str | None = None
 ) -> FleetConfig:
-    """A copy of ``config`` with the prices file's models merged in and, if given, a new baseline."""
+    """A copy of ``config`` with the prices file's models merged in (and a new baseline)."""
     models = dict(config.models)
     if prices is not None:
         path = Path(prices)
@@ -207,12 +212,15 @@ def apply_prices(
                 or not all(isinstance(entry[k], int | float) and entry[k] >= 0 for k in entry)
             ):
                 raise InventoryError(
-                    f"{path}: models.{name}: expected input = <USD per 1M> and output = <USD per 1M>, "
-                    "both >= 0"
+                    f"{path}: models.{name}: expected input = <USD per 1M> and "
+                    "output = <USD per 1M>, both >= 0"
                 )
             base = models.get(name, ModelConfig())
             models[name] = base.model_copy(
-                update={"input_per_mtok": float(entry["input"]), "output_per_mtok": float(entry["output"])}
+                update={
+                    "input_per_mtok": float(entry["input"]),
+                    "output_per_mtok": float(entry["output"]),
+                }
             )
     update: dict[str, Any] = {"models": models}
     if baseline_model is not None:
@@ -241,6 +249,8 @@ def _job(line: int, row: InventoryRow) -> Job:
         workflow=row.workflow,
         tier=row.tier,
         model=row.model,
+        # The answer's length is known: the policy's size and cost stages use it.
+        max_tokens=min(row.avg_output_tokens, _MAX_TOKENS) if row.avg_output_tokens else None,
     )
 
 
@@ -289,14 +299,20 @@ def _placement(
 ) -> tuple[str, str | None, str | None, list[str], list[str]]:
     """Tier, model, host for the row's average job, plus extra reasons and warnings.
 
-    A job longer than its host's window fails there with ContextTooLong and moves
-    down the route's fallback chain at run time; the projection does the same, so
-    it never prices a 75K-token job on a 32K-token model.
+    The policy sees the example prompt, not the row's average input, so an
+    average job may not fit the host it chose. At run time such a job fails
+    there (ContextTooLong) and moves on to a larger window: down the route's
+    fallback chain, then the policy's spill order, within privacy. The projection
+    does the same, so it never prices a 75K-token job on a 32K-token model.
     """
     need = row.avg_input_tokens + row.avg_output_tokens
-    chain = [route.tier, *route.fallbacks]
-    if row.privacy is Privacy.CONFIDENTIAL:
-        chain = [t for t in chain if t in config.local_tiers()]
+    chain = list(dict.fromkeys([route.tier, *route.fallbacks, *config.policy.spill_order]))
+    chain = [
+        t
+        for t in chain
+        if t in config.tiers
+        and (t == route.tier or row.privacy is not Privacy.CONFIDENTIAL or t in config.local_tiers())
+    ]
     reasons: list[str] = []
     first: tuple[str, str | None, str | None] | None = None
     for i, tier in enumerate(chain):
@@ -317,10 +333,16 @@ def _placement(
             f"{host} ({tier}); at run time it falls back"
         )
     tier, model, host = first or (route.tier, route.model, route.host)
-    return tier, model, host, [], [
-        f"an average job ({need} tokens) fits no host on its route "
-        f"({' -> '.join(chain) or route.tier}): priced on {tier}, but it would fail there"
-    ]
+    return (
+        tier,
+        model,
+        host,
+        [],
+        [
+            f"an average job ({need} tokens) fits no host on its route "
+            f"({' -> '.join(chain) or route.tier}): priced on {tier}, but it would fail there"
+        ],
+    )
 
 
 def _project_row(
@@ -408,7 +430,11 @@ def plot_inventory(inv: Inventory, path: str | Path) -> Path:
         path,
         [w.workflow for w in wfs],
         [
-            (f"before: all on {inv.baseline_model or 'n/a'}", [w.cost_before_usd for w in wfs], "#c8553d"),
+            (
+                f"before: all on {inv.baseline_model or 'n/a'}",
+                [w.cost_before_usd for w in wfs],
+                "#c8553d",
+            ),
             ("after: routed", [w.cost_after_usd for w in wfs], "#2a7ab0"),
         ],
         title="Projected monthly cost per workflow, before vs after routing",
@@ -419,4 +445,3 @@ def plot_inventory(inv: Inventory, path: str | Path) -> Path:
             f"{inv.assumptions.decode_tps:g} out tokens per second"
         ),
     )
-

@@ -27,9 +27,10 @@ Which attempt carries what:
 - The baseline (what the job would have cost on the baseline model) is counted
   once per job, on its final attempt, so a job that took three attempts is not
   compared with three baseline calls.
-- A final attempt flags its job as having fallen back when it says so
-  (``fallbacks > 0``) or an earlier attempt of the job ended in ``fallback``;
-  likewise for escalation. Fallback and escalation rates are shares of jobs.
+- A final attempt flags its job as having fallen back when an earlier attempt
+  of the job ended in ``fallback`` (or, with no earlier record, when it says
+  ``fallbacks > 0``), and as escalated when one ended in ``escalated``.
+  Fallback and escalation rates are shares of jobs.
 
 Records hold counts, names and times, never prompts, answers or keys; error
 texts are cut short and scrubbed of anything that looks like a credential.
@@ -241,8 +242,11 @@ class Ledger:
 
     def _record_dict(self, attempt: Attempt, earlier: Any) -> dict[str, Any]:
         rec = attempt.model_dump(mode="json")
-        outcomes = {json.loads(e).get("outcome") for e in earlier}
-        rec["job_fallback"] = attempt.fallbacks > 0 or "fallback" in outcomes
+        outcomes = [json.loads(e).get("outcome") for e in earlier]
+        # The job's earlier records say what happened; ``fallbacks`` (the worker's
+        # trail length, which also counts escalations) is only the fallback signal
+        # when no earlier attempt was recorded.
+        rec["job_fallback"] = "fallback" in outcomes or (not outcomes and attempt.fallbacks > 0)
         rec["job_escalated"] = "escalated" in outcomes
         return rec
 
@@ -250,7 +254,7 @@ class Ledger:
         folder = Path(self.config.ledger.dir)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            # One write() on an O_APPEND descriptor: lines from concurrent workers do not interleave.
+            # One write() on an O_APPEND descriptor: concurrent workers' lines do not interleave.
             fd = os.open(folder / f"token-usage-{day}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:
                 os.write(fd, (line + "\n").encode())

@@ -21,7 +21,9 @@ How each figure is counted (see :mod:`tierfleet.ledger` for the records):
 from __future__ import annotations
 
 import re
+import sys
 import time
+import types
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,9 +49,9 @@ __all__ = [
     "build_report",
     "check",
     "parse_since",
-    "previous_report",
     "plot_bars",
     "plot_report",
+    "previous_report",
     "report",
 ]
 
@@ -166,7 +168,7 @@ class _Acc:
 
     def add_job(self, rec: dict[str, Any], latency_s: float) -> None:
         self.jobs += 1
-        self.fallback_jobs += int(bool(rec.get("job_fallback") or rec.get("fallbacks", 0) > 0))
+        self.fallback_jobs += int(bool(rec.get("job_fallback")))
         self.escalated_jobs += int(bool(rec.get("job_escalated")))
         self.cache_hits += int(bool(rec.get("cache_hit") or rec["outcome"] == "cached"))
         self.latencies.append(latency_s)
@@ -282,10 +284,13 @@ def report(
 ) -> Report:
     """The report for the ``since`` period ending at ``end`` (default now)."""
     config = config or get_config()
-    client = redis if redis is not None else redis_lib.Redis.from_url(config.redis_url)
     end = time.time() if end is None else end
     start = end - parse_since(since)
-    records = Ledger(client, config).raw_between(start, end)
+    if redis is not None:
+        records = Ledger(redis, config).raw_between(start, end)
+    else:
+        with redis_lib.Redis.from_url(config.redis_url) as client:
+            records = Ledger(client, config).raw_between(start, end)
     return build_report(records, config=config, since=since, by=by, start=start, end=end)
 
 
@@ -297,7 +302,7 @@ def previous_report(
 
 
 def check(current: Report, previous: Report | None = None) -> list[Alert]:
-    """The alerts: cost per job up too much on the previous period, fallbacks or escalations too frequent."""
+    """The alerts: cost per job up on the previous period, too many fallbacks or escalations."""
     t = current.thresholds
     alerts: list[Alert] = []
     now_cpj, before_cpj = current.cost_per_job_usd, previous.cost_per_job_usd if previous else None
@@ -311,9 +316,9 @@ def check(current: Report, previous: Report | None = None) -> list[Alert]:
                         value=increase,
                         threshold=t.alert_cost_increase,
                         reason=(
-                            f"cost per job rose {increase:.0%} (${before_cpj:.6f} -> ${now_cpj:.6f}) "
-                            f"on the previous {current.since}, above the {t.alert_cost_increase:.0%} "
-                            "bound: more jobs are going to expensive tiers"
+                            f"cost per job rose {increase:.0%} (${before_cpj:.6f} -> "
+                            f"${now_cpj:.6f}) on the previous {current.since}, above the "
+                            f"{t.alert_cost_increase:.0%} bound: more jobs go to expensive tiers"
                         ),
                     )
                 )
@@ -368,6 +373,12 @@ def _usd(x: float, _pos: object = None) -> str:
     return f"${x:.4f}" if x else "$0"
 
 
+def _usd_tick(x: float, _pos: object = None) -> str:
+    if x == 0:
+        return "$0"
+    return f"${x:,.0f}" if abs(x) >= 100 else f"${x:,.2f}" if abs(x) >= 0.01 else f"${x:.2g}"
+
+
 def plot_bars(
     path: str | Path,
     labels: Sequence[str],
@@ -397,7 +408,7 @@ def plot_bars(
         ax.invert_yaxis()  # biggest first, read top-down
         ax.legend(loc="lower right")
         ax.margins(x=0.18)
-    ax.xaxis.set_major_formatter(FuncFormatter(_usd))
+    ax.xaxis.set_major_formatter(FuncFormatter(_usd_tick))
     ax.set_xlabel(xlabel)
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)
@@ -419,8 +430,11 @@ def plot_report(rep: Report, path: str | Path) -> Path:
         [r.key for r in rows],
         [
             ("routed (what was spent)", [r.spend_usd for r in rows], "#2a7ab0"),
-            (f"baseline (all on {rep.baseline_model or 'n/a'})", [r.baseline_usd for r in rows],
-             "#c8553d"),
+            (
+                f"baseline (all on {rep.baseline_model or 'n/a'})",
+                [r.baseline_usd for r in rows],
+                "#c8553d",
+            ),
         ],
         title=f"Spend by {rep.by}, routed vs baseline, last {rep.since}",
         xlabel=f"USD spent over the last {rep.since}",
@@ -429,3 +443,15 @@ def plot_report(rep: Report, path: str | Path) -> Path:
             f"(saved {saving}); monthly projection {_usd(rep.monthly_spend_usd)}{sim}"
         ),
     )
+
+
+class _CallableModule(types.ModuleType):
+    """``tierfleet.report(...)`` is the package's API, and ``tierfleet.report`` is also this
+    module: importing it rebinds the package attribute to the module, so the module itself
+    answers the call."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Report:
+        return report(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -45,7 +45,9 @@ _QUOTA_CODES = (
     "spend_limit",
     "billing_hard_limit",
 )
-_QUOTA_WORDS = re.compile(r"insufficient[_ ]quota|exceeded your current quota|credit|spend[_ ]limit|billing", re.I)
+_QUOTA_WORDS = re.compile(
+    r"insufficient[_ ]quota|exceeded your current quota|credit|spend[_ ]limit|billing", re.I
+)
 _CONTEXT = re.compile(
     r"context_length_exceeded|exceed_context_size|maximum context length|exceeds the context"
     r"|exceeds the available context|context length exceeded|context window|too many tokens",
@@ -72,7 +74,7 @@ class Secret:
 
 
 def load_api_key(env_name: str | None) -> Secret | None:
-    """The key named by ``api_key_env``: the environment first, then ``$TIERFLEET_SECRETS_DIR/<NAME>``.
+    """The key named by ``api_key_env``: the environment, else ``$TIERFLEET_SECRETS_DIR/<NAME>``.
 
     A secrets file suits Docker/Kubernetes secrets mounted as files.
     """
@@ -154,14 +156,19 @@ def _error_fields(response: httpx.Response) -> tuple[str, str, str]:
     return json.dumps(body)[:_MAX_MESSAGE], "", ""
 
 
-def error_from_response(host: str, response: httpx.Response, secret: Secret | None = None) -> BackendError:
+def error_from_response(
+    host: str, response: httpx.Response, secret: Secret | None = None
+) -> BackendError:
     """One class of :mod:`base` for a non-2xx answer, carrying the host's own message."""
     status = response.status_code
     message, etype, code = _error_fields(response)
     message = scrub(message, secret)
     tags = f"{etype} {code}".lower()
     if status == 429:
-        if any(c in tags for c in _QUOTA_CODES) or _QUOTA_WORDS.search(message):
+        if any(c in tags for c in _QUOTA_CODES):
+            return QuotaExhausted(host, message, status=status)
+        # The code beats the wording: a rate-limit message may mention billing pages.
+        if "rate_limit" not in tags and _QUOTA_WORDS.search(message):
             return QuotaExhausted(host, message, status=status)
         return RateLimited(host, message, retry_after=parse_retry_after(response.headers))
     if status in (401, 403):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .base import BackendError, Completion, CompletionRequest, HostHealth
 from ._http import HttpBackend, error_from_message, health_timeouts, is_simulated, json_body
+from .base import BackendError, Completion, CompletionRequest, HostHealth
 
 # Request fields that sit beside ``options`` in Ollama's body rather than inside it.
 _TOP_LEVEL = frozenset({"keep_alive", "think", "truncate", "shift", "format", "tools", "logprobs"})
@@ -78,7 +78,7 @@ class OllamaBackend(HttpBackend):
         )
 
     def health(self, model: str | None = None) -> HostHealth:
-        """Up when ``/api/tags`` answers; ``model_present`` when the model (or every configured one) is pulled."""
+        """Up when ``/api/tags`` answers; ``model_present``: the model(s) are pulled there."""
         started = time.monotonic()
         try:
             response = self._request(

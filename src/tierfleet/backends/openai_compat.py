@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .base import BackendError, ChatMessage, Completion, CompletionRequest, HostDown, HostHealth
 from ._http import HttpBackend, health_timeouts, is_simulated, json_body
+from .base import BackendError, ChatMessage, Completion, CompletionRequest, HostDown, HostHealth
 
 _MAGIC = (
     ("iVBORw0KGgo", "image/png"),

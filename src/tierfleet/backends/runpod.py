@@ -10,15 +10,17 @@ The job we send is ``{"input": {...}}`` with this input, which the handler in
       "messages": [{"role": "system"|"user"|"assistant", "content": "...",
                     "images": ["<base64>", ...]}],     # images only when present
       "model": "qwen3-coder:30b",
-      "max_tokens": 512,            # or null
-      "temperature": 0.0,           # or null
       "json_output": false,
-      "options": {...}              # only when the request has options
+      "max_tokens": 512,            # left out when not set
+      "temperature": 0.0            # left out when not set
     }
 
 and the handler answers (the job's ``output``)::
 
-    {"text": "...", "tokens_in": 123, "tokens_out": 45, "finish_reason": "stop"}
+    {"text": "...", "tokens_in": 123, "tokens_out": 45, "finish_reason": "stop", "model": "..."}
+
+or, failing, ``{"error": "...", "error_type": "context_length_exceeded" | "bad_input" | ...}``
+which Runpod reports as a FAILED job; ``error_type`` picks the error class.
 
 Paying once: the Runpod job id is stored under our job id (``ExternalIdStore``)
 *before* the first poll. A redelivered job (worker killed, visibility timeout)
@@ -32,22 +34,14 @@ when it returns, too late to store it before the wait.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from typing import Any
 
 import httpx
 
 from ..config import HostConfig
-from .base import (
-    BackendError,
-    Completion,
-    CompletionRequest,
-    ExternalIdStore,
-    HostDown,
-    HostHealth,
-    ModelNotFound,
-    RateLimited,
-)
 from ._http import (
     DEFAULT_HEALTH_TIMEOUT_S,
     HttpBackend,
@@ -55,6 +49,19 @@ from ._http import (
     health_timeouts,
     is_simulated,
     json_body,
+    scrub,
+)
+from .base import (
+    BackendError,
+    BadRequest,
+    Completion,
+    CompletionRequest,
+    ContextTooLong,
+    ExternalIdStore,
+    HostDown,
+    HostHealth,
+    ModelNotFound,
+    RateLimited,
 )
 
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"})
@@ -64,6 +71,8 @@ _MAX_POLL_FAILURES = 3
 
 
 def runpod_input(request: CompletionRequest) -> dict[str, Any]:
+    """The job's ``input``. Only the fields the handler knows: it refuses unknown ones, so
+    ``request.options`` stay here and ``None`` values are left out."""
     messages: list[dict[str, Any]] = []
     for m in request.messages:
         msg: dict[str, Any] = {"role": m.role, "content": m.content}
@@ -73,12 +82,12 @@ def runpod_input(request: CompletionRequest) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "messages": messages,
         "model": request.model,
-        "max_tokens": request.max_tokens,
-        "temperature": request.temperature,
         "json_output": request.json_output,
     }
-    if request.options:
-        payload["options"] = dict(request.options)
+    if request.max_tokens is not None:
+        payload["max_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        payload["temperature"] = request.temperature
     return payload
 
 
@@ -189,15 +198,13 @@ class RunpodBackend(HttpBackend):
         return response, state
 
     def _cancel(self, runpod_id: str) -> None:
-        try:
+        # The job may already be gone; the timeout error raised next says what matters.
+        with contextlib.suppress(BackendError):
             self._request(
                 "POST",
                 f"{self.base_url}/cancel/{runpod_id}",
                 timeout=health_timeouts(self.host, max(self.health_timeout_s, 3.0)),
             )
-        except BackendError:
-            # The job may already be gone; the timeout error we raise next says what matters.
-            pass
 
     def _finish(
         self,
@@ -208,21 +215,17 @@ class RunpodBackend(HttpBackend):
         started: float,
     ) -> Completion:
         status = _state(state)
+        output = state.get("output")
         if status != "COMPLETED":
             self._forget(request.job_id)
-            error = state.get("error")
             if status == "FAILED":
-                raise error_from_message(
-                    self.name, f"Runpod job {runpod_id} failed: {error or 'no error given'}", self._key
-                )
+                raise self._failure(runpod_id, state.get("error"), output)
             raise HostDown(self.name, f"Runpod job {runpod_id} ended {status}")
-        text, tokens_in, tokens_out, reason, model = _parse_output(state.get("output"))
+        text, tokens_in, tokens_out, reason, model = _parse_output(output)
         if text is None:
-            error = _output_error(state.get("output"))
+            # A handler that reports an error in a COMPLETED job: treat it as a failure.
             self._forget(request.job_id)
-            raise error_from_message(
-                self.name, f"Runpod job {runpod_id}: {error or 'output has no text'}", self._key
-            )
+            raise self._failure(runpod_id, None, output)
         execution_ms = state.get("executionTime")
         return Completion(
             text=text,
@@ -234,15 +237,29 @@ class RunpodBackend(HttpBackend):
             finish_reason=reason,
             simulated=is_simulated(response),
             external_id=runpod_id,
-            billed_seconds=float(execution_ms) / 1000.0
-            if isinstance(execution_ms, int | float)
-            else None,
+            billed_seconds=float(execution_ms) / 1000.0 if isinstance(execution_ms, int | float) else None,
         )
+
+    def _failure(self, runpod_id: str, error: Any, output: Any) -> BackendError:
+        """The class for a failed job, from the handler's ``error_type`` when it gave one."""
+        detail = output if isinstance(output, dict) else {}
+        message = _error_text(error) or _error_text(detail.get("error")) or "no error given"
+        text = scrub(f"Runpod job {runpod_id} failed: {message}", self._key)
+        error_type = str(detail.get("error_type") or "")
+        status = detail.get("status") if isinstance(detail.get("status"), int) else None
+        cls = _ERROR_TYPES.get(error_type)
+        if cls is None and error_type.startswith("upstream"):
+            cls = HostDown
+        if cls is None:
+            return error_from_message(self.name, text, self._key)
+        if cls is RateLimited:
+            return RateLimited(self.name, text)
+        return cls(self.name, text, status=status)
 
     # -- health ---------------------------------------------------------------------
 
     def health(self, model: str | None = None) -> HostHealth:
-        """Up when ``/health`` answers. No worker running means *cold* (first job waits), not down."""
+        """Up when ``/health`` answers. No worker up means *cold* (first job waits), not down."""
         started = time.monotonic()
         try:
             response = self._request(
@@ -339,10 +356,29 @@ def _parse_output(
     return None, None, None, None, None
 
 
-def _output_error(output: Any) -> str | None:
-    if isinstance(output, dict) and output.get("error"):
-        return str(output["error"])
-    return None
+def _error_text(error: Any) -> str:
+    """Runpod's ``error``: a message, or (for a raised exception) a JSON string of details."""
+    if not error:
+        return ""
+    if isinstance(error, str) and error.lstrip().startswith("{"):
+        try:
+            error = json.loads(error)
+        except json.JSONDecodeError:
+            return error
+    if isinstance(error, dict):
+        return str(error.get("error_message") or error.get("message") or json.dumps(error))
+    return str(error)
+
+
+# error_type values of deploy/runpod_handler.py and what the worker should do with them.
+_ERROR_TYPES: dict[str, type[BackendError]] = {
+    "context_length_exceeded": ContextTooLong,
+    "bad_input": BadRequest,
+    "bad_request": BadRequest,
+    "model_not_found": ModelNotFound,
+    "rate_limited": RateLimited,
+    "bad_upstream_response": HostDown,
+}
 
 
 __all__ = ["FINAL_STATES", "RunpodBackend", "runpod_input"]

@@ -39,7 +39,10 @@ def clear_errors() -> Iterator[None]:
 
 
 def config_option() -> Any:
-    return typer.Option(None, "--config", "-c", help="fleet config file (default: $TIERFLEET_CONFIG, ./fleet.toml, built-in)")
+    return typer.Option(
+        None, "--config", "-c",
+        help="fleet config file (default: $TIERFLEET_CONFIG, ./fleet.toml, built-in)",
+    )
 
 
 def get(config_path: str | None) -> FleetConfig:

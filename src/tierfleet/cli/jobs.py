@@ -202,14 +202,16 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def worker(
-        tier: str = typer.Option(..., "--tier", "-t", help="tier (queue) this machine serves; a,b for several"),
+        tier: str = typer.Option(
+            ..., "--tier", "-t", help="tier (queue) this machine serves; a,b for several"
+        ),
         concurrency: int = typer.Option(None, "--concurrency", "-c"),
         name: str = typer.Option(None, help="node name (default TIER@hostname)"),
         pool: str = typer.Option("prefork", help="prefork, threads or solo"),
         loglevel: str = typer.Option("INFO"),
         config: str = config_option(),
     ) -> None:
-        """Start a Celery worker for a tier: a thin wrapper over `celery -A tierfleet.worker worker -Q TIER`."""
+        """Start a worker for a tier (wraps `celery -A tierfleet.worker worker -Q TIER`)."""
         cfg = get(config)
         tiers = tier.split(",")
         unknown = [t for t in tiers if t not in cfg.tiers]

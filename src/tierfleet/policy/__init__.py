@@ -1,36 +1,29 @@
-"""Routing policy. (Minimal placeholder: kind -> configured tier; the staged policy replaces it.)"""
+"""Routing policy: ordered stages that decide, narrow or pass, each saying why.
+
+``Policy(config).route(job, state)`` returns a ``Route``; ``route_many`` does a
+batch with one tokenizer and model pass. The policy is pure: it reads a
+``FleetState`` snapshot handed in by the dispatcher and never touches Redis.
+"""
 
 from __future__ import annotations
 
-from ..config import FleetConfig
-from ..jobs import RULES_KINDS, Job, Kind, Reason, Route
+from .engine import Policy, build_policy
+from .keywords import KeywordClassifier, KindGuess
+from .models import Models, Reader, Signals, load_models
+from .stages import DEFAULT_STAGES, Draft, Stage
 from .state import FleetState
 
-__all__ = ["FleetState", "Policy", "build_policy"]
-
-
-class Policy:
-    def __init__(self, config: FleetConfig) -> None:
-        self.config = config
-
-    def route(self, job: Job, state: FleetState | None = None) -> Route:
-        cfg = self.config
-        if job.kind in RULES_KINDS:
-            return Route(tier="rules", kind=job.kind, reasons=[Reason(stage="rules", text="rules kind")])
-        kind = Kind.CHAT if job.kind is Kind.AUTO else job.kind
-        tier = job.tier or cfg.policy.kind_tiers.get(kind.value, "paid")
-        tc = cfg.tiers[tier]
-        model = job.model or tc.model_for(kind.value)
-        host = next(iter(cfg.hosts_for(tier)), None)
-        return Route(
-            tier=tier,
-            kind=kind,
-            model=model,
-            host=host,
-            fallbacks=list(tc.fallback),
-            reasons=[Reason(stage="kind", text=f"{kind.value} -> {tier}")],
-        )
-
-
-def build_policy(config: FleetConfig) -> Policy:
-    return Policy(config)
+__all__ = [
+    "DEFAULT_STAGES",
+    "Draft",
+    "FleetState",
+    "KeywordClassifier",
+    "KindGuess",
+    "Models",
+    "Policy",
+    "Reader",
+    "Signals",
+    "Stage",
+    "build_policy",
+    "load_models",
+]

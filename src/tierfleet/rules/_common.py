@@ -42,6 +42,9 @@ class RuleInput(BaseModel):
 # product of nested repeat counts; this bound keeps compilation in milliseconds.
 MAX_REPEAT_PRODUCT = 100_000
 
+# The regex compiler recurses per nested group; real patterns nest a handful deep.
+MAX_GROUP_DEPTH = 50
+
 # Deeper JSON than this is far past any real document and would hit Python's
 # recursion limit inside jsonschema instead of failing cleanly.
 MAX_JSON_DEPTH = 128
@@ -82,7 +85,9 @@ FLAG_NAMES: dict[str, int] = {
     "ASCII": regex.ASCII,
     "UNICODE": regex.UNICODE,
 }
-_FLAG_ALIASES = {"I": "IGNORECASE", "M": "MULTILINE", "S": "DOTALL", "X": "VERBOSE", "A": "ASCII", "U": "UNICODE"}
+_FLAG_ALIASES = {
+    "I": "IGNORECASE", "M": "MULTILINE", "S": "DOTALL", "X": "VERBOSE", "A": "ASCII", "U": "UNICODE"
+}
 
 
 def parse_flags(names: Sequence[str], field: str) -> int:
@@ -131,7 +136,9 @@ def hostile_reason(pattern: str) -> str | None:
             f"nested unbounded repetition {m.group(0)!r} backtracks catastrophically; "
             "repeat the atom once (e.g. 'a+' instead of '(a+)+') or use a possessive/atomic form"
         )
-    product = _repeat_product(pattern)
+    product, depth = _repeat_product(pattern)
+    if depth > MAX_GROUP_DEPTH:
+        return f"groups nest {depth} deep (limit {MAX_GROUP_DEPTH})"
     if product > MAX_REPEAT_PRODUCT:
         return (
             f"nested repeat counts multiply to {product:,} (limit {MAX_REPEAT_PRODUCT:,}); "
@@ -140,10 +147,11 @@ def hostile_reason(pattern: str) -> str | None:
     return None
 
 
-def _repeat_product(pattern: str) -> int:
-    """Largest product of ``{m,n}`` counts along any nesting of groups in ``pattern``."""
+def _repeat_product(pattern: str) -> tuple[int, int]:
+    """Largest product of ``{m,n}`` counts along any nesting of groups, and the deepest nesting."""
     # frames[-1] is the largest product seen so far inside the group being read.
     frames: list[int] = [1]
+    deepest = 0
     last = 1  # cost of the element just read, which a following {m,n} multiplies
     i, n = 0, len(pattern)
     while i < n:
@@ -166,6 +174,7 @@ def _repeat_product(pattern: str) -> int:
             continue
         if ch == "(":
             frames.append(1)
+            deepest = max(deepest, len(frames) - 1)
             i += 1
             continue
         if ch == ")":
@@ -184,10 +193,12 @@ def _repeat_product(pattern: str) -> int:
                 continue
         last = 1
         i += 1
-    return max(frames)
+    return max(frames), deepest
 
 
-def compile_pattern(pattern: str, flags: int, field: str, limits: LimitsConfig) -> regex.Pattern[str]:
+def compile_pattern(
+    pattern: str, flags: int, field: str, limits: LimitsConfig
+) -> regex.Pattern[str]:
     """Compile a user pattern with the ``regex`` engine, or raise JobRejected naming ``field``."""
     if not pattern:
         raise JobRejected(field, "pattern is empty")
@@ -204,6 +215,8 @@ def compile_pattern(pattern: str, flags: int, field: str, limits: LimitsConfig) 
         return regex.compile(pattern, flags)
     except (regex.error, OverflowError, ValueError) as exc:
         raise JobRejected(field, f"pattern does not compile: {exc}") from exc
+    except RecursionError as exc:
+        raise JobRejected(field, "pattern nests too deeply to compile") from exc
 
 
 class RegexBudget:

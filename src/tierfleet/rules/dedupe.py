@@ -8,8 +8,10 @@ Input::
   limit (``limits.max_payload_bytes``) bounds the list.
 - ``normalise`` (bool, default true): also treat texts as duplicates when they
   differ only in case, whitespace, punctuation, invisible format characters or
-  Unicode compatibility forms (NFKC: full-width letters, ligatures, ...). With
-  false only exact repeats are dropped.
+  Unicode compatibility forms (NFKC: full-width letters, ligatures, ...). Hyphens
+  and apostrophes inside a word join it (``e-mail`` = ``email``); other
+  punctuation counts as a space (``a,b`` = ``a b``). With false only exact
+  repeats are dropped.
 
 Output::
 
@@ -36,8 +38,12 @@ from pydantic import Field, StrictBool, StrictStr
 from ..config import FleetConfig, LimitsConfig
 from ._common import RuleInput
 
-# Punctuation (P*) and invisible format characters (Cf: zero-width space, BOM, ...).
-_DROP = regex.compile(r"[\p{P}\p{Cf}]+")
+# Invisible format characters (zero-width space, BOM, ...) carry nothing.
+_INVISIBLE = regex.compile(r"\p{Cf}+")
+# Inside a word, hyphens and apostrophes join ("e-mail" = "email", "won't" = "wont");
+# any other punctuation separates ("hello,world" = "hello world").
+_JOINER = regex.compile(r"(?<=\w)[\p{Pd}'\u2019\u02bc]+(?=\w)")
+_PUNCT = regex.compile(r"\p{P}+")
 
 
 class DedupeInput(RuleInput):
@@ -49,7 +55,8 @@ def normalise(text: str) -> str:
     """The comparison key of a text: NFKC, case-folded, no punctuation, single spaces."""
     # casefold can produce non-NFKC sequences (e.g. from ligatures), so normalise again.
     key = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
-    key = _DROP.sub("", key)
+    key = _INVISIBLE.sub("", key)
+    key = _PUNCT.sub(" ", _JOINER.sub("", key))
     return " ".join(key.split())
 
 

@@ -1,4 +1,4 @@
-"""``json_validate``: check a JSON document against a JSON Schema, listing every error with its path.
+"""``json_validate``: check a JSON document against a JSON Schema; every error with its path.
 
 Input::
 
@@ -41,6 +41,7 @@ regex time budget (``limits.regex_timeout_s``); past it the job fails with
 from __future__ import annotations
 
 import contextvars
+import importlib
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -52,7 +53,7 @@ from jsonschema import validators
 from jsonschema.exceptions import SchemaError, ValidationError
 from jsonschema.protocols import Validator
 from jsonschema_specifications import REGISTRY as META_SCHEMAS
-from pydantic import Field, StrictBool, StrictInt
+from pydantic import Field, StrictBool, StrictInt, field_validator
 from referencing.exceptions import Unresolvable
 
 from ..config import FleetConfig, LimitsConfig
@@ -72,10 +73,18 @@ _MESSAGE_CHARS = 500
 
 class JsonValidateInput(RuleInput):
     document: Any = Field(description="the JSON value to check, or JSON text when parse is true")
-    schema_: dict[str, Any] | StrictBool = Field(alias="schema", description="a JSON Schema")
+    schema_: Any = Field(alias="schema", description="a JSON Schema: an object or a boolean")
     parse: StrictBool = Field(default=True, description="read a string document as JSON text")
     formats: StrictBool = Field(default=False, description="assert 'format' keywords")
     max_errors: StrictInt = Field(default=100, ge=1, le=10_000)
+
+    @field_validator("schema_")
+    @classmethod
+    def _object_or_boolean(cls, v: Any) -> Any:
+        # Checked by hand: a pydantic union would name its members in the error path.
+        if not isinstance(v, dict | bool):
+            raise ValueError(f"a JSON Schema is an object or a boolean, not {type(v).__name__}")
+        return v
 
 
 # -- guarding jsonschema's own regex calls ---------------------------------------------
@@ -115,8 +124,6 @@ def _install_guard() -> None:
     global _GUARDED
     if _GUARDED:
         return
-    import importlib
-
     for name in ("jsonschema._keywords", "jsonschema._utils", "jsonschema._legacy_keywords"):
         try:
             mod = importlib.import_module(name)
@@ -149,7 +156,9 @@ def _walk_schema(node: Any, path: str) -> Iterator[tuple[str, Mapping[str, Any]]
             stack.extend((f"{p}[{i}]", v) for i, v in enumerate(value))
 
 
-def validator_class(schema: Mapping[str, Any] | bool, field: str = "input.schema") -> type[Validator]:
+def validator_class(
+    schema: Mapping[str, Any] | bool, field: str = "input.schema"
+) -> type[Validator]:
     if isinstance(schema, Mapping) and "$schema" in schema:
         uri = schema["$schema"]
         cls = validators.validator_for(schema, default=None) if isinstance(uri, str) else None
@@ -207,7 +216,8 @@ def check(inp: JsonValidateInput, limits: LimitsConfig) -> None:
                 continue
             try:
                 resolver.lookup(ref)
-            except Unresolvable as exc:
+            # referencing raises TypeError/ValueError too, e.g. for '#/a/x' into a list.
+            except (Unresolvable, LookupError, TypeError, ValueError) as exc:
                 raise JobRejected(where, f"reference {ref!r} points to nothing") from exc
 
 
@@ -272,7 +282,9 @@ def run(inp: JsonValidateInput, config: FleetConfig) -> dict[str, Any]:
     except TimeoutError as exc:
         raise budget.failure("schema pattern") from exc
     except Unresolvable as exc:
-        raise RuleFailed(f"schema reference cannot be resolved (nothing is fetched): {exc}") from exc
+        raise RuleFailed(
+            f"schema reference cannot be resolved (nothing is fetched): {exc}"
+        ) from exc
     except regex.error as exc:
         raise RuleFailed(f"schema pattern does not compile: {exc}") from exc
     finally:

@@ -7,16 +7,18 @@ Input::
                {"label": "email", "any": ["outlook", "email", "e-mail"]}],
      "default": "review"}
 
-- ``text`` (required): at most ``limits.max_prompt_chars`` characters.
+- ``text`` (required): a ticket, message or prompt, at most
+  ``limits.max_prompt_chars`` characters, like any prompt.
 - ``rules`` (optional): tried in order; the first with a keyword in the text
   wins. Without it, ``[[rules.keyword_routes]]`` from the fleet config is used.
 - ``default`` (optional): the label when no rule matches; without it,
   ``rules.default_label`` from the config.
 
 A keyword matches as a whole word or phrase, ignoring case (full Unicode case
-folding and NFKC, so ``VPN``, ``vpn`` and full-width ``ＶＰＮ`` are the same), and
+folding and NFKC, so ``VPN``, ``vpn`` and its full-width form are the same), and
 any run of spaces in a phrase matches any run of whitespace. ``mail`` does not
-match ``email``; ``c++`` matches ``c++`` but not ``c+++``.
+match ``email``; a keyword may start or end with a symbol (``c++``, ``.net``), and
+then only a letter or digit next to it stops the match (``asp.net`` is not ``.net``).
 
 Output::
 

@@ -6,7 +6,8 @@ Input::
      "pattern": "order (?P<id>\\d+) by (?P<email>\\S+@\\S+?)(?=,|$)",
      "flags": ["IGNORECASE"], "max_matches": 1000}
 
-- ``text`` (required): at most ``limits.max_prompt_chars`` characters.
+- ``text`` (required): the text to search; the payload limit
+  (``limits.max_payload_bytes``) bounds it.
 - ``pattern`` (required): a regular expression in Python syntax (the ``regex``
   engine, ``re``-compatible mode), at most ``limits.max_regex_chars`` long.
   Patterns that do not compile, and patterns that are plainly catastrophic
@@ -35,7 +36,7 @@ from typing import Any
 from pydantic import Field, StrictInt, StrictStr
 
 from ..config import FleetConfig, LimitsConfig
-from ._common import RuleFailed, RuleInput, check_text, compile_pattern, parse_flags
+from ._common import RuleFailed, RuleInput, compile_pattern, parse_flags
 
 MAX_MATCHES = 10_000
 
@@ -48,7 +49,6 @@ class RegexExtractInput(RuleInput):
 
 
 def check(inp: RegexExtractInput, limits: LimitsConfig) -> None:
-    check_text(inp.text, "input.text", limits)
     compile_pattern(inp.pattern, parse_flags(inp.flags, "input.flags"), "input.pattern", limits)
 
 

@@ -79,7 +79,9 @@ class Answer:
 def prompt_tokens(messages: list[dict[str, Any]]) -> int:
     texts = [str(m.get("content") or "") for m in messages]
     images = sum(len(m.get("images") or []) for m in messages)
-    return sum(tokens.count_many(texts)) + PER_MESSAGE_TOKENS * len(messages) + IMAGE_TOKENS * images
+    return (
+        sum(tokens.count_many(texts)) + PER_MESSAGE_TOKENS * len(messages) + IMAGE_TOKENS * images
+    )
 
 
 def _seed(model: str, messages: list[dict[str, Any]]) -> int:
@@ -143,7 +145,9 @@ def compose(
     seed = _seed(model, messages)
     rng = random.Random(seed)
     profile = profile_for(model, vision=vision)
-    last = next((str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), "")
+    last = next(
+        (str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), ""
+    )
     words = [w.lower() for w in re.findall(r"[A-Za-z][A-Za-z'-]{2,}", last)][:400]
     lo, hi = profile.out_tokens
     target = rng.randint(lo, hi)
@@ -161,7 +165,9 @@ def compose(
     elif classify:
         text = f"[simulated {model}] {label}"
     else:
-        text = _prose(rng, words, target, f"[simulated {model}] ")
+        # Echo the start of the prompt so a reader can tell which request this answers.
+        gist = " ".join(last.split()[:10])
+        text = _prose(rng, words, target, f"[simulated {model}] Re: {gist}. ")
     produced = tokens.count(text)
     reason = "stop"
     if max_tokens is not None and produced > max_tokens:

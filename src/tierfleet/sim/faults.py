@@ -24,7 +24,18 @@ FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 # Faults that only touch generation requests unless ``all_paths`` is set; health
 # checks keep answering, as a real host's do while its model errors.
 GENERATION_ONLY = frozenset(
-    {"slow", "rate_limit", "quota", "error", "busy", "context", "auth", "fail", "timed_out", "no_counts"}
+    {
+        "slow",
+        "rate_limit",
+        "quota",
+        "error",
+        "busy",
+        "context",
+        "auth",
+        "fail",
+        "timed_out",
+        "no_counts",
+    }
 )
 
 

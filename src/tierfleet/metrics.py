@@ -1,0 +1,257 @@
+"""Prometheus metrics for the whole fleet, kept in Redis and exposed by a custom collector.
+
+Workers are prefork processes on many machines: an in-process
+``prometheus_client.Counter`` would give one series per pool child, reset on
+every restart and need a scrape target per machine. Instead each finished
+attempt adds to a few Redis hashes (one pipelined round trip), and whoever
+serves ``/metrics`` (the API, or ``tierfleet metrics`` standalone) reads them
+back at scrape time and adds the live gauges (queue depths, heartbeats,
+breakers, parked and dead-letter counts). Any number of scrape targets show the
+same fleet-wide numbers.
+
+Redis layout (``P`` = ``config.key_prefix``; counters never expire, as
+Prometheus counters must only grow):
+
+- ``P:metrics:jobs``     field ``[tier, kind, outcome]``      -> attempts
+- ``P:metrics:tokens``   field ``[tier, model, direction]``   -> tokens
+- ``P:metrics:cost``     field ``[tier, model]``              -> USD (float)
+- ``P:metrics:latency``  field ``[tier, le]`` (per bucket, not cumulative),
+  ``[tier, "sum"]``, ``[tier, "count"]``
+
+Fields are JSON lists, so a model name with ``|`` or ``:`` in it stays one label.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import math
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from .broker import key
+from .config import FleetConfig
+from .health import Breaker
+from .jobs import Attempt
+from .reaper import UNACKED, live_workers
+from .store import Parking
+
+__all__ = [
+    "BREAKER_CODES",
+    "LATENCY_BUCKETS",
+    "FleetCollector",
+    "fleet_registry",
+    "record_attempt",
+    "serve",
+]
+
+log = logging.getLogger("tierfleet.metrics")
+
+# Rules jobs finish in milliseconds, paid reasoning calls in minutes: one fixed
+# set for every tier, so the histograms of different tiers can be compared.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+)
+BREAKER_CODES = {"closed": 0, "half-open": 1, "open": 2}
+# Fallback attempts never reached a model, and cache hits did not run one:
+# their latency would drag the tier's histogram towards zero.
+_NO_LATENCY = frozenset({"fallback", "cached"})
+
+
+def _k(config: FleetConfig, name: str) -> str:
+    return key(config, "metrics", name)
+
+
+def _field(*parts: str) -> str:
+    return json.dumps(list(parts), separators=(",", ":"), ensure_ascii=False)
+
+
+def _bucket_label(le: float) -> str:
+    return "+Inf" if math.isinf(le) else repr(float(le))
+
+
+def _bucket_of(seconds: float) -> str:
+    i = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+    return _bucket_label(LATENCY_BUCKETS[i] if i < len(LATENCY_BUCKETS) else math.inf)
+
+
+def record_attempt(client: redis.Redis, config: FleetConfig, attempt: Attempt) -> None:
+    """Add one finished attempt to the fleet-wide counters (one pipelined round trip).
+
+    Not idempotent by itself: call it only when :meth:`Ledger.record` returned
+    True, so a redelivered job is counted once, like it is billed once.
+    """
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(_k(config, "jobs"), _field(attempt.tier, attempt.kind, attempt.outcome), 1)
+    if attempt.model and attempt.outcome != "cached":
+        # Tokens and money are what a model actually spent; rules jobs and cache hits spend none.
+        if attempt.tokens_in:
+            pipe.hincrby(_k(config, "tokens"), _field(attempt.tier, attempt.model, "in"),
+                         attempt.tokens_in)
+        if attempt.tokens_out:
+            pipe.hincrby(_k(config, "tokens"), _field(attempt.tier, attempt.model, "out"),
+                         attempt.tokens_out)
+        if attempt.cost_usd:
+            pipe.hincrbyfloat(_k(config, "cost"), _field(attempt.tier, attempt.model),
+                              attempt.cost_usd)
+    ran = attempt.outcome not in _NO_LATENCY and not (
+        attempt.outcome == "failed" and attempt.latency_s <= 0
+    )
+    if ran:
+        lat = _k(config, "latency")
+        seconds = max(attempt.latency_s, 0.0)
+        pipe.hincrby(lat, _field(attempt.tier, _bucket_of(seconds)), 1)
+        pipe.hincrbyfloat(lat, _field(attempt.tier, "sum"), seconds)
+        pipe.hincrby(lat, _field(attempt.tier, "count"), 1)
+    pipe.execute()
+
+
+def _parse(raw: dict[str, str]) -> Iterator[tuple[list[str], str]]:
+    for f, v in raw.items():
+        try:
+            labels = json.loads(f)
+        except ValueError:
+            continue  # a field written by hand: not ours to report
+        if isinstance(labels, list) and all(isinstance(x, str) for x in labels):
+            yield labels, v
+
+
+class FleetCollector(Collector):
+    """Reads the fleet's counters and live state from Redis at each scrape.
+
+    When Redis cannot be reached the scrape still answers, with
+    ``tierfleet_redis_up 0`` and no other fleet series, so an alert can fire on it.
+    """
+
+    def __init__(self, client: redis.Redis, config: FleetConfig) -> None:
+        self.r = client
+        self.config = config
+        self.breaker = Breaker(client, config)
+        self.parking = Parking(client, config)
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            families = self._families()
+        except redis.RedisError as exc:
+            log.warning("metrics: redis unavailable: %s", exc)
+            families = []
+            up = 0.0
+        else:
+            up = 1.0
+        yield GaugeMetricFamily("tierfleet_redis_up",
+                                "1 when the fleet's Redis answered this scrape", value=up)
+        yield from families
+
+    def _families(self) -> list[Metric]:
+        cfg = self.config
+        tiers = list(cfg.tiers)
+        pipe = self.r.pipeline(transaction=False)
+        for name in ("jobs", "tokens", "cost", "latency"):
+            pipe.hgetall(_k(cfg, name))
+        for t in tiers:
+            pipe.llen(t)
+        pipe.hlen(UNACKED)
+        jobs_raw, tokens_raw, cost_raw, lat_raw, *rest = pipe.execute()
+        depths, unacked = rest[: len(tiers)], rest[len(tiers)]
+
+        jobs = CounterMetricFamily(
+            "tierfleet_jobs", "Finished job attempts by tier, kind and outcome "
+            "(a job that falls back or escalates counts once per tier it tried)",
+            labels=["tier", "kind", "outcome"])
+        for labels, v in _parse(jobs_raw):
+            if len(labels) == 3:
+                jobs.add_metric(labels, float(v))
+
+        toks = CounterMetricFamily("tierfleet_tokens", "Model tokens by tier, model and direction",
+                                   labels=["tier", "model", "direction"])
+        for labels, v in _parse(tokens_raw):
+            if len(labels) == 3:
+                toks.add_metric(labels, float(v))
+
+        cost = CounterMetricFamily("tierfleet_cost_usd", "Spend in USD by tier and model",
+                                   labels=["tier", "model"])
+        for labels, v in _parse(cost_raw):
+            if len(labels) == 2:
+                cost.add_metric(labels, float(v))
+
+        latency = HistogramMetricFamily(
+            "tierfleet_job_latency_seconds",
+            "Time a tier took to run an attempt (fallbacks and cache hits excluded)",
+            labels=["tier"])
+        per_tier: dict[str, dict[str, float]] = defaultdict(dict)
+        for labels, v in _parse(lat_raw):
+            if len(labels) == 2:
+                per_tier[labels[0]][labels[1]] = float(v)
+        for tier in sorted(per_tier):
+            counts = per_tier[tier]
+            running = 0.0
+            buckets: list[tuple[str, float]] = []
+            for le in (*LATENCY_BUCKETS, math.inf):
+                running += counts.get(_bucket_label(le), 0.0)
+                buckets.append((_bucket_label(le), running))
+            latency.add_metric([tier], buckets, counts.get("sum", 0.0))
+
+        depth = GaugeMetricFamily("tierfleet_queue_depth", "Messages waiting on each tier's queue",
+                                  labels=["tier"])
+        for t, d in zip(tiers, depths, strict=True):
+            depth.add_metric([t], float(d))
+
+        nodes: dict[str, int] = dict.fromkeys(tiers, 0)
+        for w in live_workers(self.r, cfg):
+            for q in w.get("queues", []):
+                nodes[q] = nodes.get(q, 0) + 1
+        workers = GaugeMetricFamily("tierfleet_workers_live",
+                                    "Worker nodes with a fresh heartbeat, by tier they consume",
+                                    labels=["tier"])
+        for t, n in nodes.items():
+            workers.add_metric([t], float(n))
+
+        breakers = GaugeMetricFamily("tierfleet_breaker_state",
+                                     "Circuit breaker per host: 0 closed, 1 half-open, 2 open",
+                                     labels=["host"])
+        for v in self.breaker.views():
+            breakers.add_metric([v.host], float(BREAKER_CODES[v.state]))
+
+        parked = GaugeMetricFamily("tierfleet_parked_jobs",
+                                   "Jobs waiting for an allowed tier to come back",
+                                   value=float(self.parking.count()))
+        dead = GaugeMetricFamily("tierfleet_dead_letters",
+                                 "Jobs given up on after every retry (tierfleet dlq)",
+                                 value=float(self.parking.dead_count()))
+        in_flight = GaugeMetricFamily("tierfleet_in_flight",
+                                      "Messages delivered to workers and not yet acknowledged",
+                                      value=float(unacked))
+        return [jobs, latency, toks, cost, depth, workers, breakers, parked, dead, in_flight]
+
+
+def fleet_registry(client: redis.Redis, config: FleetConfig) -> CollectorRegistry:
+    """A registry holding only the fleet collector (no process metrics of whoever serves it)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(client, config))
+    return registry
+
+
+def serve(config: FleetConfig, port: int = 9808, addr: str = "127.0.0.1",
+          client: redis.Redis | None = None) -> tuple[Any, threading.Thread]:
+    """Serve the fleet metrics on ``http://addr:port/metrics`` from a background thread.
+
+    Returns prometheus_client's (server, thread); ``server.shutdown()`` stops it.
+    """
+    from prometheus_client import start_http_server
+
+    from .broker import redis_client
+
+    registry = fleet_registry(client or redis_client(config), config)
+    return start_http_server(port, addr=addr, registry=registry)

@@ -1,0 +1,132 @@
+"""The policy: read the job's text once, run the stages, assemble the Route."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..config import FleetConfig
+from ..errors import NoRoute, TierfleetError
+from ..jobs import Job, Kind, Reason, Route
+from .fleet import FleetView
+from .models import Models, Reader, Signals, load_models
+from .stages import DEFAULT_STAGES, Draft, Stage
+from .state import FleetState
+
+
+class Policy:
+    """``route(job, state)`` is pure: no Redis, no Celery, no clock; the same input, the same route."""
+
+    def __init__(
+        self,
+        config: FleetConfig,
+        stages: Sequence[Stage] | None = None,
+        models: Models | None = None,
+    ) -> None:
+        self.config = config
+        self.fleet = FleetView(config)
+        self.stages: tuple[Stage, ...] = tuple(stages) if stages is not None else DEFAULT_STAGES
+        self._models = models
+        self._reader: Reader | None = None
+
+    @property
+    def reader(self) -> Reader:
+        # Lazy: building a Policy must not load models a caller may never use.
+        if self._reader is None:
+            models = self._models if self._models is not None else load_models()
+            self._reader = Reader(self.config.policy.classifier, models)
+        return self._reader
+
+    # -- public ---------------------------------------------------------------------------
+
+    def route(self, job: Job, state: FleetState | None = None) -> Route:
+        return self._route(job, state or FleetState.idle(), self.reader.read(job.text()))
+
+    def route_many(self, jobs: Sequence[Job], state: FleetState | None = None) -> list[Route]:
+        """Route a batch: one tokenizer and model pass for all texts. Raises on the first NoRoute."""
+        out = []
+        for r in self.route_each(jobs, state):
+            if isinstance(r, TierfleetError):
+                raise r
+            out.append(r)
+        return out
+
+    def route_each(
+        self, jobs: Sequence[Job], state: FleetState | None = None
+    ) -> list[Route | TierfleetError]:
+        """Like route_many, but a job that cannot be routed yields its error in place."""
+        st = state or FleetState.idle()
+        signals = self.reader.read_many([j.text() for j in jobs])
+        out: list[Route | TierfleetError] = []
+        for job, sig in zip(jobs, signals, strict=True):
+            try:
+                out.append(self._route(job, st, sig))
+            except TierfleetError as exc:
+                out.append(exc)
+        return out
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _route(self, job: Job, state: FleetState, signals: Signals) -> Route:
+        tiers = list(self.fleet.tiers)
+        d = Draft(
+            job=job,
+            config=self.config,
+            fleet=self.fleet,
+            state=state,
+            signals=signals,
+            permitted=list(tiers),
+            allowed=list(tiers),
+            kind=job.kind,
+        )
+        for stage in self.stages:
+            stage.apply(d)
+            if d.done:
+                break
+        if d.tier is None:
+            raise NoRoute(f"no stage chose a tier for job {job.id}")
+        return self._assemble(d)
+
+    def _assemble(self, d: Draft) -> Route:
+        fleet, job, tier = self.fleet, d.job, d.tier
+        assert tier is not None
+        reasons = list(d.reasons)
+        is_rules = fleet.place[tier] == "rules"
+        model = None if is_rules else d.model_on(tier)
+        host = None
+        if not is_rules:
+            fitting = [h for h in fleet.hosts(tier, model) if h.window >= d.need_tokens]
+            up = [h for h in fitting if h.name not in d.state.open_hosts]
+            if up:
+                host = up[0].name
+            elif fitting:
+                host = fitting[0].name
+                reasons.append(
+                    Reason(stage="host", text=f"every host of {tier} has an open breaker; {host} named")
+                )
+        chain = self.config.tiers[tier].fallback
+        fallbacks = [t for t in chain if t in d.permitted and t != tier]
+        dropped = [t for t in chain if t not in fallbacks and t != tier]
+        if dropped:
+            reasons.append(
+                Reason(
+                    stage="fallback",
+                    text=f"chain {' -> '.join(chain)} without {', '.join(dropped)} "
+                    "(privacy, context window or cost ceiling)",
+                )
+            )
+        p = d.signals.p_small_ok if not job.is_rules else 1.0
+        return Route(
+            tier=tier,
+            kind=d.kind if d.kind is not Kind.AUTO else Kind.CHAT,
+            model=model,
+            host=host,
+            fallbacks=fallbacks,
+            p_small_ok=round(p, 4),
+            tokens_in=d.signals.tokens_in,
+            review=d.review,
+            reasons=reasons,
+        )
+
+
+def build_policy(config: FleetConfig) -> Policy:
+    return Policy(config)

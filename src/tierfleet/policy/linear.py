@@ -1,0 +1,142 @@
+"""A linear model over tf-idf terms and dense features, stored as plain arrays.
+
+Training uses scikit-learn; routing only needs a dot product, so the runtime is
+numpy alone. Artifacts are ``.npz`` files of numbers and strings, read with
+``allow_pickle=False``: loading a model can never run code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from .features import DENSE_NAMES, Vocabulary
+
+FORMAT_VERSION = 1
+
+
+class LinearModel:
+    """Multinomial (softmax) or binary (sigmoid) logistic model.
+
+    ``coef`` has one row per class; a binary model keeps a single row whose
+    sigmoid is the probability of ``classes[1]``.
+    """
+
+    def __init__(
+        self,
+        vocab: Vocabulary,
+        coef: np.ndarray,
+        intercept: np.ndarray,
+        classes: Sequence[str],
+        dense_mean: np.ndarray,
+        dense_scale: np.ndarray,
+        dense_weight: float,
+    ) -> None:
+        self.vocab = vocab
+        self.coef = np.asarray(coef, dtype=np.float64)
+        self.intercept = np.asarray(intercept, dtype=np.float64)
+        self.classes = [str(c) for c in classes]
+        self.dense_mean = np.asarray(dense_mean, dtype=np.float64)
+        self.dense_scale = np.asarray(dense_scale, dtype=np.float64)
+        self.dense_weight = float(dense_weight)
+        n_terms = len(vocab)
+        # Column-major views: one row per term, so a document's terms gather rows.
+        self._term_coef = np.ascontiguousarray(self.coef[:, :n_terms].T)
+        self._dense_coef = self.coef[:, n_terms:]
+        if self._dense_coef.shape[1] != len(DENSE_NAMES):
+            raise ConfigError(
+                f"policy model expects {self._dense_coef.shape[1]} dense features, "
+                f"this version computes {len(DENSE_NAMES)}: retrain with `tierfleet train`"
+            )
+
+    @property
+    def binary(self) -> bool:
+        return self.coef.shape[0] == 1
+
+    def _dense_part(self, dense: np.ndarray) -> np.ndarray:
+        z = (np.atleast_2d(dense) - self.dense_mean) / self.dense_scale * self.dense_weight
+        return z @ self._dense_coef.T + self.intercept
+
+    def decision(self, terms: list[list[str]], dense: np.ndarray) -> np.ndarray:
+        """Raw scores, shape (n_docs, n_rows)."""
+        n = len(terms)
+        out = self._dense_part(dense)
+        if n == 1:
+            idx, w = self.vocab.encode(terms[0])
+            if idx.size:
+                out[0] += w @ self._term_coef[idx]
+            return out
+        cols: list[np.ndarray] = []
+        vals: list[np.ndarray] = []
+        docs: list[np.ndarray] = []
+        for i, t in enumerate(terms):
+            idx, w = self.vocab.encode(t)
+            cols.append(idx)
+            vals.append(w)
+            docs.append(np.full(idx.size, i, dtype=np.int64))
+        idx = np.concatenate(cols)
+        w = np.concatenate(vals)
+        doc = np.concatenate(docs)
+        contrib = self._term_coef[idx] * w[:, None]
+        for k in range(out.shape[1]):
+            out[:, k] += np.bincount(doc, weights=contrib[:, k], minlength=n)
+        return out
+
+    def predict_proba(self, terms: list[list[str]], dense: np.ndarray) -> np.ndarray:
+        """Class probabilities, shape (n_docs, n_classes)."""
+        z = self.decision(terms, dense)
+        if self.binary:
+            p1 = 1.0 / (1.0 + np.exp(-np.clip(z[:, 0], -40, 40)))
+            return np.column_stack([1.0 - p1, p1])
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    # -- storage -----------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{path}.tmp{os.getpid()}.npz")
+        np.savez_compressed(
+            tmp,
+            format_version=np.array(FORMAT_VERSION),
+            terms=np.array(self.vocab.terms, dtype=np.str_),
+            idf=self.vocab.idf.astype(np.float32),
+            coef=self.coef.astype(np.float32),
+            intercept=self.intercept,
+            classes=np.array(self.classes, dtype=np.str_),
+            dense_names=np.array(DENSE_NAMES, dtype=np.str_),
+            dense_mean=self.dense_mean,
+            dense_scale=self.dense_scale,
+            dense_weight=np.array(self.dense_weight),
+        )
+        tmp.replace(path)  # a reader never sees half a file
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LinearModel:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                version = int(z["format_version"])
+                if version != FORMAT_VERSION:
+                    raise ConfigError(
+                        f"{path}: model format {version}, this version reads {FORMAT_VERSION}: "
+                        "retrain with `tierfleet train`"
+                    )
+                if tuple(str(n) for n in z["dense_names"]) != DENSE_NAMES:
+                    raise ConfigError(f"{path}: dense features differ; retrain with `tierfleet train`")
+                vocab = Vocabulary([str(t) for t in z["terms"]], z["idf"].astype(np.float64))
+                return cls(
+                    vocab,
+                    z["coef"],
+                    z["intercept"],
+                    [str(c) for c in z["classes"]],
+                    z["dense_mean"],
+                    z["dense_scale"],
+                    float(z["dense_weight"]),
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            raise ConfigError(f"cannot read policy model {path}: {exc}") from exc

@@ -1,0 +1,514 @@
+"""The routing stages: small units, run in order over one draft route.
+
+Each stage may decide a tier, narrow the tiers still allowed, or pass, and says
+what it did in words. Three sets of tiers travel through the stages:
+
+- ``permitted``: where the job may ever run (privacy, context window, cost
+  ceiling). Fallbacks come from here, so a confidential job never falls to a
+  rented or paid tier.
+- ``allowed``: candidates for the first attempt (``permitted`` further narrowed
+  by an explicit tier or model).
+- ``tier``: the current choice; ``pinned`` when the job named it (an explicit
+  override moves for nothing but an error), ``settled`` when risk or a premium
+  user chose it (the kind stage leaves it alone; size, load and cost may not).
+
+Overrides that privacy forbids raise ``NoRoute``: silently sending a job
+somewhere other than where its producer asked hides a mistake in the producer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..config import FleetConfig
+from ..errors import NoRoute
+from ..jobs import Job, Kind, Privacy, Reason, Risk, UserTier
+from .fleet import DEFAULT_OUT_TOKENS, FleetView
+from .models import Signals
+from .state import FleetState
+
+# Below this classifier confidence a job's own text is a weak signal: the
+# session's recent kind wins.
+WEAK_SIGNAL = 0.5
+# Kinds whose default home is the small local model.
+SMALL_KINDS = frozenset(
+    {Kind.CLASSIFICATION, Kind.EXTRACTION, Kind.SUMMARY, Kind.TRANSLATION, Kind.CHAT}
+)
+# Kinds sent to the bigger box by default that an easy prompt may keep small.
+DOWNGRADABLE_KINDS = frozenset({Kind.CODE, Kind.REASONING})
+
+
+@dataclass
+class Draft:
+    job: Job
+    config: FleetConfig
+    fleet: FleetView
+    state: FleetState
+    signals: Signals
+    permitted: list[str]
+    allowed: list[str]
+    kind: Kind
+    confidence: float = 1.0
+    tier: str | None = None
+    pinned: bool = False
+    settled: bool = False
+    session_tier: str | None = None
+    review: bool = False
+    done: bool = False
+    reasons: list[Reason] = field(default_factory=list)
+
+    # -- what a stage may do -------------------------------------------------------
+
+    def note(self, stage: str, text: str) -> None:
+        self.reasons.append(Reason(stage=stage, text=text))
+
+    def decide(self, stage: str, tier: str, text: str) -> None:
+        self.tier = tier
+        self.note(stage, text)
+
+    def narrow(self, stage: str, tiers: list[str], text: str) -> None:
+        self.allowed = [t for t in self.allowed if t in tiers]
+        self.note(stage, text)
+
+    def forbid(self, tiers: set[str]) -> None:
+        self.permitted = [t for t in self.permitted if t not in tiers]
+        self.allowed = [t for t in self.allowed if t not in tiers]
+
+    # -- shared questions ------------------------------------------------------------
+
+    @property
+    def model_override(self) -> str | None:
+        return self.job.model
+
+    def model_on(self, tier: str) -> str | None:
+        return self.job.model or self.fleet.model_for(tier, self.kind.value)
+
+    @property
+    def need_tokens(self) -> int:
+        return self.signals.tokens_in + (self.job.max_tokens or 0)
+
+    @property
+    def out_tokens(self) -> int:
+        return self.job.max_tokens or DEFAULT_OUT_TOKENS
+
+    def cost_on(self, tier: str) -> float:
+        return self.fleet.cost(tier, self.model_on(tier), self.signals.tokens_in, self.out_tokens)
+
+    def candidates(self) -> list[str]:
+        """Allowed model tiers, weakest to strongest."""
+        return [t for t in self.fleet.ladder if t in self.allowed]
+
+    def stronger(self, tier: str) -> list[str]:
+        r = self.fleet.rank.get(tier, -1)
+        return [t for t in self.candidates() if self.fleet.rank[t] > r]
+
+    def strongest_local(self) -> str | None:
+        local = [t for t in self.candidates() if self.fleet.place[t] == "local"]
+        return local[-1] if local else None
+
+
+class Stage(Protocol):
+    name: str
+
+    def apply(self, d: Draft) -> None: ...
+
+
+def _tiers(ts: list[str]) -> str:
+    return ", ".join(ts) if ts else "none"
+
+
+# -- 1. constraints ------------------------------------------------------------------
+
+
+class Constraints:
+    """Privacy, explicit tier or model, premium users."""
+
+    name = "constraints"
+
+    def apply(self, d: Draft) -> None:
+        job, fleet = d.job, d.fleet
+        if job.privacy is Privacy.CONFIDENTIAL:
+            away = set(d.permitted) - set(fleet.local)
+            d.forbid(away)
+            d.note(
+                self.name,
+                f"privacy=confidential: local tiers only ({_tiers(d.permitted)}), for the "
+                f"first attempt and every fallback; never {_tiers(sorted(away))}",
+            )
+        if job.tier is not None:
+            self._tier_override(d, job.tier)
+        if job.model is not None:
+            self._model_override(d, job.model)
+        premium = d.config.policy.premium_tier
+        if (
+            job.user_tier is UserTier.PREMIUM
+            and premium
+            and not d.pinned
+            and not job.is_rules
+            and job.model is None
+        ):
+            if premium in d.allowed:
+                d.decide(self.name, premium, f"user_tier=premium -> {premium}")
+                d.settled = True
+            else:
+                d.note(
+                    self.name,
+                    f"user_tier=premium would use {premium}, which "
+                    f"privacy={job.privacy.value} or the config does not allow",
+                )
+
+    def _tier_override(self, d: Draft, tier: str) -> None:
+        fleet, job = d.fleet, d.job
+        if tier not in fleet.place:
+            raise NoRoute(f"tier: {tier!r} is not a configured tier ({_tiers(fleet.tiers)})")
+        if tier not in d.permitted:
+            raise NoRoute(
+                f"tier: the job asks for {tier!r} but privacy={job.privacy.value} allows only "
+                f"{_tiers(d.permitted)}; drop the override or change the privacy tag"
+            )
+        if job.is_rules and fleet.place[tier] != "rules":
+            raise NoRoute(f"tier: a {job.kind.value} job runs on the rules tier, not on {tier!r}")
+        if not job.is_rules and fleet.place[tier] == "rules":
+            raise NoRoute(f"tier: the rules tier runs no model; a {job.kind.value} job needs one")
+        d.narrow(self.name, [tier], f"explicit tier {tier} (job override, within privacy)")
+        d.tier = tier
+        d.pinned = True
+
+    def _model_override(self, d: Draft, model: str) -> None:
+        fleet, job = d.fleet, d.job
+        if job.is_rules:
+            raise NoRoute(f"model: a {job.kind.value} job runs on the rules tier with no model")
+        serving = fleet.tiers_serving(model)
+        if not serving:
+            raise NoRoute(f"model: no configured host serves {model!r}")
+        ok = [t for t in serving if t in d.allowed]
+        if not ok:
+            if d.pinned:
+                raise NoRoute(f"model: tier {d.tier!r} has no host serving {model!r}")
+            raise NoRoute(
+                f"model: {model!r} is served only by {_tiers(serving)}, which "
+                f"privacy={job.privacy.value} does not allow"
+            )
+        d.narrow(self.name, ok, f"explicit model {model} (served by {_tiers(ok)})")
+        if len(ok) == 1:
+            d.tier = ok[0]
+            d.pinned = True
+
+
+# -- 2. rules ------------------------------------------------------------------------
+
+
+class Rules:
+    name = "rules"
+
+    def apply(self, d: Draft) -> None:
+        if not d.job.is_rules:
+            return
+        tier = d.fleet.rules_tier
+        if tier is None:
+            raise NoRoute(f"kind: {d.job.kind.value} is a rules kind but no tier has place=rules")
+        d.decide(self.name, tier, f"{d.job.kind.value} is a rules kind: no model, no cost")
+        d.done = True
+
+
+# -- 3. kind classification and session context ------------------------------------------
+
+
+class Classify:
+    """Resolves ``auto``: images mean vision, otherwise the classifier decides."""
+
+    name = "classify"
+
+    def apply(self, d: Draft) -> None:
+        job = d.job
+        if job.kind is not Kind.AUTO:
+            d.kind, d.confidence = job.kind, 1.0
+            return
+        if job.has_images():
+            d.kind, d.confidence = Kind.VISION, 1.0
+            d.note(self.name, "auto -> vision: the job carries images")
+            return
+        g = d.signals.guess
+        d.kind, d.confidence = g.kind, g.confidence
+        d.note(self.name, f"auto -> {g.describe()}")
+
+
+class Session:
+    """A weak signal keeps the session's recent kind (or tier)."""
+
+    name = "session"
+
+    def apply(self, d: Draft) -> None:
+        job = d.job
+        if job.kind is not Kind.AUTO or job.has_images() or not job.session:
+            return
+        if d.confidence >= WEAK_SIGNAL:
+            return
+        memory = d.config.policy.session_memory
+        recent = d.state.session_tiers.get(job.session, [])[-memory:] if memory else []
+        if len(recent) < 2:
+            return
+        top, n = Counter(recent).most_common(1)[0]
+        if n * 2 <= len(recent):
+            return
+        was = d.kind.value
+        if top in {k.value for k in Kind} and Kind(top) not in (Kind.AUTO, Kind.VISION):
+            d.kind = Kind(top)
+            d.note(
+                self.name,
+                f"classifier unsure ({was}, {d.confidence:.2f} < {WEAK_SIGNAL}); "
+                f"{n} of session {job.session}'s last {len(recent)} jobs were {top} -> keep {top}",
+            )
+        elif top in d.fleet.rank and top in d.allowed:
+            d.session_tier = top
+            d.note(
+                self.name,
+                f"classifier unsure ({was}, {d.confidence:.2f} < {WEAK_SIGNAL}); "
+                f"{n} of session {job.session}'s last {len(recent)} jobs ran on {top} -> keep {top}",
+            )
+
+
+# -- 4. risk -------------------------------------------------------------------------------
+
+
+class RiskStage:
+    name = "risk"
+
+    def apply(self, d: Draft) -> None:
+        if d.job.risk is not Risk.HIGH or d.pinned:
+            return
+        want = d.config.policy.high_risk_tier
+        if want in d.allowed:
+            d.decide(self.name, want, f"risk=high -> {want}")
+            d.settled = True
+            return
+        best = d.strongest_local()
+        if best is None:
+            raise NoRoute(f"risk=high: neither {want} nor any local model tier is allowed")
+        d.decide(
+            self.name,
+            best,
+            f"risk=high wants {want}, which privacy={d.job.privacy.value} forbids: best "
+            f"allowed local tier {best}, marked for review",
+        )
+        d.review = True
+        d.settled = True
+
+
+# -- 5. kind -> tier, refined by p_small_ok ---------------------------------------------------
+
+
+class KindStage:
+    name = "kind"
+
+    def apply(self, d: Draft) -> None:
+        if d.tier is not None and (d.pinned or d.settled):
+            return
+        fleet, kind = d.fleet, d.kind
+        if kind is Kind.VISION:
+            vision = [t for t in d.allowed if fleet.is_vision(t)]
+            if vision and vision != d.allowed:
+                d.narrow(self.name, vision, f"vision: tiers with a vision model ({_tiers(vision)})")
+        tiers = d.config.policy.kind_tiers
+        if d.session_tier and d.session_tier in d.allowed:
+            tier, why = d.session_tier, f"session keeps {d.session_tier}"
+        elif d.tier in d.allowed:
+            tier, why = d.tier, f"{kind.value} -> {d.tier}"
+        elif kind.value in tiers:
+            tier, why = tiers[kind.value], f"{kind.value} -> {tiers[kind.value]} (policy.kind_tiers)"
+        else:
+            tier = fleet.small_tier or ""
+            why = f"{kind.value} has no policy.kind_tiers entry -> {tier}"
+        if tier not in d.allowed:
+            cands = d.candidates()
+            if not cands:
+                raise NoRoute(f"kind: no allowed model tier for a {kind.value} job")
+            # The allowed tier nearest in strength; on a tie, the stronger one.
+            r = fleet.rank.get(tier, 0)
+            repl = min(cands, key=lambda t: (abs(fleet.rank[t] - r), -fleet.rank[t]))
+            why += f", not allowed for this job -> {repl}"
+            tier = repl
+        d.decide(self.name, tier, why)
+        if d.session_tier is None:
+            self._difficulty(d)
+
+    def _difficulty(self, d: Draft) -> None:
+        fleet, kind, tier = d.fleet, d.kind, d.tier
+        p = d.signals.p_small_ok
+        thr = d.config.policy.p_small_ok_threshold
+        keep_bar = thr + (1.0 - thr) / 2.0
+        small = fleet.small_tier
+        assert tier is not None
+        if tier == small and kind in SMALL_KINDS:
+            up = [t for t in d.stronger(tier) if fleet.place[t] != "rules"]
+            bigger = next((t for t in fleet.spill if t in up), up[0] if up else None)
+            long_chat = kind is Kind.CHAT and d.signals.tokens_in > d.config.policy.short_chat_tokens
+            if long_chat and bigger:
+                d.decide(
+                    self.name,
+                    bigger,
+                    f"long chat ({d.signals.tokens_in} tokens > policy.short_chat_tokens "
+                    f"{d.config.policy.short_chat_tokens}) -> {bigger}",
+                )
+            elif p < thr and bigger:
+                d.decide(
+                    self.name,
+                    bigger,
+                    f"p_small_ok {p:.2f} < {thr:.2f}: the small model is likely not enough "
+                    f"-> {bigger}",
+                )
+            elif p < thr:
+                d.note(self.name, f"p_small_ok {p:.2f} < {thr:.2f} but no bigger tier is allowed")
+            else:
+                d.note(self.name, f"p_small_ok {p:.2f} >= {thr:.2f}: the small model will do")
+        elif (
+            kind in DOWNGRADABLE_KINDS
+            and small in d.allowed
+            and fleet.rank.get(tier, -1) > fleet.rank.get(small or "", -1)
+            and p >= keep_bar
+        ):
+            d.decide(
+                self.name,
+                small or tier,
+                f"p_small_ok {p:.2f} >= {keep_bar:.2f}: an easy {kind.value} prompt, "
+                f"the small model on {small} will do",
+            )
+
+
+# -- 6. size --------------------------------------------------------------------------------
+
+
+class Size:
+    name = "size"
+
+    def apply(self, d: Draft) -> None:
+        fleet, need = d.fleet, d.need_tokens
+        too_small = [t for t in d.permitted if not fleet.fits(t, d.model_on(t), need)]
+        if too_small:
+            windows = ", ".join(f"{t} {fleet.window(t, d.model_on(t)):,}" for t in too_small)
+            d.forbid(set(too_small))
+            d.note(self.name, f"{need:,} tokens exceed the context window of {windows}")
+        if d.tier is not None and d.tier not in d.allowed:
+            if d.pinned:
+                raise NoRoute(
+                    f"size: {need:,} tokens do not fit any host of the requested tier "
+                    f"{d.tier!r} (largest window {fleet.window(d.tier, d.model_on(d.tier)):,})"
+                )
+            cands = d.candidates()
+            if not cands:
+                raise NoRoute(f"size: {need:,} tokens fit no allowed tier's context window")
+            up = d.stronger(d.tier)
+            new = up[0] if up else cands[-1]
+            d.decide(self.name, new, f"{d.tier} cannot take {need:,} tokens -> {new}")
+        big = d.config.policy.large_job_tokens
+        if d.signals.tokens_in > big and not d.pinned:
+            target = d.config.policy.large_job_tier
+            if target in d.allowed and d.tier != target:
+                d.decide(
+                    self.name,
+                    target,
+                    f"large job ({d.signals.tokens_in:,} > policy.large_job_tokens {big:,}) -> {target}",
+                )
+            elif target not in d.allowed:
+                d.note(self.name, f"large job, but {target} is not allowed here: stays on {d.tier}")
+
+
+# -- 7. load ---------------------------------------------------------------------------------
+
+
+class Load:
+    """Spill when the queue wait would blow the latency budget or every host is down."""
+
+    name = "load"
+
+    def apply(self, d: Draft) -> None:
+        if d.tier is None or d.pinned or d.fleet.place[d.tier] == "rules":
+            return
+        tier, state, budget = d.tier, d.state, d.job.latency_budget_s
+        if self._all_open(d, tier):
+            chain = [t for t in d.config.tiers[tier].fallback if t in d.allowed]
+            nxt = next((t for t in chain if not self._all_open(d, t)), None)
+            if nxt:
+                d.decide(self.name, nxt, f"every host of {tier} has an open breaker -> {nxt}")
+                tier = nxt
+            else:
+                d.note(self.name, f"every host of {tier} has an open breaker and no fallback is up")
+        if budget is None:
+            return
+        wait = state.wait_s(tier)
+        if wait <= budget:
+            return
+        spill = d.fleet.spill
+        after = spill[spill.index(tier) + 1 :] if tier in spill else list(spill)
+        path = [t for t in after if t in d.allowed and not self._all_open(d, t)]
+        hops = [f"{tier} wait {wait:.1f} s > budget {budget:g} s"]
+        for t in path:
+            w = state.wait_s(t)
+            if w <= budget:
+                d.decide(self.name, t, "; ".join(hops) + f" -> {t} (wait {w:.1f} s)")
+                return
+            hops.append(f"{t} wait {w:.1f} s")
+        if path:
+            best = min([tier, *path], key=state.wait_s)
+            if best != tier:
+                d.decide(self.name, best, "; ".join(hops) + f": none within budget -> {best}, the shortest wait")
+                return
+        d.note(self.name, "; ".join(hops) + ": no allowed tier to spill to")
+
+    @staticmethod
+    def _all_open(d: Draft, tier: str) -> bool:
+        hosts = d.fleet.hosts(tier, d.model_on(tier))
+        return bool(hosts) and all(h.name in d.state.open_hosts for h in hosts)
+
+
+# -- 8. cost -----------------------------------------------------------------------------------
+
+
+class Cost:
+    name = "cost"
+
+    def apply(self, d: Draft) -> None:
+        ceiling = d.job.max_cost_usd
+        if ceiling is None or d.tier is None:
+            return
+        dear = {t for t in d.permitted if d.cost_on(t) > ceiling}
+        here = d.cost_on(d.tier)
+        d.forbid(dear - {d.tier})
+        if here <= ceiling:
+            if dear:
+                d.note(
+                    self.name,
+                    f"max_cost_usd {ceiling:g}: {d.tier} ~${here:.4f} fits; "
+                    f"{_tiers(sorted(dear))} would not",
+                )
+            return
+        if d.pinned:
+            raise NoRoute(
+                f"max_cost_usd: the job pins {d.tier} (~${here:.4f}) but allows only ${ceiling:g}"
+            )
+        d.forbid({d.tier})
+        below = [t for t in d.candidates() if d.fleet.rank[t] < d.fleet.rank.get(d.tier, 99)]
+        pool = below or d.candidates()
+        if not pool:
+            raise NoRoute(f"max_cost_usd: no allowed tier costs under ${ceiling:g} for this job")
+        new = pool[-1]
+        text = f"max_cost_usd {ceiling:g}: {d.tier} ~${here:.4f} is not worth it -> {new} (~${d.cost_on(new):.4f})"
+        if d.job.risk is Risk.HIGH:
+            d.review = True
+            text += "; a high-risk job kept off its tier by cost is marked for review"
+        d.decide(self.name, new, text)
+
+
+DEFAULT_STAGES: tuple[Stage, ...] = (
+    Constraints(),
+    Rules(),
+    Classify(),
+    Session(),
+    RiskStage(),
+    KindStage(),
+    Size(),
+    Load(),
+    Cost(),
+)

@@ -1,0 +1,309 @@
+"""Everyday prompts of every kind, generated from our own templates.
+
+The public labelled sets are benchmark questions: maths, code, quizzes, and a
+thousand Chinese instructions. They hold no English translation, summary,
+extraction or classification requests at all, and their chat is all quiz
+formats. These templates fill those gaps so the classifier learns what such
+requests look like in a service's traffic. Generation is deterministic (a
+seeded RNG), so training stays reproducible.
+"""
+
+from __future__ import annotations
+
+import random
+
+from ..jobs import Kind
+
+PASSAGES = [
+    "Hi team, the quarterly review moves from Tuesday 14 May to Thursday 16 May at 10:00 in "
+    "room 4B. Please send your slides to Maria Lopez by Wednesday noon. Budget figures are "
+    "due to finance (€12,400 approved so far). Thanks, Daniel",
+    "Our customer in Leeds reported that invoices since March show the wrong VAT rate. Support "
+    "ticket #48213 was opened on 2 April by Sam Patel; engineering traced it to the tax table "
+    "update deployed on 28 March and a fix is scheduled for release 3.14.",
+    "The city council voted 7 to 2 on Monday to extend the bike lane on Harbour Street by "
+    "1.2 km. Construction starts in June and should take eight weeks. Shop owners worry about "
+    "losing parking; the council promised a loading zone near the market.",
+    "I bought this blender three weeks ago. It crushes ice fine but the lid leaks every time I "
+    "make a smoothie, and the customer service line kept me on hold for 40 minutes. Not "
+    "buying this brand again.",
+    "Absolutely love this backpack! Plenty of pockets, the laptop sleeve fits my 15-inch "
+    "machine, and it survived a week of rain in Scotland. Shipping was fast too.",
+    "2024-03-02 14:01:07 ERROR payment-service: timeout contacting bank gateway after 30s "
+    "(order 99812, user 5521). Retrying in 5s. 2024-03-02 14:01:12 INFO payment-service: "
+    "retry succeeded for order 99812.",
+    "Meeting notes 3 Feb: attendees Ana, Björn, Chen. Decided to drop the legacy importer. "
+    "Chen owns the migration plan, due 20 Feb. Open question: do we keep the CSV export? "
+    "Next meeting 17 Feb.",
+    "Dear Mr. Okafor, thank you for your application for the data analyst role. We would like "
+    "to invite you to an interview on 9 October at 15:30 at our Berlin office, Karl-Marx-Allee "
+    "90. Please confirm by replying to this email. Kind regards, HR",
+    "The new firmware improves battery life by about 15 percent, adds a dark mode, and fixes a "
+    "bug where the device rebooted when pairing over Bluetooth. Update through the settings "
+    "menu; the download is 240 MB.",
+    "Patient reports mild headaches for two weeks, worse in the morning, no fever. Blood "
+    "pressure 150/95. Currently taking ibuprofen 400 mg as needed. Follow-up in 10 days.",
+    "The hotel was clean and the staff friendly, but the room was smaller than in the photos "
+    "and the street noise kept us awake. Breakfast was decent. Probably an average stay.",
+    "Contract summary: supplier Nordwind GmbH delivers 500 units per month from 1 July 2025 "
+    "at €18.50 per unit, payment within 30 days, either party may terminate with 90 days' "
+    "notice.",
+    "Researchers found that people who slept less than six hours a night were more likely to "
+    "catch a cold after exposure to the virus than those who slept seven or more hours, "
+    "according to a study of 164 adults.",
+    "Can someone help? Since this morning I can't log into the VPN from home, it says "
+    "'authentication failed' even though my password works for email. I'm on a Mac.",
+    "Release plan: feature freeze on 1 September, beta on 15 September, final on 6 October. "
+    "Owners: Priya (backend), Tom (mobile), Lea (docs). Risks: the search rewrite is late.",
+    "The museum opens a new exhibition on Viking navigation on 12 April. Tickets cost £14 "
+    "for adults and £7 for children; members go free. Guided tours run every Saturday.",
+    "Order #A-7731 from Kim Nguyen: 2 x wireless mouse at $24.99, 1 x USB-C hub at $39.00, "
+    "shipping to 18 Elm Road, Portland. Paid by card ending 4421.",
+    "Quarterly results: revenue rose 8% to $4.2 billion, operating margin fell to 11% because "
+    "of higher energy costs, and the company kept its full-year forecast unchanged.",
+]
+
+SENTENCES = [
+    "Where is the nearest train station?",
+    "Our office will be closed on Monday for the public holiday.",
+    "Please remember to bring your passport to the appointment.",
+    "The meeting has been moved to next week.",
+    "I would like to book a table for two at eight o'clock.",
+    "Thank you for your patience while we fix the problem.",
+    "The package was delivered to the wrong address.",
+    "Could you send me the invoice again?",
+    "This medicine should be taken twice a day after meals.",
+    "The weather tomorrow will be sunny with a light breeze.",
+    "Your order has shipped and should arrive on Friday.",
+    "We are looking for a software engineer with five years of experience.",
+]
+
+LANGS = ["French", "Spanish", "German", "Italian", "Portuguese", "Japanese", "Chinese",
+         "Korean", "Dutch", "Polish", "English", "Arabic", "Turkish", "Russian"]
+
+TOPICS = ["remote work", "climate change", "a rainy Sunday", "our new coffee machine",
+          "the first day of school", "electric cars", "a lighthouse keeper", "friendship",
+          "the launch of our mobile app", "autumn in the mountains", "a lost cat",
+          "healthy breakfast ideas", "the company's tenth anniversary", "learning to swim",
+          "city gardens", "a robot who wants to paint"]
+
+CONCEPTS = ["inflation", "photosynthesis", "a mortgage", "the immune system", "blockchain",
+            "the French Revolution", "black holes", "compound interest", "jet lag",
+            "a 401(k)", "the Roman Empire", "vaccines", "the stock market", "GDPR",
+            "sourdough starter", "the electoral college", "a VPN", "cloud computing"]
+
+CODE_SNIPPETS = [
+    "def mean(xs):\n    return sum(xs) / len(xs)\n\nprint(mean([]))",
+    "for (let i = 0; i <= arr.length; i++) {\n  console.log(arr[i].name);\n}",
+    "SELECT name, COUNT(*) FROM orders GROUP BY customer_id;",
+    "public int fib(int n) {\n    return fib(n - 1) + fib(n - 2);\n}",
+    "with open('data.csv') as f:\n    rows = f.readlines()\nrows.sort(key=lambda r: r[2])",
+    "fn main() {\n    let v = vec![1, 2, 3];\n    let first = &v[0];\n    v.push(4);\n}",
+    "import requests\nr = requests.get(url)\ndata = r.json()['items']",
+]
+
+CODE_TASKS = [
+    ("reverses a linked list", "reverse a linked list"),
+    ("checks whether a string is a palindrome", "check whether a string is a palindrome"),
+    ("parses a CSV file and returns the average of a column", "average a column of a CSV file"),
+    ("removes duplicates from a list while keeping order", "remove duplicates from a list"),
+    ("validates an email address", "validate an email address"),
+    ("merges two sorted arrays", "merge two sorted arrays"),
+    ("counts word frequencies in a text file", "count word frequencies in a file"),
+    ("retries an HTTP request with backoff", "retry an HTTP request with backoff"),
+    ("converts Celsius to Fahrenheit", "convert Celsius to Fahrenheit"),
+    ("finds the longest common prefix", "find the longest common prefix of some strings"),
+]
+CODE_LANGS = ["Python", "JavaScript", "TypeScript", "Go", "Rust", "Java", "C#", "Bash", "SQL",
+              "C++", "Kotlin", "Ruby"]
+
+TEMPLATES: dict[Kind, list[str]] = {
+    Kind.TRANSLATION: [
+        "Translate into {lang}: {sentence}",
+        "Translate the following sentence to {lang}.\n\n{sentence}",
+        "How do you say \"{sentence}\" in {lang}?",
+        "{sentence}\n\nTranslate the above into {lang}.",
+        "Can you translate this email into {lang} for our partners?\n\n{passage}",
+        "Please provide a {lang} translation of: {sentence}",
+        "What is the {lang} for \"{sentence}\"",
+        "Render this paragraph in {lang}, keeping the tone formal:\n{passage}",
+        "I need this in {lang}, please: {sentence}",
+        "Translate from English to {lang} and keep the formatting:\n{passage}",
+        "Traduce al español: {sentence}",
+        "Traduis en français : {sentence}",
+        "Übersetze ins Deutsche: {sentence}",
+        "请把下面这句话翻译成英文：{sentence}",
+        "{lang} version of this, please:\n{sentence}",
+    ],
+    Kind.SUMMARY: [
+        "Summarize the following email in two sentences:\n\n{passage}",
+        "Give me a short summary of this text:\n{passage}",
+        "TL;DR:\n{passage}",
+        "{passage}\n\nSummarize the above in one sentence.",
+        "Can you sum up these notes in three bullet points?\n{passage}",
+        "What are the key points of this message?\n\n{passage}",
+        "Write a brief recap of the following for my manager:\n{passage}",
+        "Condense this into a headline and one line of context:\n{passage}",
+        "Summarise this article for a newsletter:\n{passage}",
+        "Please give the gist of this in plain words: {passage}",
+        "Shorten this to under 30 words:\n{passage}",
+        "Here is a long thread. What is it about, in short?\n{passage}\n{passage2}",
+        "Résume ce texte en deux phrases :\n{passage}",
+        "请用一句话总结以下内容：\n{passage}",
+    ],
+    Kind.EXTRACTION: [
+        "Extract all dates and amounts from the text below as JSON.\n\n{passage}",
+        "List every person mentioned in this text:\n{passage}",
+        "From the following message, pull out the order number, the customer name and the "
+        "total.\n{passage}",
+        "{passage}\n\nExtract the names, dates and places mentioned above.",
+        "Return a JSON object with fields name, date and location from:\n{passage}",
+        "Find all email addresses and phone numbers in this text: {passage}",
+        "Which deadlines are mentioned here? Give them as a list.\n{passage}",
+        "Parse this log line into timestamp, level, service and message:\n{passage}",
+        "Fill the fields supplier, start_date, price and notice_period from this contract:\n"
+        "{passage}",
+        "Identify the named entities (people, organisations, locations) in:\n{passage}",
+        "Get me the action items and their owners from these notes:\n{passage}",
+        "What are the product names and prices in this order? Output CSV.\n{passage}",
+        "请从下面的文本中提取所有的日期和金额：\n{passage}",
+    ],
+    Kind.CLASSIFICATION: [
+        "Classify the sentiment of this review as positive, negative or neutral:\n{review}",
+        "Is this customer message a complaint, a question or praise?\n\n{review}",
+        "{review}\n\nLabel the review above: positive or negative?",
+        "Which department should handle this ticket: billing, technical support or sales?\n"
+        "{passage}",
+        "Categorize this email into one of: meeting, invoice, support, spam.\n{passage}",
+        "Is the following message spam? Answer yes or no.\n{passage}",
+        "Tag this support request with its priority (low, medium, high):\n{passage}",
+        "What is the intent of this user message? Options: cancel, refund, track order, other.\n"
+        "{review}",
+        "Rate the urgency of this note from 1 to 5 and give only the number:\n{passage}",
+        "Decide whether this news item is about politics, business, sport or science:\n{passage}",
+        "Sort this feedback into bug report or feature request: {review}",
+        "Is the tone of this text formal or informal?\n{passage}",
+        "请判断这条评论的情感是正面还是负面：{review}",
+    ],
+    Kind.WRITING: [
+        "Write a short poem about {topic}.",
+        "Draft an email to my landlord about {topic}.",
+        "Write a blog post introduction about {topic}.",
+        "Compose a haiku about {topic}.",
+        "Write a product description for {topic} in a playful tone.",
+        "Rewrite this paragraph to sound more formal:\n{passage}",
+        "Make this message friendlier without changing its meaning:\n{passage}",
+        "Write a cover letter for a junior designer position.",
+        "Come up with five slogans for {topic}.",
+        "Write a bedtime story about {topic} for a six-year-old.",
+        "Draft a LinkedIn post announcing {topic}.",
+        "Pretend you are a pirate captain and describe {topic}.",
+        "Write a toast for my sister's wedding that mentions {topic}.",
+        "Brainstorm ten blog post titles about {topic}.",
+        "Paraphrase this so it does not sound copied:\n{passage}",
+        "Write a speech for a school assembly on {topic}.",
+        "Proofread and polish this text:\n{passage}",
+        "Write the opening scene of a mystery novel set during {topic}.",
+        "用轻松的语气写一段关于{topic}的短文。",
+    ],
+    Kind.CHAT: [
+        "What is {concept}?",
+        "Can you explain {concept} in simple terms?",
+        "Who invented the telephone?",
+        "What's the difference between a virus and a bacterium?",
+        "How do I get a red wine stain out of a carpet?",
+        "Any tips for sleeping better?",
+        "Tell me something interesting about {concept}.",
+        "Why is the sky blue?",
+        "What should I pack for a weekend in Lisbon?",
+        "Is it safe to eat eggs after the best-before date?",
+        "Recommend a good book about {concept}.",
+        "hey, how are you today?",
+        "What are the pros and cons of {topic}?",
+        "How does {concept} work?",
+        "What time zone is Chicago in?",
+        "I feel stressed about my exams, any advice?",
+        "What was the main cause of {concept}?",
+        "Thanks! And what about the second option?",
+        "What are some fun things to do in Tokyo?",
+        "Could you tell me more about {concept}?",
+        "什么是{concept}？",
+    ],
+    Kind.CODE: [
+        "Write a {clang} function that {task}.",
+        "Why does this code fail?\n```\n{code}\n```",
+        "Refactor this code to be more readable:\n{code}",
+        "Fix the bug in this snippet:\n{code}",
+        "How do I {task_plain} in {clang}?",
+        "Add type hints and a docstring to:\n{code}",
+        "Write unit tests for a function that {task}.",
+        "Explain what this code does:\n{code}",
+        "I get an IndexError when I run this, what's wrong?\n{code}",
+        "Convert this snippet to {clang}:\n{code}",
+        "Write a SQL query that returns the ten customers with the highest total spend.",
+        "Implement a class in {clang} that {task}.",
+        "Write a regex that matches {clang} identifiers.",
+        "What is the time complexity of this code?\n{code}",
+        "用{clang}写一个函数，{task}。",
+    ],
+    Kind.REASONING: [
+        "A train leaves at 9:40 and travels {a} km at {b} km/h. When does it arrive?",
+        "Solve for x: {a}x + {b} = {c}.",
+        "If I save ${a} a month at {b}% annual interest, how much do I have after {c} years?",
+        "Prove that the square root of 2 is irrational.",
+        "A shop sells pens at {a} for ${b}. How much do {c} pens cost?",
+        "What is the probability of rolling two sixes with {a} dice?",
+        "Three friends split a bill of ${a} so that one pays twice as much as each of the others. "
+        "How much does each pay?",
+        "Think step by step: if all bloops are razzies and some razzies are lazzies, are some "
+        "bloops lazzies?",
+        "How many ways can {a} people sit around a round table?",
+        "Compute the derivative of x^{a} * ln(x).",
+        "A tank fills in {a} hours and drains in {b} hours. How long to fill it with the drain "
+        "open?",
+        "Estimate how many piano tuners work in a city of {a} thousand people, showing your "
+        "reasoning.",
+        "Which is larger, {a}^{b} or {b}^{a}? Explain.",
+        "In a logic puzzle, Anna is older than Ben, Ben is older than Cleo, and Dan is younger "
+        "than Cleo. Who is the second oldest?",
+        "Calculate the compound annual growth rate from {a} to {c} over {b} years.",
+        "一个数的{a}倍加上{b}等于{c}，这个数是多少？",
+    ],
+}
+
+
+def _fill(template: str, rng: random.Random) -> str:
+    task = rng.choice(CODE_TASKS)
+    values = {
+        "lang": rng.choice(LANGS),
+        "sentence": rng.choice(SENTENCES),
+        "passage": rng.choice(PASSAGES),
+        "passage2": rng.choice(PASSAGES),
+        "review": rng.choice(PASSAGES[3:5] + PASSAGES[10:11] + PASSAGES[13:14] + SENTENCES[5:7]),
+        "topic": rng.choice(TOPICS),
+        "concept": rng.choice(CONCEPTS),
+        "code": rng.choice(CODE_SNIPPETS),
+        "clang": rng.choice(CODE_LANGS),
+        "task": task[0],
+        "task_plain": task[1],
+        "a": rng.randint(2, 90),
+        "b": rng.randint(2, 30),
+        "c": rng.randint(10, 500),
+    }
+    return template.format(**values)
+
+
+def generate(per_kind: int = 120, seed: int = 7) -> list[tuple[str, Kind]]:
+    """``per_kind`` prompts for each kind with templates, deduplicated, in a fixed order."""
+    rng = random.Random(seed)
+    out: list[tuple[str, Kind]] = []
+    for kind, templates in TEMPLATES.items():
+        seen: set[str] = set()
+        tries = 0
+        while len(seen) < per_kind and tries < per_kind * 20:
+            tries += 1
+            text = _fill(rng.choice(templates), rng)
+            if text not in seen:
+                seen.add(text)
+                out.append((text, kind))
+    return out

@@ -1,0 +1,478 @@
+"""Training the two policy models: the kind classifier and p_small_ok.
+
+Data
+----
+By default both models train on the labelled public prompts in the shared dev
+folder (``$TIERFLEET_DATA_DIR``, else ``../shared/data/dev``), read at run time
+and never copied; the kind classifier also sees our own template prompts
+(``synth.py``) for the kinds the public sets lack.
+
+Kind labels come from each set's task or label field (``TASK_KINDS``,
+``LABEL_KINDS`` below): maths and logic -> reasoning; programming -> code;
+quiz and knowledge questions (multiple choice or open) -> chat; "make a sentence
+from these words" and creative prompts -> writing; the Chinese instruction set
+keeps its own categories (summarization -> summary, extract -> extraction,
+classification -> classification, rewrite/generation/brainstorming -> writing,
+open/closed qa -> chat).
+
+p_small_ok labels come from per-model quality scores. For each prompt the label
+is the share of (small, large) model pairs in which the small model scored at
+least as well as the large one, small and large being a group of 7-13B open
+models and a group of ~50B+ models (``SMALL_MODELS``, ``LARGE_MODELS``). It is a
+soft label in 0..1, trained as a weighted logistic regression. Pooling several
+pairs keeps the estimate about the prompt's difficulty rather than about one
+model's quirks.
+
+A user's own traffic
+--------------------
+``tierfleet train --labels FILE`` reads JSON lines, one prompt each::
+
+    {"prompt": "...", "kind": "summary"}                  # trains the kind classifier
+    {"prompt": "...", "small_ok": 1}                      # 0/1 or a share in 0..1
+    {"prompt": "...", "small_score": 0.4, "large_score": 0.9}   # small_ok = small >= large
+    {"prompt": "...", "kind": "code", "small_ok": 0}      # both
+
+A model with too few labels in the file (fewer than ``MIN_ROWS``, or one class
+only) is copied unchanged from the current artifacts. ``--with-dev`` adds the
+dev data to the user's rows.
+
+Everything is seeded, so the same data gives the same weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import tokens
+from ..errors import ConfigError
+from ..jobs import MODEL_KINDS, Kind
+from . import synth
+from .features import DENSE_NAMES, Vocabulary, analyze, dense, normalize_prompt
+from .linear import LinearModel
+from .models import KIND_FILE, META_FILE, SMALL_OK_FILE, artifacts_dir
+
+DATA_ENV = "TIERFLEET_DATA_DIR"
+SEED = 20240611
+MIN_ROWS = 20
+MAX_PROMPT_CHARS = 200_000
+
+TASK_KINDS: dict[str, Kind] = {
+    # maths, logic, hard science
+    "gsm8k": Kind.REASONING,
+    "math": Kind.REASONING,
+    "agentverse-mgsm": Kind.REASONING,
+    "mgsm": Kind.REASONING,
+    "agentverse-logicgrid": Kind.REASONING,
+    "gpqa": Kind.REASONING,
+    # programming
+    "mbpp": Kind.CODE,
+    "human_eval": Kind.CODE,
+    "humaneval": Kind.CODE,
+    # knowledge and common-sense questions
+    "mmlu": Kind.CHAT,
+    "arc_challenge": Kind.CHAT,
+    "arc-challenge": Kind.CHAT,
+    "openbook_qa": Kind.CHAT,
+    "commonsense_qa": Kind.CHAT,
+    "natural_qa": Kind.CHAT,
+    "trivia_qa": Kind.CHAT,
+    "winogrande": Kind.CHAT,
+    # "write a sentence using these words"
+    "commongen": Kind.WRITING,
+}
+LABEL_KINDS: dict[str, Kind] = {
+    # vicuna_bench
+    "generic": Kind.CHAT,
+    "knowledge": Kind.CHAT,
+    "common-sense": Kind.CHAT,
+    "counterfactual": Kind.CHAT,
+    "roleplay": Kind.WRITING,
+    "writing": Kind.WRITING,
+    "coding": Kind.CODE,
+    "math": Kind.REASONING,
+    "fermi": Kind.REASONING,
+    # belle_zh_kinds
+    "open qa": Kind.CHAT,
+    "closed qa": Kind.CHAT,
+    "brainstorming": Kind.WRITING,
+    "rewrite": Kind.WRITING,
+    "generation": Kind.WRITING,
+    "classification": Kind.CLASSIFICATION,
+    "summarization": Kind.SUMMARY,
+    "code": Kind.CODE,
+    "extract": Kind.EXTRACTION,
+}
+# 7-13B open models (the size of a small local box) against ~50B+ models. The
+# ChatQA models are left out: they fail the multiple-choice formats outright
+# (mean score 0.19 for the 70B one), which says nothing about the prompts.
+SMALL_MODELS: dict[str, list[str]] = {
+    "dcrouter": [
+        "qwen2.5-7b-instruct",
+        "mistral-7b-instruct-v0.3",
+        "gemma-2-9b-it",
+        "llama-3.1-8b-instruct",
+    ],
+    "routerbench": [
+        "mistralai/mistral-7b-chat",
+        "WizardLM/WizardLM-13B-V1.2",
+        "mistralai/mixtral-8x7b-chat",
+    ],
+}
+LARGE_MODELS: dict[str, list[str]] = {
+    "dcrouter": ["llama-3.1-nemotron-51b-instruct", "llama-3.3-nemotron-super-49b-v1"],
+    "routerbench": ["gpt-4-1106-preview"],
+}
+KIND_CAP_PER_TASK = 300
+KIND_C = 2.0
+SMALL_OK_C = 0.5
+DENSE_WEIGHT = 1.0
+MAX_TERMS = 40_000
+LEARNED_KINDS = sorted(k.value for k in MODEL_KINDS if k is not Kind.VISION)
+
+
+@dataclass(frozen=True)
+class KindRow:
+    prompt: str
+    kind: Kind
+    source: str
+    task: str
+
+
+@dataclass(frozen=True)
+class OkRow:
+    prompt: str
+    small_ok: float  # 0..1
+    source: str
+    task: str
+    scores: dict[str, float]
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+def find_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    here = Path(__file__).resolve()
+    candidates = [
+        Path(explicit) if explicit else None,
+        Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None,
+        Path.cwd() / ".." / "shared" / "data" / "dev",
+        here.parents[3] / ".." / "shared" / "data" / "dev",
+    ]
+    for c in candidates:
+        if c is not None and (c / "dcrouter_train.jsonl").exists():
+            return c.resolve()
+    raise ConfigError(
+        "dev data not found: set TIERFLEET_DATA_DIR to the folder holding "
+        "dcrouter_train.jsonl (or pass --labels FILE with your own labelled traffic)"
+    )
+
+
+def _jsonl(path: Path) -> Iterable[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if line:
+                yield json.loads(line)
+
+
+def load_kind_rows(data_dir: Path) -> list[KindRow]:
+    rows: list[KindRow] = []
+    for name, field, source in [
+        ("dcrouter_train.jsonl", "task", "dcrouter"),
+        ("routerbench_train.jsonl", "task", "routerbench"),
+        ("humaneval_prompts.jsonl", "label", "humaneval"),
+        ("vicuna_bench.jsonl", "label", "vicuna"),
+        ("belle_zh_kinds.jsonl", "label", "belle_zh"),
+    ]:
+        path = data_dir / name
+        if not path.exists():
+            continue
+        table = TASK_KINDS if field == "task" else {**LABEL_KINDS, **TASK_KINDS}
+        if source in ("vicuna", "belle_zh"):
+            table = LABEL_KINDS
+        for r in _jsonl(path):
+            kind = table.get(str(r.get(field, "")))
+            if kind is not None:
+                rows.append(KindRow(normalize_prompt(r["prompt"]), kind, source, str(r[field])))
+    return _dedupe(rows)
+
+
+def _dedupe(rows: list[KindRow]) -> list[KindRow]:
+    seen: set[str] = set()
+    out = []
+    for r in rows:
+        key = r.prompt.strip()
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def pooled_small_ok(scores: dict[str, float], small: Sequence[str], large: Sequence[str]) -> float | None:
+    pairs = [
+        float(scores[s] >= scores[lg]) for s in small for lg in large if s in scores and lg in scores
+    ]
+    return sum(pairs) / len(pairs) if pairs else None
+
+
+def load_ok_rows(data_dir: Path) -> list[OkRow]:
+    rows: list[OkRow] = []
+    for name, source in [("dcrouter_train.jsonl", "dcrouter"), ("routerbench_train.jsonl", "routerbench")]:
+        path = data_dir / name
+        if not path.exists():
+            continue
+        for r in _jsonl(path):
+            scores = {k: float(v) for k, v in r.get("scores", {}).items()}
+            y = pooled_small_ok(scores, SMALL_MODELS[source], LARGE_MODELS[source])
+            if y is not None:
+                rows.append(OkRow(normalize_prompt(r["prompt"]), y, source, str(r.get("task", "")), scores))
+    return rows
+
+
+def synth_rows(per_kind: int = 120) -> list[KindRow]:
+    return [KindRow(t, k, "templates", k.value) for t, k in synth.generate(per_kind, seed=SEED % 1000)]
+
+
+def load_user_labels(path: str | os.PathLike[str]) -> tuple[list[KindRow], list[OkRow], list[str]]:
+    """Rows of a user's labelled traffic file, and one message per line that was skipped."""
+    kinds: list[KindRow] = []
+    oks: list[OkRow] = []
+    problems: list[str] = []
+    valid = set(LEARNED_KINDS)
+    with Path(path).open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except ValueError as exc:
+                problems.append(f"line {n}: not JSON ({exc.__class__.__name__})")
+                continue
+            prompt = r.get("prompt") if isinstance(r, dict) else None
+            if not isinstance(prompt, str) or not prompt.strip():
+                problems.append(f"line {n}: no 'prompt' string")
+                continue
+            prompt = normalize_prompt(prompt[:MAX_PROMPT_CHARS])
+            used = False
+            if "kind" in r:
+                if r["kind"] in valid:
+                    kinds.append(KindRow(prompt, Kind(r["kind"]), "labels", r["kind"]))
+                    used = True
+                else:
+                    problems.append(f"line {n}: kind {r['kind']!r} is not one of {LEARNED_KINDS}")
+            y = _user_small_ok(r)
+            if isinstance(y, str):
+                problems.append(f"line {n}: {y}")
+            elif y is not None:
+                oks.append(OkRow(prompt, y, "labels", str(r.get("kind", "")), {}))
+                used = True
+            if not used and "kind" not in r:
+                problems.append(f"line {n}: neither 'kind' nor 'small_ok'/'small_score'+'large_score'")
+    return kinds, oks, problems
+
+
+def _user_small_ok(r: dict[str, Any]) -> float | str | None:
+    if "small_ok" in r:
+        v = r["small_ok"]
+        if isinstance(v, bool):
+            return float(v)
+        if isinstance(v, int | float) and 0 <= v <= 1 and not math.isnan(v):
+            return float(v)
+        return "small_ok must be 0, 1 or a share in 0..1"
+    if "small_score" in r or "large_score" in r:
+        s, lg = r.get("small_score"), r.get("large_score")
+        if isinstance(s, int | float) and isinstance(lg, int | float):
+            return float(s >= lg)
+        return "small_score and large_score must both be numbers"
+    return None
+
+
+# -- fitting ---------------------------------------------------------------------------------
+
+
+def featurize(texts: Sequence[str]) -> tuple[list[list[str]], np.ndarray]:
+    counts = tokens.count_many(list(texts))
+    terms = [analyze(t) for t in texts]
+    feats = np.array([dense(t, n) for t, n in zip(texts, counts, strict=True)], dtype=np.float64)
+    return terms, feats.reshape(len(texts), len(DENSE_NAMES))
+
+
+def _design(
+    vocab: Vocabulary, terms: list[list[str]], feats: np.ndarray, mean: np.ndarray, scale: np.ndarray
+) -> Any:
+    from scipy import sparse
+
+    indptr = [0]
+    cols: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    for t in terms:
+        idx, w = vocab.encode(t)
+        cols.append(idx)
+        vals.append(w)
+        indptr.append(indptr[-1] + idx.size)
+    x_terms = sparse.csr_matrix(
+        (np.concatenate(vals), np.concatenate(cols), np.array(indptr)), shape=(len(terms), len(vocab))
+    )
+    z = (feats - mean) / scale * DENSE_WEIGHT
+    return sparse.hstack([x_terms, sparse.csr_matrix(z)], format="csr")
+
+
+def _fit(
+    texts: Sequence[str],
+    y: np.ndarray,
+    weights: np.ndarray,
+    c: float,
+    classes: list[str],
+    soft: bool = False,
+) -> LinearModel:
+    from sklearn.linear_model import LogisticRegression
+
+    terms, feats = featurize(texts)
+    vocab = Vocabulary.fit(terms, min_df=2, max_terms=MAX_TERMS)
+    mean = feats.mean(axis=0)
+    scale = feats.std(axis=0)
+    scale[scale < 1e-9] = 1.0
+    x = _design(vocab, terms, feats, mean, scale)
+    if soft:
+        from scipy import sparse
+
+        # A soft label p becomes the row twice: as a 1 with weight p, as a 0 with weight 1-p.
+        x = sparse.vstack([x, x], format="csr")
+        target = np.r_[np.ones(len(y)), np.zeros(len(y))]
+        w = np.r_[y * weights, (1.0 - y) * weights]
+        keep = w > 0
+        x, target, w = x[keep], target[keep], w[keep]
+    else:
+        target, w = y, weights
+    lr = LogisticRegression(C=c, max_iter=3000, tol=1e-5)
+    lr.fit(x, target, sample_weight=w)
+    if soft or len(classes) == 2:
+        coef, intercept = lr.coef_[:1], lr.intercept_[:1]
+        classes = ["0", "1"] if soft else classes
+    else:
+        order = [list(lr.classes_).index(k) for k in classes]
+        coef, intercept = lr.coef_[order], lr.intercept_[order]
+    return LinearModel(vocab, coef, intercept, classes, mean, scale, DENSE_WEIGHT)
+
+
+def cap_rows(rows: Sequence[KindRow], cap: int, seed: int) -> list[KindRow]:
+    """At most ``cap`` rows per (source, task): no single benchmark drowns the others."""
+    rng = random.Random(seed)
+    groups: dict[tuple[str, str], list[KindRow]] = defaultdict(list)
+    for r in rows:
+        groups[(r.source, r.task)].append(r)
+    out: list[KindRow] = []
+    for key in sorted(groups):
+        g = groups[key]
+        out.extend(rng.sample(g, cap) if len(g) > cap else g)
+    return out
+
+
+def fit_kind(rows: Sequence[KindRow], seed: int = SEED) -> LinearModel:
+    rows = cap_rows(rows, KIND_CAP_PER_TASK, seed)
+    present = sorted({r.kind.value for r in rows})
+    y = np.array([r.kind.value for r in rows])
+    counts = Counter(y.tolist())
+    # Balanced classes: a kind with 100 examples weighs as much as one with 3,000.
+    w = np.array([len(rows) / (len(counts) * counts[v]) for v in y])
+    return _fit([r.prompt for r in rows], y, w, KIND_C, present)
+
+
+def fit_small_ok(rows: Sequence[OkRow], seed: int = SEED) -> LinearModel:
+    del seed  # lbfgs is deterministic; kept for a uniform signature
+    y = np.array([r.small_ok for r in rows], dtype=np.float64)
+    # Each source weighs the same in total, whatever its size.
+    per = Counter(r.source for r in rows)
+    w = np.array([len(rows) / (len(per) * per[r.source]) for r in rows])
+    return _fit([r.prompt for r in rows], y, w, SMALL_OK_C, ["0", "1"], soft=True)
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def train(
+    out: str | os.PathLike[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    labels: str | os.PathLike[str] | None = None,
+    with_dev: bool = False,
+) -> dict[str, Any]:
+    """Train both models and write them to ``out`` (default: the artifacts folder in use)."""
+    target = Path(out) if out else artifacts_dir()
+    current = artifacts_dir()
+    kind_rows: list[KindRow] = []
+    ok_rows: list[OkRow] = []
+    sources: dict[str, Any] = {}
+    problems: list[str] = []
+    if labels is None or with_dev:
+        dd = find_data_dir(data_dir)
+        kind_rows += load_kind_rows(dd) + synth_rows()
+        ok_rows += load_ok_rows(dd)
+        sources["dev"] = {
+            "dir": str(dd),
+            "files": {p.name: _sha(p) for p in sorted(dd.glob("*.jsonl"))},
+        }
+    if labels is not None:
+        uk, uo, problems = load_user_labels(labels)
+        kind_rows += uk
+        ok_rows += uo
+        sources["labels"] = {"file": str(labels), "sha": _sha(Path(labels)), "kind_rows": len(uk),
+                             "small_ok_rows": len(uo), "skipped": len(problems)}
+    target.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"out": str(target), "sources": sources, "problems": problems[:20]}
+
+    kinds_present = {r.kind for r in kind_rows}
+    if len(kind_rows) >= MIN_ROWS and len(kinds_present) >= 2:
+        fit_kind(kind_rows).save(target / KIND_FILE)
+        summary["kind"] = {
+            "rows": len(kind_rows),
+            "per_kind": dict(sorted(Counter(r.kind.value for r in kind_rows).items())),
+        }
+    else:
+        summary["kind"] = _keep(current, target, KIND_FILE, f"{len(kind_rows)} rows, kinds {len(kinds_present)}")
+    ys = {r.small_ok > 0.5 for r in ok_rows}
+    if len(ok_rows) >= MIN_ROWS and len(ys) == 2:
+        fit_small_ok(ok_rows).save(target / SMALL_OK_FILE)
+        summary["small_ok"] = {
+            "rows": len(ok_rows),
+            "mean_label": round(float(np.mean([r.small_ok for r in ok_rows])), 4),
+            "small_models": SMALL_MODELS,
+            "large_models": LARGE_MODELS,
+        }
+    else:
+        summary["small_ok"] = _keep(current, target, SMALL_OK_FILE, f"{len(ok_rows)} rows")
+    meta = {
+        "seed": SEED,
+        "kind_c": KIND_C,
+        "small_ok_c": SMALL_OK_C,
+        "max_terms": MAX_TERMS,
+        "kind_cap_per_task": KIND_CAP_PER_TASK,
+        "dense_features": list(DENSE_NAMES),
+        "task_kinds": {k: v.value for k, v in TASK_KINDS.items()},
+        "label_kinds": {k: v.value for k, v in LABEL_KINDS.items()},
+        **summary,
+    }
+    (target / META_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return summary
+
+
+def _keep(current: Path, target: Path, name: str, why: str) -> dict[str, Any]:
+    src = current / name
+    if src.exists() and src.resolve() != (target / name).resolve():
+        shutil.copyfile(src, target / name)
+    return {"kept": str(src), "why": f"too few labels ({why}); the current model is kept"}
