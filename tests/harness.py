@@ -174,3 +174,71 @@ def cli(args: list[str], config: Path, *, input_text: str | None = None,
     return subprocess.run([sys.executable, "-m", "tierfleet", *args], input=input_text,
                           capture_output=True, text=True, timeout=timeout, env=full_env,
                           cwd=str(config.parent))
+
+
+FAST_RELIABILITY_DATA: dict[str, Any] = {
+    "visibility_timeout_s": 3600,
+    "task_time_limit_s": 600,
+    "max_attempts": 8,
+    "park_backoff_s": [0.5, 1.0, 1.0, 2.0],
+    "health_timeout_s": 1.0,
+    "health_cache_s": 0.3,
+    "breaker_failures": 1,
+    "breaker_open_s": 2.0,
+    "retry_after_budget_s": 2.0,
+    "heartbeat_s": 0.5,
+    "dead_after_s": 3.0,
+}
+
+
+class ModelFleet:
+    """Simulated hosts in this process, a config on disk naming their real ports, and real
+    worker subprocesses per tier. ``with ModelFleet(tmp, url, client) as f: f.start("rules")``."""
+
+    def __init__(self, tmp: Path, redis_url: str, client: redis.Redis, *,
+                 reliability: dict[str, Any] | None = None, scale: float = 0.01,
+                 hosts: dict[str, dict[str, Any]] | None = None) -> None:
+        from sim_fixtures import sim_config_data
+
+        from tierfleet.config import FleetConfig
+
+        data = sim_config_data()
+        for name, changes in (hosts or {}).items():
+            data["hosts"][name].update(changes)
+        data.update(redis_url=redis_url, key_prefix="tf",
+                    reliability={**FAST_RELIABILITY_DATA, **(reliability or {})},
+                    ledger={"dir": str(tmp / "ledger")})
+        self.base = FleetConfig(**data)
+        self.tmp = tmp
+        self.client = client
+        self.scale = scale
+        self.workers: list[Worker] = []
+
+    def __enter__(self) -> ModelFleet:
+        from sim_fixtures import sim_hosts
+
+        from tierfleet.sim import write_config as write_sim_config
+
+        self._ctx = sim_hosts(self.base, scale=self.scale)
+        self.sim = self._ctx.__enter__()
+        self.config = self.sim.config
+        self.config_path = write_sim_config(self.config, self.tmp / "fleet.toml")
+        return self
+
+    def start(self, tier: str, **kw: Any) -> Worker:
+        w = Worker(tier, self.config_path, **kw).start(self.client)
+        self.workers.append(w)
+        return w
+
+    def dispatcher(self) -> Any:
+        from tierfleet.dispatch import Dispatcher
+
+        return Dispatcher(self.config)
+
+    def __exit__(self, *exc: object) -> None:
+        for w in self.workers:
+            w.stop()
+        self._ctx.__exit__(None, None, None)
+
+    def dump_logs(self) -> str:
+        return "\n".join(f"--- {w.name}\n{w.log()[-4000:]}" for w in self.workers)

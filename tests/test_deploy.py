@@ -711,6 +711,52 @@ def test_compose_redis_is_durable_and_password_protected(compose: dict[str, Any]
     assert redis_svc["user"] == "redis"
 
 
+def test_compose_redis_start_script_enforces_a_password(compose: dict[str, Any], tmp_path: Path) -> None:
+    # The container's start script, run by sh here with local paths and port.
+    port = free_port()
+    script = (
+        interpolate(compose["services"]["redis"]["command"][2], env={})
+        .replace("exec redis-server", f"exec {redis_server_binary()}")
+        .replace("/usr/local/etc/redis/redis.conf", f"{DEPLOY / 'redis.conf'} --port {port}")
+        .replace("/tmp/redis-auth.conf", str(tmp_path / "auth.conf"))
+        .replace("--bind 0.0.0.0", f"--bind 127.0.0.1 --dir {tmp_path}")
+    )
+    for bad in ("", "has spaces", 'quote"d'):
+        run = subprocess.run(
+            ["sh", "-c", script],
+            env={"PATH": os.environ["PATH"], "REDIS_PASSWORD": bad},
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        assert run.returncode == 1 and "REDIS_PASSWORD" in run.stderr, bad
+    password = "3f9a-b_c.d~e"
+    proc = subprocess.Popen(
+        ["sh", "-c", script],
+        env={"PATH": os.environ["PATH"], "REDIS_PASSWORD": password},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis.from_url(f"redis://:{password}@127.0.0.1:{port}/0")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert client.ping()
+                break
+            except redis.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        assert client.config_get("appendonly") == {b"appendonly": b"yes"}
+        assert (tmp_path / "auth.conf").stat().st_mode & 0o777 == 0o600
+        client.close()
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
 def test_compose_publishes_on_loopback_by_default(compose: dict[str, Any]) -> None:
     resolved = interpolate(compose, env={})
     for name in ("redis", "api", "flower"):
@@ -783,13 +829,11 @@ def _command_lines(compose: dict[str, Any], tier: str) -> list[tuple[str, list[s
 
 
 def test_every_command_line_parses_with_the_real_cli(compose: dict[str, Any], example: FleetConfig) -> None:
-    import click
     import typer
 
     from tierfleet.cli import app
 
-    group = typer.main.get_command(app)
-    assert isinstance(group, click.Group)
+    group: Any = typer.main.get_command(app)
     seen = set()
     for tier in example.tier_names():
         for where, (sub, *args) in _command_lines(compose, tier):

@@ -78,14 +78,18 @@ class RedisExternalIds(ExternalIdStore):
         self.r.delete(self._k(job_id))
 
 
-def message(job: Job, route: Route, trail: list[str], attempt: int, parks: int = 0) -> dict[str, Any]:
-    return {
+def message(job: Job, route: Route, trail: list[str], attempt: int, parks: int = 0,
+            escalated: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "job": job.model_dump(mode="json"),
         "route": route.model_dump(mode="json"),
         "trail": trail,
         "attempt": attempt,
         "parks": parks,
     }
+    if escalated:
+        body["escalated"] = True
+    return body
 
 
 class Runner:
@@ -236,12 +240,15 @@ class Runner:
     def _accept(self, job: Job, route: Route, trail: list[str], attempt: int, msg: dict[str, Any],
                 host: str, model: str, c: Completion) -> dict[str, Any]:
         verdict = check(job, c)
-        higher = None if verdict.ok else self._escalation_tier(job, route.tier, trail)
+        # One escalation per job: a second poor answer is still the best we have.
+        higher = (None if verdict.ok or msg.get("escalated")
+                  else self._escalation_tier(job, route.tier, trail))
         outcome = "escalated" if higher else "ok"
         att = self._record(job, route, host, model, attempt, c, trail, outcome=outcome,
                            error=None if verdict.ok else verdict.reason)
         if higher is not None:
-            self._reroute(job, route, trail, attempt, msg, higher, f"escalated: {verdict.reason}")
+            self._reroute(job, route, trail, attempt, {**msg, "escalated": True}, higher,
+                          f"escalated: {verdict.reason}")
         result = Result(
             job_id=job.id, status=Status.SUCCEEDED, kind=route.kind.value, output=c.text,
             text=c.text, tier=route.tier, host=host, model=model, tokens_in=att.tokens_in,
@@ -325,8 +332,8 @@ class Runner:
             "fallbacks": rest or [t for t in tc.fallback if t not in new_trail],
             "reasons": [*route.reasons, Reason(stage="worker", text=f"{route.tier} -> {tier}: {why}")],
         })
-        self.publish(message(job, new_route, new_trail, attempt + 1, int(msg.get("parks") or 0)),
-                     tier)
+        self.publish(message(job, new_route, new_trail, attempt + 1, int(msg.get("parks") or 0),
+                             bool(msg.get("escalated"))), tier)
         log.warning("job %s moved %s -> %s: %s", job.id, route.tier, tier, why)
         raise Rerouted(tier, why)
 

@@ -61,8 +61,10 @@ def run_job(
     trail: list[str] | None = None,
     attempt: int = 1,
     parks: int = 0,
+    escalated: bool = False,
 ) -> dict[str, Any]:
-    msg = {"job": job, "route": route, "trail": trail or [], "attempt": attempt, "parks": parks}
+    msg = {"job": job, "route": route, "trail": trail or [], "attempt": attempt, "parks": parks,
+           "escalated": escalated}
     try:
         return runner().run(msg)
     except Rerouted as exc:

@@ -1,8 +1,8 @@
 """Turning a prompt into numbers, the same way at training time and at routing time.
 
 Two kinds of signal: sparse terms (word unigrams and bigrams, CJK characters and
-their pairs, short punctuation runs that mark code and maths, and the first few
-words, where the task usually hides) and a handful of dense structure features
+their pairs, short punctuation runs that mark code and maths, and the first and last
+few words, where the task usually hides) and a handful of dense structure features
 (length, lines, digits, options, code lines, maths symbols). Both generalise
 across datasets better than raw character n-grams, and both are cheap: a 1k-token
 prompt is featurised in a few hundred microseconds in plain Python.
@@ -19,6 +19,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from .keywords import CUE_KINDS, cue_hits
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"
 # A CJK character alone, a run of other letters, a run of digits, or up to three
@@ -41,7 +43,7 @@ _ESCAPES = {"n": "\n", "t": "\t", "'": "'", '"': '"', "\\": "\\"}
 
 HEAD_CHARS = 3000
 TAIL_CHARS = 1000
-LEAD_TERMS = 3
+EDGE_TERMS = 6
 DENSE_NAMES: tuple[str, ...] = (
     "log_tokens",
     "log_lines",
@@ -52,6 +54,7 @@ DENSE_NAMES: tuple[str, ...] = (
     "log_code_lines",
     "log_math_marks",
     "log_answer_marks",
+    *(f"cue_{k.value}" for k in CUE_KINDS),
 )
 _SAMPLE = 5000  # characters the share features look at
 
@@ -80,7 +83,9 @@ def analyze(text: str) -> list[str]:
     # Numbers differ everywhere; their length is what carries a signal.
     toks = [f"#{min(len(t), 4)}" if t[0].isdigit() else t for t in toks]
     terms = toks + [f"{a} {b}" for a, b in zip(toks, toks[1:], strict=False)]
-    terms.extend(f"^{t}" for t in toks[:LEAD_TERMS])
+    # Where the instruction usually sits: the first and the last few words.
+    terms.extend(f"^{t}" for t in toks[:EDGE_TERMS])
+    terms.extend(f"${t}" for t in toks[-EDGE_TERMS:])
     return terms
 
 
@@ -98,6 +103,7 @@ def dense(text: str, n_tokens: int) -> list[float]:
         math.log1p(len(_CODE_LINE.findall(sample))),
         math.log1p(len(_MATH.findall(sample))),
         math.log1p(len(_ANSWER.findall(sample))),
+        *(math.log1p(h) for h in cue_hits(text)),
     ]
 
 

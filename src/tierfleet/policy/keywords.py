@@ -131,13 +131,20 @@ _VISION = _words(r"image", r"screenshot", r"picture", r"photo", r"see this", r"w
 _UNSURE = 0.30
 
 
+CUE_KINDS: tuple[Kind, ...] = tuple(k for k, _ in CUES)
+
+
+def cue_hits(text: str) -> list[int]:
+    """Distinct cues found per kind, in CUE_KINDS order (also a feature of the learned models)."""
+    return [sum(len(_limited(p, text)) for p in patterns) for _, patterns in CUES]
+
+
 class KeywordClassifier:
     method = "keyword"
 
     def classify(self, text: str) -> KindGuess:
         scores: list[tuple[int, int, Kind]] = []
-        for order, (kind, patterns) in enumerate(CUES):
-            hits = sum(1 for p in patterns for _ in _limited(p, text))
+        for order, (kind, hits) in enumerate(zip(CUE_KINDS, cue_hits(text), strict=True)):
             if hits:
                 scores.append((hits, -order, kind))
         if not scores:

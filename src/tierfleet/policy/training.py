@@ -13,7 +13,8 @@ quiz and knowledge questions (multiple choice or open) -> chat; "make a sentence
 from these words" and creative prompts -> writing; the Chinese instruction set
 keeps its own categories (summarization -> summary, extract -> extraction,
 classification -> classification, rewrite/generation/brainstorming -> writing,
-open/closed qa -> chat).
+open/closed qa -> chat; its "rewrite" requests that ask for a translation,
+翻译, -> translation).
 
 p_small_ok labels come from per-model quality scores. For each prompt the label
 is the share of (small, large) model pairs in which the small model scored at
@@ -52,6 +53,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import re
 
 import numpy as np
 
@@ -134,6 +137,7 @@ LARGE_MODELS: dict[str, list[str]] = {
     "dcrouter": ["llama-3.1-nemotron-51b-instruct", "llama-3.3-nemotron-super-49b-v1"],
     "routerbench": ["gpt-4-1106-preview"],
 }
+_ZH_TRANSLATE = re.compile("翻译|译成|译为")
 KIND_CAP_PER_TASK = 300
 KIND_C = 2.0
 SMALL_OK_C = 0.5
@@ -199,11 +203,11 @@ def load_kind_rows(data_dir: Path) -> list[KindRow]:
         path = data_dir / name
         if not path.exists():
             continue
-        table = TASK_KINDS if field == "task" else {**LABEL_KINDS, **TASK_KINDS}
-        if source in ("vicuna", "belle_zh"):
-            table = LABEL_KINDS
+        table = TASK_KINDS if field == "task" else LABEL_KINDS
         for r in _jsonl(path):
             kind = table.get(str(r.get(field, "")))
+            if source == "belle_zh" and kind is Kind.WRITING and _ZH_TRANSLATE.search(r["prompt"]):
+                kind = Kind.TRANSLATION  # that set files translation requests under "rewrite"
             if kind is not None:
                 rows.append(KindRow(normalize_prompt(r["prompt"]), kind, source, str(r[field])))
     return _dedupe(rows)
@@ -302,10 +306,18 @@ def _user_small_ok(r: dict[str, Any]) -> float | str | None:
 # -- fitting ---------------------------------------------------------------------------------
 
 
+_FEATURE_CACHE: dict[str, tuple[list[str], list[float]]] = {}
+
+
 def featurize(texts: Sequence[str]) -> tuple[list[list[str]], np.ndarray]:
-    counts = tokens.count_many(list(texts))
-    terms = [analyze(t) for t in texts]
-    feats = np.array([dense(t, n) for t, n in zip(texts, counts, strict=True)], dtype=np.float64)
+    """Terms and dense features; a text seen earlier in this process is not read again."""
+    todo = [t for t in dict.fromkeys(texts) if t not in _FEATURE_CACHE]
+    if todo:
+        counts = tokens.count_many(todo)
+        for t, n in zip(todo, counts, strict=True):
+            _FEATURE_CACHE[t] = (analyze(t), dense(t, n))
+    terms = [_FEATURE_CACHE[t][0] for t in texts]
+    feats = np.array([_FEATURE_CACHE[t][1] for t in texts], dtype=np.float64)
     return terms, feats.reshape(len(texts), len(DENSE_NAMES))
 
 
@@ -338,6 +350,7 @@ def _fit(
     soft: bool = False,
 ) -> LinearModel:
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     terms, feats = featurize(texts)
     vocab = Vocabulary.fit(terms, min_df=2, max_terms=MAX_TERMS)
@@ -356,8 +369,11 @@ def _fit(
         x, target, w = x[keep], target[keep], w[keep]
     else:
         target, w = y, weights
-    lr = LogisticRegression(C=c, max_iter=3000, tol=1e-5)
-    lr.fit(x, target, sample_weight=w)
+    # newton-cg converges in ~10 steps here where lbfgs needs 100+; one thread,
+    # because BLAS threads fighting over a shared CPU only slow it down.
+    lr = LogisticRegression(C=c, solver="newton-cg", max_iter=200, tol=1e-4)
+    with threadpool_limits(limits=1):
+        lr.fit(x, target, sample_weight=w)
     if soft or len(classes) == 2:
         coef, intercept = lr.coef_[:1], lr.intercept_[:1]
         classes = ["0", "1"] if soft else classes

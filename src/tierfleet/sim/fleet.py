@@ -122,9 +122,9 @@ class SimFleet:
         hosts: list[SimHost] = []
         for n in chosen:
             h = config.hosts[n]
-            port = _port_of(h.url)
-            if free_ports or port == 0:
-                port = free_port(bind)
+            # Port 0: the kernel picks one when the host first listens (no race with other
+            # processes, unlike probing for a free port first); later "up"s reuse it.
+            port = 0 if free_ports else _port_of(h.url)
             hosts.append(
                 SimHost(
                     n,
@@ -205,9 +205,14 @@ class SimFleet:
 
     @property
     def config(self) -> FleetConfig:
-        """The config this fleet was built from, with each simulated host's URL on its real port."""
+        """The config this fleet was built from, with each simulated host's URL on its real port.
+
+        Read it after :meth:`start`: ports chosen by the kernel are known only then.
+        """
         if self._config is None:
             raise ValueError("this SimFleet was not built from a config")
+        if any(h.port == 0 for h in self.hosts.values()):
+            raise RuntimeError("start the SimFleet first: its ports are not chosen yet")
         hosts = dict(self._config.hosts)
         for n, h in self.hosts.items():
             hosts[n] = hosts[n].model_copy(
