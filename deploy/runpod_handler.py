@@ -114,8 +114,7 @@ def parse_input(raw: Any, settings: Settings) -> HandlerInput:
         inp = HandlerInput.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'input'}: {err['msg']}"
-            for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or 'input'}: {err['msg']}" for err in exc.errors()
         )
         raise HandlerError("bad_input", problems) from None
     if inp.max_tokens > settings.max_tokens_cap:
@@ -227,9 +226,7 @@ def complete(inp: HandlerInput, settings: Settings) -> dict[str, Any]:
     timeout = httpx.Timeout(settings.timeout_s, connect=5.0)
     try:
         with httpx.Client(timeout=timeout) as client:
-            resp = client.post(
-                f"{settings.base_url}/chat/completions", json=body, headers=_headers(settings)
-            )
+            resp = client.post(f"{settings.base_url}/chat/completions", json=body, headers=_headers(settings))
     except httpx.TimeoutException as exc:
         raise HandlerError("upstream_timeout", f"model server timed out: {exc!r}") from None
     except httpx.TransportError as exc:

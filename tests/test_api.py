@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -21,9 +22,13 @@ import httpx
 import openai
 import pytest
 import redis
+import schemathesis
 import uvicorn
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
 from prometheus_client.parser import text_string_to_metric_families
+from schemathesis import GenerationMode
 
 from harness import Worker, write_config
 from tierfleet.api import create_app, is_loopback, load_tokens, serve
@@ -38,18 +43,20 @@ TOKENS = ["tok-alpha-0123456789", "tok-beta-9876543210"]
 AUTH = {"Authorization": f"Bearer {TOKENS[1]}"}
 
 # local-gpu has a host and no worker: jobs sent there wait, which is how the
-# tests reach the 504-with-job-id answer without racing a worker.
+# tests reach the 504-with-job-id answer without racing a worker. It comes first
+# among the model tiers so that escalation (one tier up, in config order) never
+# lands there: local-mac escalates to paid, and paid is the top.
 FLEET = """
 [tiers.rules]
 place = "rules"
 
-[tiers.local-mac]
-place = "local"
-models = {{ default = "qwen3:4b" }}
-
 [tiers.local-gpu]
 place = "local"
 models = {{ default = "qwen3-coder:30b" }}
+
+[tiers.local-mac]
+place = "local"
+models = {{ default = "qwen3:4b" }}
 
 [tiers.paid]
 place = "paid"
@@ -116,6 +123,9 @@ class Fleet:
     workers: list[Worker] = field(default_factory=list)
 
     def stop(self) -> None:
+        for w in self.workers:  # all at once: each takes a moment to shut down
+            if w.proc is not None and w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGTERM)
         for w in self.workers:
             w.stop()
         self.sim.stop()
@@ -396,7 +406,7 @@ def test_chat_completion_with_the_openai_sdk(sdk: openai.OpenAI) -> None:
         messages=[{"role": "system", "content": "Be brief."},
                   {"role": "user", "content": "Say hello to the operators."}],
         temperature=0.2, top_p=0.9, seed=7, presence_penalty=0.1,  # accepted, ignored
-        max_tokens=64,
+        max_tokens=2048,
     )
     completion = raw.parse()
     assert raw.headers["x-tierfleet-tier"] == "local-mac"
@@ -602,3 +612,53 @@ def test_api_command_refuses_open_public_address(fleet: Fleet) -> None:
                           timeout=120, cwd=fleet.path.parent)
     assert proc.returncode != 0
     assert "--insecure-no-auth" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- fuzzing ------------------------------------------------------------------------------
+
+
+def test_fuzz_the_schema_no_5xx(fleet: Fleet) -> None:
+    """schemathesis against the API's own schema, valid and invalid inputs: never a 5xx.
+
+    Chat requests really run (simulated hosts, real workers), so this app's policy
+    is kept off local-gpu (no worker there); everything else is the fleet above.
+    """
+    cfg = fleet.config
+    fuzz_cfg = cfg.model_copy(update={
+        "tiers": {k: v for k, v in cfg.tiers.items() if k != "local-gpu"},
+        "hosts": {k: v for k, v in cfg.hosts.items() if k != "gpu"},
+        "api": ApiConfig(wait_timeout_s=20, max_body_bytes=200_000),
+    })
+    app = create_app(fuzz_cfg, tokens=TOKENS)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    ops = [r.ok() for r in schema.get_all_operations()]
+    # Chat first: the job fuzzing after it fills the workers' queues.
+    ops.sort(key=lambda op: (op.path != "/v1/chat/completions", op.path, op.method))
+    assert len(ops) == 7
+    seen: dict[int, int] = {}
+    no_inputs: list[str] = []
+
+    for op in ops:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @settings(max_examples=40, deadline=None, database=None, derandomize=True,
+                      phases=[Phase.explicit, Phase.generate],
+                      suppress_health_check=list(HealthCheck))
+            @given(case=op.as_strategy(generation_mode=mode))
+            def call(case: schemathesis.Case) -> None:
+                resp = case.call(headers=AUTH)
+                seen[resp.status_code] = seen.get(resp.status_code, 0) + 1
+                assert resp.status_code < 500, (
+                    f"{case.method} {case.formatted_path} -> {resp.status_code}: "
+                    f"{resp.text[:400]}\nbody={case.body!r}\nquery={case.query!r}"
+                )
+
+            try:
+                call()
+            except Unsatisfiable:
+                # No input to make invalid (GET /healthz, /metrics).
+                assert mode is GenerationMode.NEGATIVE
+                no_inputs.append(op.label)
+    assert sorted(no_inputs) == ["GET /healthz", "GET /metrics"]
+    # The fuzzing reached real work, not only refusals.
+    assert seen.get(200, 0) > 0 and seen.get(202, 0) > 0 and seen.get(422, 0) > 0, seen

@@ -37,8 +37,7 @@ def resp(status: int, body: object, headers: dict[str, str] | None = None) -> ht
             429,
             {
                 "error": {
-                    "message": "Rate limit reached for gpt-5.5 on requests per min. Visit "
-                    "the billing page",
+                    "message": "Rate limit reached for gpt-5.5 on requests per min. Visit the billing page",
                     "type": "requests",
                     "code": "rate_limit_exceeded",
                 }
@@ -49,8 +48,7 @@ def resp(status: int, body: object, headers: dict[str, str] | None = None) -> ht
             429,
             {
                 "error": {
-                    "message": "You exceeded your current quota, please check your plan and "
-                    "billing details.",
+                    "message": "You exceeded your current quota, please check your plan and billing details.",
                     "type": "insufficient_quota",
                     "code": "insufficient_quota",
                 }

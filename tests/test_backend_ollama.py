@@ -40,12 +40,8 @@ def backend(sim: SimFleet) -> Iterator[OllamaBackend]:
     b.close()
 
 
-def req(
-    text: str = "Summarize: the printer on floor 3 jams daily.", **kw: object
-) -> CompletionRequest:
-    return CompletionRequest(
-        model="qwen3:4b", messages=[ChatMessage(role="user", content=text)], **kw
-    )
+def req(text: str = "Summarize: the printer on floor 3 jams daily.", **kw: object) -> CompletionRequest:
+    return CompletionRequest(model="qwen3:4b", messages=[ChatMessage(role="user", content=text)], **kw)
 
 
 def test_complete_reports_text_tokens_and_simulation(backend: OllamaBackend) -> None:
@@ -154,9 +150,7 @@ def test_model_not_found(backend: OllamaBackend) -> None:
     assert err.value.fallback is False
 
 
-def test_other_4xx_is_bad_request_with_the_hosts_message(
-    backend: OllamaBackend, sim: SimFleet
-) -> None:
+def test_other_4xx_is_bad_request_with_the_hosts_message(backend: OllamaBackend, sim: SimFleet) -> None:
     sim.fault(HOST, "error", status=400, message="invalid options: num_gpu", count=1)
     with pytest.raises(BadRequest, match="invalid options: num_gpu") as err:
         backend.complete(req())

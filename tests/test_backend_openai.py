@@ -43,12 +43,8 @@ def backend(sim: SimFleet) -> Iterator[OpenAICompatBackend]:
     b.close()
 
 
-def req(
-    text: str = "Draft a reply to the customer about the refund.", **kw: object
-) -> CompletionRequest:
-    return CompletionRequest(
-        model="gpt-5.5", messages=[ChatMessage(role="user", content=text)], **kw
-    )
+def req(text: str = "Draft a reply to the customer about the refund.", **kw: object) -> CompletionRequest:
+    return CompletionRequest(model="gpt-5.5", messages=[ChatMessage(role="user", content=text)], **kw)
 
 
 def test_complete(backend: OpenAICompatBackend) -> None:
@@ -83,9 +79,7 @@ def test_request_body_follows_openai(backend: OpenAICompatBackend, sim: SimFleet
     assert parts[1]["image_url"]["url"] == f"data:image/jpeg;base64,{jpeg}"
 
 
-def test_max_completion_tokens_replaces_max_tokens(
-    backend: OpenAICompatBackend, sim: SimFleet
-) -> None:
+def test_max_completion_tokens_replaces_max_tokens(backend: OpenAICompatBackend, sim: SimFleet) -> None:
     c = backend.complete(req(max_tokens=64, options={"max_completion_tokens": 3}))
     body = sim.requests(HOST)[-1]["body"]
     assert "max_tokens" not in body and body["max_completion_tokens"] == 3
@@ -120,9 +114,7 @@ def test_down_and_hang_are_host_down(backend: OpenAICompatBackend, sim: SimFleet
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
-def test_server_errors_are_host_down(
-    backend: OpenAICompatBackend, sim: SimFleet, status: int
-) -> None:
+def test_server_errors_are_host_down(backend: OpenAICompatBackend, sim: SimFleet, status: int) -> None:
     sim.fault(HOST, "error", status=status, count=1)
     with pytest.raises(HostDown) as err:
         backend.complete(req())
@@ -148,20 +140,14 @@ def test_context_length_exceeded(backend: OpenAICompatBackend, sim: SimFleet) ->
 def test_context_of_a_small_model_overflows_for_real(sim: SimFleet) -> None:
     # Ollama's own /v1 layer, reached as an OpenAI host: the 32k window overflows.
     host = sim.config.hosts["sim-ollama"]
-    small = make_backend(
-        "ollama-v1", host.model_copy(update={"url": host.url + "/v1", "kind": "openai"})
-    )
-    r = CompletionRequest(
-        model="qwen3:4b", messages=[ChatMessage(role="user", content="word " * 40_000)]
-    )
+    small = make_backend("ollama-v1", host.model_copy(update={"url": host.url + "/v1", "kind": "openai"}))
+    r = CompletionRequest(model="qwen3:4b", messages=[ChatMessage(role="user", content="word " * 40_000)])
     with pytest.raises(ContextTooLong):
         small.complete(r)
     small.close()
 
 
-def test_auth_errors(
-    backend: OpenAICompatBackend, sim: SimFleet, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_auth_errors(backend: OpenAICompatBackend, sim: SimFleet, monkeypatch: pytest.MonkeyPatch) -> None:
     sim.fault(HOST, "auth", count=1)
     with pytest.raises(AuthError) as err:
         backend.complete(req())
@@ -184,9 +170,7 @@ def test_auth_errors(
     nokey.close()
 
 
-def test_key_from_secrets_dir(
-    sim: SimFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_key_from_secrets_dir(sim: SimFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sim.reset()
     key = "test-openai-key"
     monkeypatch.delenv(OPENAI_KEY_ENV)

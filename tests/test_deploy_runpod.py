@@ -184,9 +184,7 @@ def test_handler_reports_a_cut_off_answer(model_server: ModelServer) -> None:
         "choices": [{"message": {"role": "assistant", "content": None}, "finish_reason": "length"}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 8},
     }
-    out = rh.handler(
-        {"id": "x", "input": {"messages": [{"role": "user", "content": "go"}], "model": "m"}}
-    )
+    out = rh.handler({"id": "x", "input": {"messages": [{"role": "user", "content": "go"}], "model": "m"}})
     assert out == {
         "text": "",
         "tokens_in": 3,
@@ -228,9 +226,7 @@ def test_handler_classifies_model_server_errors(
 ) -> None:
     model_server.status = status
     model_server.body = body
-    out = rh.handler(
-        {"id": "e", "input": {"messages": [{"role": "user", "content": "x"}], "model": "m"}}
-    )
+    out = rh.handler({"id": "e", "input": {"messages": [{"role": "user", "content": "x"}], "model": "m"}})
     assert set(out) == {"error", "error_type", "status"}
     assert out["error_type"] == error_type
     assert out["error"]
@@ -239,9 +235,7 @@ def test_handler_classifies_model_server_errors(
 
 def test_handler_reports_an_unreachable_server(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODEL_BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
-    out = rh.handler(
-        {"id": "u", "input": {"messages": [{"role": "user", "content": "x"}], "model": "m"}}
-    )
+    out = rh.handler({"id": "u", "input": {"messages": [{"role": "user", "content": "x"}], "model": "m"}})
     assert out["error_type"] == "upstream_unreachable"
 
 
@@ -291,9 +285,7 @@ def test_image_url_sniffs_the_type() -> None:
 
 
 @pytest.mark.parametrize(("status", "alive"), [(200, True), (401, True), (404, True), (503, False)])
-def test_http_probe_counts_any_answer_below_500(
-    model_server: ModelServer, status: int, alive: bool
-) -> None:
+def test_http_probe_counts_any_answer_below_500(model_server: ModelServer, status: int, alive: bool) -> None:
     model_server.status = status
     model_server.body = {"detail": "x"}
     assert hc.http_alive(f"{model_server.base_url}/status") is alive

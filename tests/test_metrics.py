@@ -201,6 +201,8 @@ def test_scrape_answers_when_redis_is_down(config: FleetConfig) -> None:
     m = scrape(dead, config)
     assert m["tierfleet_redis_up"][()] == 0
     assert "tierfleet_queue_depth" not in m
+    # Recording never fails the job that finished: it logs and moves on.
+    record_attempt(dead, config, att(job_id="z", tier="rules", kind="dedupe"))
 
 
 @pytest.mark.integration

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from sim_fixtures import RUNPOD_KEY_ENV, SIM_KEYS, sim_config, sim_hosts
+from tierfleet.config import load_config
 from tierfleet.sim import SimAdmin, SimFleet, SimProcess, compose, profile_for, write_config
 
 RUNPOD_AUTH = {"Authorization": f"Bearer {SIM_KEYS[RUNPOD_KEY_ENV]}"}
@@ -381,13 +382,12 @@ def test_runpod_injected_failed_and_timed_out(sim: SimFleet) -> None:
 
 
 def test_sim_as_a_subprocess_driven_through_admin(tmp_path: Path) -> None:
-    with sim_hosts(admin=False) as local:
-        # Reuse the ports chosen in-process for a config file, then free them for the child.
-        chosen = local.config
-    path = write_config(chosen, tmp_path / "fleet.toml")
-    with SimProcess(path, scale=0.01, names=["sim-ollama"]) as proc:
+    src = write_config(sim_config(), tmp_path / "fleet.toml")  # URLs on port 0
+    resolved = tmp_path / "resolved.toml"
+    with SimProcess(src, scale=0.01, names=["sim-ollama"], write_config=resolved) as proc:
         url = proc.hosts["sim-ollama"]
-        assert url == chosen.hosts["sim-ollama"].url
+        # The child wrote the config with the port it chose, for worker subprocesses.
+        assert load_config(resolved).hosts["sim-ollama"].url == url
         assert chat(url).status_code == 200
         proc.admin.down("sim-ollama")
         with pytest.raises(httpx.ConnectError):
@@ -395,6 +395,8 @@ def test_sim_as_a_subprocess_driven_through_admin(tmp_path: Path) -> None:
         proc.admin.up("sim-ollama")
         assert proc.admin.counters("sim-ollama")["chat"] == 1
         assert httpx.get(url + "/api/tags", timeout=1).status_code == 200
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url + "/api/tags", timeout=1)
 
 
 def test_config_round_trip_keeps_real_ports() -> None:

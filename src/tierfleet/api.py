@@ -41,9 +41,13 @@ accepted and ignored; ``max_tokens``/``max_completion_tokens`` and
 server-sent-event stream once the job has finished. The call waits up to
 ``api.wait_timeout_s`` (or ``tierfleet.wait_s``, never longer); on timeout it
 answers 504 with the job id (``error.job_id`` and ``x-tierfleet-job-id``) so
-the caller can poll ``GET /v1/jobs/{id}``. Answers carry ``x-tierfleet-tier``,
-``x-tierfleet-route`` (the tiers tried, ``a->b``), ``x-tierfleet-job-id`` and,
-for simulated hosts, ``x-tierfleet-simulated: 1``.
+the caller can poll ``GET /v1/jobs/{id}``. A request naming a job id
+(``tierfleet.id`` or ``X-Tierfleet-Job-Id``) that has already finished gets
+the stored answer instead of a second run, so a client may retry safely.
+Answers carry ``x-tierfleet-tier``, ``x-tierfleet-route`` (the tiers tried,
+``a->b``), ``x-tierfleet-job-id`` and, for simulated hosts,
+``x-tierfleet-simulated: 1``; the body adds a ``tierfleet`` object (job id,
+tier, host, trail, cost) that OpenAI clients ignore.
 
 Errors always have OpenAI's shape ``{"error": {"message", "type", "code",
 "param"}}``; ``param`` names the offending field. 401 bad or missing token,
@@ -77,7 +81,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequen
 from typing import Annotated, Any, Literal
 
 import redis
-from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -196,6 +200,27 @@ def _validation_error(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
 
 # -- request models -----------------------------------------------------------------------
 
+# Shown in /docs, and tried first by schemathesis (its "explicit" phase).
+JOB_EXAMPLES: dict[str, Any] = {
+    "rules": {"summary": "A rules job: no model, no cost", "value": {
+        "kind": "keyword_route", "input": {"text": "my VPN drops every hour"},
+        "workflow": "support-triage"}},
+    "model": {"summary": "A model job the policy routes", "value": {
+        "kind": "summary", "prompt": "Summarise: the build failed twice, then passed.",
+        "workflow": "ci-digest", "privacy": "internal"}},
+    "auto": {"summary": "Untyped: the classifier decides the kind", "value": {
+        "prompt": "Translate to French: good morning", "workflow": "i18n"}},
+}
+CHAT_EXAMPLES: dict[str, Any] = {
+    "auto": {"summary": "The policy chooses", "value": {
+        "model": "auto", "messages": [{"role": "user", "content": "Say hello."}]}},
+    "tagged": {"summary": "Job tags in the tierfleet object", "value": {
+        "model": "auto", "temperature": 0.2,
+        "messages": [{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": "Classify: printer out of toner"}],
+        "tierfleet": {"workflow": "support", "privacy": "confidential", "kind": "classification"}}},
+}
+
 
 class JobBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -221,7 +246,8 @@ class ContentPart(BaseModel):
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    # Tool and function messages are not supported: the schema says so, and so does a 422.
+    role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
 
@@ -271,7 +297,7 @@ class ChatCompletionRequest(BaseModel):
     response_format: ResponseFormat | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int | None = None
+    n: int | None = Field(default=None, ge=1, le=1, description="only 1 is supported")
     tools: list[Any] | None = None
     tierfleet: TierfleetOptions | None = None
 
@@ -391,9 +417,6 @@ def resolve_target(config: FleetConfig, model: str, privacy: str) -> tuple[str |
 def _convert_messages(messages: list[ChatMessageIn]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
-        if m.role in ("tool", "function"):
-            raise ApiError(422, "tool and function messages are not supported",
-                           code="unsupported_value", param=f"messages.{i}.role")
         role = "system" if m.role == "developer" else m.role
         texts: list[str] = []
         images: list[str] = []
@@ -413,6 +436,9 @@ def _convert_messages(messages: list[ChatMessageIn]) -> list[dict[str, Any]]:
                     raise ApiError(422, f"unsupported content part {part.type!r} (text and "
                                    "image_url are)", code="unsupported_value", param=where)
         out.append({"role": role, "content": "\n".join(texts), "images": images})
+    if not any(m["content"].strip() or m["images"] for m in out):
+        raise ApiError(422, "every message is empty: nothing to answer", code="invalid_value",
+                       param="messages")
     return out
 
 
@@ -442,8 +468,6 @@ def _chat_job(config: FleetConfig, body: ChatCompletionRequest,
     for name, value in headers.items():
         if value is not None and name not in opts:
             opts[name] = value
-    if body.n not in (None, 1):
-        raise ApiError(422, "only n=1 is supported", code="unsupported_value", param="n")
     if body.tools:
         raise ApiError(422, "tool calls are not supported", code="unsupported_value",
                        param="tools")
@@ -712,13 +736,16 @@ def create_app(config: FleetConfig | None = None, dispatcher: Dispatcher | None 
 
     @app.post("/v1/jobs", status_code=202, response_model=Handle, dependencies=auth,
               responses=_ERRORS, tags=["jobs"], summary="Submit a job")
-    async def submit_job(job: Job) -> Handle:
+    async def submit_job(job: Annotated[Job, Body(openapi_examples=JOB_EXAMPLES)]) -> Handle:
         return await run_in_threadpool(d.submit, job)
 
     @app.post("/v1/jobs/batch", status_code=202, response_model=list[Handle], dependencies=auth,
               responses=_ERRORS, tags=["jobs"],
               summary="Submit many jobs; a bad one rejects the batch before anything is enqueued")
-    async def submit_batch(batch: JobBatch) -> list[Handle]:
+    async def submit_batch(
+        batch: Annotated[JobBatch, Body(openapi_examples={"two": {"value": {"jobs": [
+            JOB_EXAMPLES["rules"]["value"], JOB_EXAMPLES["model"]["value"]]}}})],
+    ) -> list[Handle]:
         if len(batch.jobs) > cfg.limits.max_batch:
             raise ApiError(422, f"{len(batch.jobs)} jobs, limit {cfg.limits.max_batch}",
                            code="job_rejected", param="jobs")
@@ -763,7 +790,7 @@ def create_app(config: FleetConfig | None = None, dispatcher: Dispatcher | None 
         },
     )
     async def chat_completions(
-        body: ChatCompletionRequest,
+        body: Annotated[ChatCompletionRequest, Body(openapi_examples=CHAT_EXAMPLES)],
         x_tierfleet_privacy: Annotated[Privacy | None, Header()] = None,
         x_tierfleet_risk: Annotated[Risk | None, Header()] = None,
         x_tierfleet_workflow: Annotated[str | None, Header(max_length=128)] = None,

@@ -7,6 +7,8 @@ agree everywhere (the shortest visibility timeout among processes would win).
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 from celery import Celery
 from kombu import Queue
@@ -79,6 +81,23 @@ def make_celery(config: FleetConfig) -> Celery:
     app = Celery("tierfleet", set_as_current=False)
     app.conf.update(celery_settings(config))
     return app
+
+
+def send(app: Celery, msg: dict[str, Any], tier: str, *, producer: Any = None) -> None:
+    """The one way a job message is published: JSON kwargs, task id = job id, queue = tier.
+
+    Flower shows a task's kwargs; for confidential jobs it gets a redacted copy
+    (``kwargsrepr``) so their words stay out of dashboards.
+    """
+    job = msg["job"]
+    options: dict[str, Any] = {}
+    if job.get("privacy") == "confidential":
+        shown = {**job, "prompt": "<confidential>" if job.get("prompt") else None,
+                 "messages": "<confidential>" if job.get("messages") else None,
+                 "input": "<confidential>" if job.get("input") else None, "images": []}
+        options["kwargsrepr"] = repr({**msg, "job": shown})
+    app.send_task(TASK_NAME, kwargs=msg, queue=tier, task_id=job["id"], producer=producer,
+                  **options)
 
 
 def redis_client(config: FleetConfig, url: str | None = None) -> redis.Redis:

@@ -21,7 +21,7 @@ from celery import Celery
 from pydantic import BaseModel, ValidationError
 
 from . import rules
-from .broker import TASK_NAME, key, make_celery, redis_client
+from .broker import key, make_celery, redis_client, send
 from .config import FleetConfig, get_config
 from .errors import JobRejected, ResultTimeout
 from .health import Breaker
@@ -161,8 +161,7 @@ class Dispatcher:
     def submit(self, data: Job | Mapping[str, Any]) -> Handle:
         job, route = self.prepare(data)
         self.results.mark_pending(job.id, route.tier)
-        self.app.send_task(TASK_NAME, kwargs=message(job, route, [], 1), queue=route.tier,
-                           task_id=job.id)
+        send(self.app, message(job, route, [], 1), route.tier)
         if job.session:
             pipe = self.r.pipeline(transaction=False)
             self._remember_session(pipe, job, route)
@@ -172,18 +171,17 @@ class Dispatcher:
     def submit_many(self, items: Iterable[Job | Mapping[str, Any]]) -> list[Handle]:
         """Validate and route everything first (so a bad job rejects the batch before
         anything is enqueued), then publish in one pipelined batch."""
-        prepared: list[tuple[Job, Route]] = []
+        jobs: list[Job] = []
         for i, data in enumerate(items):
             try:
                 job = parse_job(data)
                 check_limits(job, self.config)
             except JobRejected as exc:
                 raise JobRejected(f"[{i}].{exc.field}", exc.message) from None
-            prepared.append((job, Route(tier="-", kind=job.kind)))
-        if len(prepared) > self.config.limits.max_batch:
-            raise JobRejected("jobs", f"{len(prepared)} jobs, limit {self.config.limits.max_batch}")
+            jobs.append(job)
+            if len(jobs) > self.config.limits.max_batch:
+                raise JobRejected("jobs", f"more than {self.config.limits.max_batch} jobs in one batch")
         state = self.fleet_state()
-        jobs = [j for j, _ in prepared]
         if any(j.session for j in jobs):
             routes = [self.policy.route(j, self._with_session(state, j)) for j in jobs]
         else:
@@ -191,8 +189,7 @@ class Dispatcher:
         self.results.mark_pending_many((j.id, r.tier) for j, r in zip(jobs, routes, strict=True))
         with self.app.producer_or_acquire() as producer, producer.batch():
             for job, route in zip(jobs, routes, strict=True):
-                self.app.send_task(TASK_NAME, kwargs=message(job, route, [], 1),
-                                   queue=route.tier, task_id=job.id, producer=producer)
+                send(self.app, message(job, route, [], 1), route.tier, producer=producer)
         pipe = self.r.pipeline(transaction=False)
         for job, route in zip(jobs, routes, strict=True):
             self._remember_session(pipe, job, route)

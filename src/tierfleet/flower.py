@@ -101,7 +101,14 @@ def flower_command(
 
 
 def run_flower(cmd: FlowerCommand) -> int:
-    """Run Flower in the foreground until it exits or we are interrupted; its exit code."""
+    """Become Flower (exec), so signals from systemd, Docker or Ctrl-C reach it directly.
+
+    Where exec is not available, run it as a child and wait; returns its exit code.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "posix":
+        os.execve(cmd.argv[0], cmd.argv, cmd.env)  # does not return
     proc = subprocess.Popen(cmd.argv, env=cmd.env)
     try:
         return proc.wait()

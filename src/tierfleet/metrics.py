@@ -91,8 +91,17 @@ def record_attempt(client: redis.Redis, config: FleetConfig, attempt: Attempt) -
     """Add one finished attempt to the fleet-wide counters (one pipelined round trip).
 
     Not idempotent by itself: call it only when :meth:`Ledger.record` returned
-    True, so a redelivered job is counted once, like it is billed once.
+    True, so a redelivered job is counted once, like it is billed once. Never
+    raises on a Redis error (it logs a warning): a metrics hiccup must not fail a job.
     """
+    try:
+        _record(client, config, attempt)
+    except redis.RedisError as exc:
+        log.warning("metrics: could not record attempt %s/%s: %s", attempt.job_id,
+                    attempt.attempt, exc)
+
+
+def _record(client: redis.Redis, config: FleetConfig, attempt: Attempt) -> None:
     pipe = client.pipeline(transaction=False)
     pipe.hincrby(_k(config, "jobs"), _field(attempt.tier, attempt.kind, attempt.outcome), 1)
     if attempt.model and attempt.outcome != "cached":

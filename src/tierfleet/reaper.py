@@ -32,7 +32,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from .broker import TASK_NAME, key
+from .broker import key, send
 from .config import FleetConfig
 from .store import Parking
 
@@ -72,6 +72,9 @@ class Reaper:
         self.lock_key = key(config, "reaper", "lock")
         self.restored_total = 0
         self.unparked_total = 0
+        # After a Redis outage every heartbeat has lapsed; give live workers time to
+        # beat again before calling anyone dead.
+        self._redis_ok_since = time.monotonic()
 
     # -- dead nodes --------------------------------------------------------------------
 
@@ -87,6 +90,8 @@ class Reaper:
         return [t for t in old if t not in held]
 
     def restore_orphans(self) -> int:
+        if time.monotonic() - self._redis_ok_since < self.config.reliability.dead_after_s:
+            return 0
         tags = self.orphans()
         if not tags:
             return 0
@@ -130,7 +135,7 @@ class Reaper:
             self.r.delete(self.lock_key)
 
     def _publish(self, msg: dict[str, Any], tier: str) -> None:
-        self.app.send_task(TASK_NAME, kwargs=msg, queue=tier, task_id=msg["job"]["id"])
+        send(self.app, msg, tier)
 
     def run_forever(self, stop: threading.Event, interval: float | None = None) -> None:
         interval = interval or self.config.reliability.heartbeat_s
@@ -138,6 +143,7 @@ class Reaper:
             try:
                 self.tick()
             except redis.RedisError as exc:
+                self._redis_ok_since = time.monotonic()
                 log.warning("reaper: redis unavailable (%s); retrying", exc)
             except Exception:
                 log.exception("reaper sweep failed; retrying")

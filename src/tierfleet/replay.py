@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .broker import TASK_NAME, make_celery, redis_client
+from .broker import make_celery, redis_client, send
 from .config import FleetConfig
 from .jobs import Result, Status
 from .store import Parking, ResultStore
@@ -23,6 +23,6 @@ def replay(config: FleetConfig, job_id: str | None = None) -> int:
         # The stored DEAD result is terminal; replace it so the new run's answer is kept.
         client.delete(results._k(jid))
         results.save(Result(job_id=jid, status=Status.PENDING, tier=body["route"]["tier"]))
-        app.send_task(TASK_NAME, kwargs=body, queue=body["route"]["tier"], task_id=jid)
+        send(app, body, body["route"]["tier"])
         n += 1
     return n

@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 
-from . import pricing, rules, tokens
+from . import metrics, pricing, rules, tokens
 from .backends import make_backend
 from .backends.base import (
     Backend,
@@ -109,7 +109,8 @@ class Runner:
     def backend(self, host: str) -> Backend:
         b = self._backends.get(host)
         if b is None:
-            b = make_backend(host, self.config.hosts[host], external_ids=self.external_ids)
+            b = make_backend(host, self.config.hosts[host], external_ids=self.external_ids,
+                             health_timeout_s=self.config.reliability.health_timeout_s)
             self._backends[host] = b
         return b
 
@@ -148,7 +149,7 @@ class Runner:
             error = f"internal error in {job.kind.value}: {type(exc).__name__}"
         latency = time.perf_counter() - t0
         tin = tokens.count(job.text() or _json_text(job.input))
-        self.ledger.record(
+        self._bill(
             Attempt(
                 job_id=job.id, attempt=attempt, workflow=job.workflow, kind=job.kind.value,
                 tier=route.tier, tokens_in=tin, tokens_estimated=True, latency_s=latency,
@@ -271,7 +272,7 @@ class Runner:
             return None
         answer = hit.answer if hasattr(hit, "answer") else hit
         text = answer.get("text", "")
-        self.ledger.record(Attempt(
+        self._bill(Attempt(
             job_id=job.id, attempt=attempt, workflow=job.workflow, kind=route.kind.value,
             tier=route.tier, host=answer.get("host"), model=model,
             tokens_in=route.tokens_in or tokens.count(job.text()),
@@ -357,6 +358,16 @@ class Runner:
         self.results.save(result)
         return result.model_dump(mode="json")
 
+    def crashed(self, msg: dict[str, Any], exc: Exception) -> None:
+        """A bug, not a fault: store a failed result so the job never vanishes silently."""
+        try:
+            job = Job.model_validate(msg["job"])
+            route = Route.model_validate(msg["route"])
+        except Exception:
+            return
+        self._finish_failed(job, route, list(msg.get("trail") or []), int(msg.get("attempt") or 1),
+                            f"internal error: {type(exc).__name__}: {str(exc)[:300]}")
+
     # -- bookkeeping -------------------------------------------------------------------
 
     def _record(self, job: Job, route: Route, host: str | None, model: str | None, attempt: int,
@@ -381,8 +392,15 @@ class Runner:
             fallbacks=len(trail), error=error, privacy=job.privacy.value,
             simulated=bool(c and c.simulated), ts=time.time(),
         )
-        self.ledger.record(att)
+        self._bill(att)
         return att
+
+    def _bill(self, att: Attempt) -> bool:
+        """Ledger first; metrics only for a new record, so a redelivery counts once."""
+        new = self.ledger.record(att)
+        if new:
+            metrics.record_attempt(self.r, self.config, att)
+        return new
 
     def _total_cost(self, job_id: str) -> float:
         return round(sum(a.cost_usd for a in self.ledger.job_attempts(job_id)), 8)

@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
+import redis
 from celery import bootsteps
 from celery.exceptions import Ignore
 from celery.signals import worker_process_init
 from celery.worker import state as worker_state
 
-from .broker import TASK_NAME, make_celery, redis_client
+from .broker import TASK_NAME, make_celery, redis_client, send
 from .config import get_config
 from .logs import setup_logging
 from .reaper import Reaper, write_heartbeat
@@ -50,7 +52,7 @@ def _set_runner(r: Runner) -> None:
 
 
 def publish(msg: dict[str, Any], tier: str) -> None:
-    app.send_task(TASK_NAME, kwargs=msg, queue=tier, task_id=msg["job"]["id"])
+    send(app, msg, tier)
 
 
 @app.task(name=TASK_NAME, bind=True)
@@ -65,11 +67,24 @@ def run_job(
 ) -> dict[str, Any]:
     msg = {"job": job, "route": route, "trail": trail or [], "attempt": attempt, "parks": parks,
            "escalated": escalated}
-    try:
-        return runner().run(msg)
-    except Rerouted as exc:
-        # The job lives on in the message just published; this delivery is acked with no result.
-        raise Ignore(str(exc)) from None
+    delay = 0.5
+    while True:
+        try:
+            return runner().run(msg)
+        except Rerouted as exc:
+            # The job lives on in the message just published; this delivery is acked, no result.
+            raise Ignore(str(exc)) from None
+        except redis.RedisError as exc:
+            # Redis blinked mid-job (restart, failover). Failing here would ack the message
+            # and lose the job; a Celery retry would need Redis to publish. Instead hold the
+            # delivery and run again once Redis answers: the run is idempotent by job id.
+            log.warning("job %s: redis unavailable (%s); retrying in %.1fs", job.get("id"), exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        except Exception as exc:
+            log.exception("job %s crashed the runner", job.get("id"))
+            runner().crashed(msg, exc)
+            raise
 
 
 @worker_process_init.connect

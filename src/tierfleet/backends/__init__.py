@@ -45,9 +45,7 @@ def make_backend(
     if host.kind == "openai":
         return OpenAICompatBackend(name, host, health_timeout_s=health_timeout_s)
     if host.kind == "runpod":
-        return RunpodBackend(
-            name, host, external_ids=external_ids, health_timeout_s=health_timeout_s
-        )
+        return RunpodBackend(name, host, external_ids=external_ids, health_timeout_s=health_timeout_s)
     raise ValueError(f"hosts.{name}.kind: unknown host kind {host.kind!r}")
 
 

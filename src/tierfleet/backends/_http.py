@@ -156,9 +156,7 @@ def _error_fields(response: httpx.Response) -> tuple[str, str, str]:
     return json.dumps(body)[:_MAX_MESSAGE], "", ""
 
 
-def error_from_response(
-    host: str, response: httpx.Response, secret: Secret | None = None
-) -> BackendError:
+def error_from_response(host: str, response: httpx.Response, secret: Secret | None = None) -> BackendError:
     """One class of :mod:`base` for a non-2xx answer, carrying the host's own message."""
     status = response.status_code
     message, etype, code = _error_fields(response)
@@ -281,9 +279,7 @@ class HttpBackend:
             if timeout is None:
                 response = self._client.request(method, url, json=json_data, headers=headers)
             else:
-                response = self._client.request(
-                    method, url, json=json_data, headers=headers, timeout=timeout
-                )
+                response = self._client.request(method, url, json=json_data, headers=headers, timeout=timeout)
         except httpx.HTTPError as exc:
             raise transport_error(self.name, exc) from None
         if response.status_code >= 400:

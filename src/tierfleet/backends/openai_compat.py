@@ -37,9 +37,7 @@ def message_payload(m: ChatMessage) -> dict[str, Any]:
     parts: list[dict[str, Any]] = [{"type": "text", "text": m.content}]
     for img in m.images:
         # Remote image URLs are not accepted everywhere (Ollama's /v1); inline data URLs are.
-        parts.append(
-            {"type": "image_url", "image_url": {"url": f"data:{image_mime(img)};base64,{img}"}}
-        )
+        parts.append({"type": "image_url", "image_url": {"url": f"data:{image_mime(img)};base64,{img}"}})
     return {"role": m.role, "content": parts}
 
 
@@ -67,9 +65,7 @@ class OpenAICompatBackend(HttpBackend):
 
     def complete(self, request: CompletionRequest) -> Completion:
         started = time.monotonic()
-        response = self._request(
-            "POST", f"{self.base_url}/chat/completions", json_data=self._body(request)
-        )
+        response = self._request("POST", f"{self.base_url}/chat/completions", json_data=self._body(request))
         body = json_body(self.name, response)
         choices = body.get("choices") or []
         if not choices:

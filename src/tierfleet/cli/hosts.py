@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import signal
-import threading
-
 import typer
 from rich.table import Table
 
-from ._common import config_option, console, fail, get
+from ._common import config_option, console, fail
 
 
 def register(app: typer.Typer) -> None:
@@ -26,58 +22,45 @@ def register(app: typer.Typer) -> None:
         ),
         admin_port: int = typer.Option(0, help="port of the fault-injection admin API (0: free)"),
         host: list[str] = typer.Option(None, "--host", help="only these hosts (repeatable)"),
-        all_hosts: bool = typer.Option(
-            False, "--all", help="every host, not only simulated = true"
+        all_hosts: bool = typer.Option(False, "--all", help="every host, not only simulated = true"),
+        write_config: str = typer.Option(
+            None, help="write the config with the ports really used (URLs with port 0)"
         ),
         json_line: bool = typer.Option(False, "--json", help="print one JSON line, not a table"),
     ) -> None:
-        """Serve SIMULATED model hosts (Ollama, OpenAI, Runpod formats) for the config's hosts
-        marked ``simulated = true``, each on the port of its URL. Ctrl-C stops them."""
+        """Serve SIMULATED model hosts (Ollama, OpenAI, Runpod wire formats) on loopback."""
         from ..sim import SimFleet
+        from ..sim.__main__ import ready_line, serve
 
-        cfg = get(config)
-        try:
-            fleet = SimFleet.from_config(
-                cfg, scale=scale, admin_port=admin_port, names=host or None, all_hosts=all_hosts
-            )
-        except ValueError as exc:
-            fail(str(exc))
-        if not fleet.hosts:
-            fail(
-                "no host to simulate: mark hosts with simulated = true in the config, or pass --all"
-            )
-        try:
-            fleet.start()
-        except OSError as exc:
-            fail(f"cannot listen: {exc}")
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, frame: stop.set())
-        try:
-            first = next(iter(fleet.hosts.values()))
+        def announce(fleet: SimFleet) -> None:
             if json_line:
-                ready = {
-                    "simulated": True,
-                    "admin": fleet.admin_url,
-                    "hosts": fleet.urls,
-                    "scale": first.scale,
-                }
-                print(json.dumps(ready), flush=True)
-            else:
-                table = Table(title=f"SIMULATED hosts (latency x{first.scale:g})")
-                for col in ("host", "kind", "url", "models"):
-                    table.add_column(col)
-                for name, h in fleet.hosts.items():
-                    table.add_row(name, h.kind, h.url, ", ".join(sorted(h.models)))
-                console.print(table)
-                if fleet.admin_url:
-                    console.print(
-                        f"admin: {fleet.admin_url}  e.g. curl -X POST "
-                        f"{fleet.admin_url}/hosts/<host>/down  (Ctrl-C to stop)"
-                    )
-            stop.wait()
-        finally:
-            fleet.stop()
+                print(ready_line(fleet, write_config), flush=True)
+                return
+            first = next(iter(fleet.hosts.values()))
+            table = Table(title=f"SIMULATED hosts (latency x{first.scale:g})")
+            for col in ("host", "kind", "url", "models"):
+                table.add_column(col)
+            for name, h in fleet.hosts.items():
+                table.add_row(name, h.kind, h.url, ", ".join(sorted(h.models)))
+            console.print(table)
+            if fleet.admin_url:
+                console.print(
+                    f"admin: {fleet.admin_url}  e.g. curl -X POST "
+                    f"{fleet.admin_url}/hosts/<host>/down  (Ctrl-C to stop)",
+                    highlight=False,
+                )
+
+        code = serve(
+            config,
+            scale=scale,
+            admin_port=admin_port,
+            names=host or None,
+            all_hosts=all_hosts,
+            write_config_path=write_config,
+            announce=announce,
+        )
+        if code:
+            raise typer.Exit(code)
 
     @local.command("serve")
     def local_serve(

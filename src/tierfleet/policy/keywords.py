@@ -2,9 +2,9 @@
 
 Word lists in the spirit of the home-lab router's (code, reasoning, vision),
 extended to every model kind and to a few Chinese cue words. Each kind scores one
-point per distinct cue found; the highest score wins, ties go to the kind listed
-first. No cue at all means chat, with low confidence, so a session's context can
-take over.
+point per distinct cue found (stems at most three); the highest score wins, ties
+go to the kind listed first. No cue at all means chat, with low confidence, so a
+session's context can take over.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from ..jobs import Kind
+from .text import Doc, read_doc
 
 
 @dataclass(frozen=True)
@@ -27,124 +28,226 @@ class KindGuess:
         return f"{self.kind.value} ({self.method}, confidence {self.confidence:.2f}{alt})"
 
 
-def _words(*ws: str) -> re.Pattern[str]:
-    return re.compile(r"(?i)(?<![\w])(?:" + "|".join(ws) + r")(?![\w])")
+@dataclass(frozen=True)
+class Cues:
+    """One kind's cues. A cue is a word, a word stem (``"summar*"``), a phrase, a
+    substring (for CJK and for words with inner punctuation, like "tl;dr"), a pair
+    of word sets that must both occur, or a structural regex."""
+
+    words: frozenset[str] = frozenset()
+    stems: tuple[str, ...] = ()
+    phrases: tuple[tuple[str, str | None], ...] = ()  # (first two words, whole if longer)
+    subs: tuple[str, ...] = ()
+    pairs: tuple[tuple[frozenset[str], frozenset[str]], ...] = ()
+    patterns: tuple[re.Pattern[str], ...] = ()
 
 
-def _chars(*cs: str) -> re.Pattern[str]:
-    return re.compile("|".join(re.escape(c) for c in cs))
+def _cues(
+    terms: str,
+    subs: str = "",
+    pairs: tuple[tuple[str, str], ...] = (),
+    patterns: tuple[str, ...] = (),
+) -> Cues:
+    items = [t.strip() for t in terms.split(",") if t.strip()]
+    return Cues(
+        words=frozenset(t for t in items if " " not in t and not t.endswith("*")),
+        stems=tuple(t[:-1] for t in items if t.endswith("*")),
+        phrases=tuple(
+            (" ".join(t.split(" ")[:2]), t if t.count(" ") > 1 else None) for t in items if " " in t
+        ),
+        subs=tuple(c for c in subs.split() if c),
+        pairs=tuple((frozenset(a.split()), frozenset(b.split())) for a, b in pairs),
+        patterns=tuple(re.compile(p) for p in patterns),
+    )
 
 
 _LANGS = (
-    r"english|french|german|spanish|italian|portuguese|dutch|russian|chinese|mandarin|"
-    r"japanese|korean|arabic|hindi|turkish|polish|swedish|greek|hebrew|vietnamese|ukrainian"
+    "english", "french", "german", "spanish", "italian", "portuguese", "dutch", "russian",
+    "chinese", "mandarin", "japanese", "korean", "arabic", "hindi", "turkish", "polish",
+    "swedish", "greek", "hebrew", "vietnamese", "ukrainian",
 )
 
-# Order matters for ties: the more specific kinds first, chat never listed.
-CUES: list[tuple[Kind, list[re.Pattern[str]]]] = [
+# Order matters for ties: the more specific kinds first; chat is what is left.
+CUES: list[tuple[Kind, Cues]] = [
     (
         Kind.TRANSLATION,
-        [
-            _words(r"translat\w*", r"traduc\w*", r"traduire", r"übersetz\w*"),
-            re.compile(rf"(?i)\b(?:into|to|in)\s+(?:{_LANGS})\b(?!\s+(?:food|history|culture))"),
-            _chars("翻译", "翻譯", "译成", "翻訳"),
-        ],
+        _cues(
+            "translat*, traduc*, traduire, übersetz*, locali*, how do you say, how to say, "
+            "speaker say, equivalent in, from english, "
+            + ", ".join(f"{p} {lang}" for p in ("into", "to", "in") for lang in _LANGS),
+            subs="翻译 翻譯 译成 翻訳",
+        ),
     ),
     (
         Kind.SUMMARY,
-        [
-            _words(
-                r"summar\w*", r"tl;?dr", r"sum up", r"recap", r"condense", r"key points",
-                r"main points", r"gist", r"abstract of", r"in a nutshell", r"shorten",
-            ),
-            _chars("总结", "摘要", "概括", "归纳", "要点"),
-        ],
+        _cues(
+            "summar*, tldr, sum up, recap, condense, key points, main points, gist, "
+            "in a nutshell, shorten, digest, boil, abstract of, short version, shorter version, "
+            "highlights, takeaways, synopsis, overview of, briefly, what is it about",
+            subs="tl;dr 总结 摘要 概括 归纳 要点",
+        ),
     ),
     (
         Kind.EXTRACTION,
-        [
-            _words(
-                r"extract\w*", r"pull out", r"parse", r"find all", r"list all",
-                r"named entit\w*", r"fill (?:in )?the (?:fields|form|schema)", r"key-value",
-                r"which (?:dates|names|amounts)",
-            ),
-            _chars("提取", "抽取", "找出", "识别出"),
-        ],
+        _cues(
+            "extract*, pull out, pull every, pull the, parse, find all, list all, list every, "
+            "list the dates, list the names, named entities, entities, fill in the fields, "
+            "which dates, which names, names of, email addresses, phone numbers, output json, "
+            "as json, json with, json list, into json, fields",
+            subs="key-value 提取 抽取 找出 识别出",
+        ),
     ),
     (
         Kind.CLASSIFICATION,
-        [
-            _words(
-                r"classif\w*", r"categori[sz]\w*", r"sentiment", r"which category",
-                r"label (?:this|the|each)", r"spam or not", r"positive or negative",
-                r"is this (?:spam|positive|negative|toxic)", r"tag (?:this|each)", r"intent",
-            ),
-            _chars("分类", "类别", "情感", "归类"),
-        ],
+        _cues(
+            "classif*, categori*, sentiment, which category, label this, label the, label each, "
+            "spam or not, spam or ham, positive or negative, positive, negative, is this spam, "
+            "tag this, tag each, intent, which team, right team, route this, which department, "
+            "assign a, priority, toxic, hate speech, what language is, detect the language, "
+            "happy or sad, angry or, urgent or",
+            subs="分类 类别 情感 归类",
+        ),
     ),
     (
         Kind.CODE,
-        [
-            _words(
-                r"function", r"class", r"debug\w*", r"refactor\w*", r"implement\w*",
-                r"write code", r"python", r"javascript", r"typescript", r"api endpoint",
-                r"sql", r"regex", r"code", r"program\w*", r"compile\w*", r"stack ?trace",
-                r"traceback", r"unit tests?", r"java", r"c\+\+", r"rust", r"golang",
-                r"bash", r"script", r"bug", r"algorithm", r"html", r"css", r"json schema",
-            ),
-            re.compile(r"(?m)^\s*(?:def |class |import |#include|public |fn |func )|```"),
-            _chars("代码", "程序", "函数", "编程"),
-        ],
+        _cues(
+            "function, class, debug*, refactor*, implement*, write code, python, javascript, "
+            "typescript, api endpoint, sql, regex, code, program*, compil*, stack trace, "
+            "stacktrace, traceback, unit test, unit tests, java, rust, golang, bash, script, "
+            "bug, algorithm, html, css, json schema, dockerfile, docker, kubernetes, yaml, pandas, "
+            "numpy, react, node, npm, pip, git, github, handler, http, api, endpoint, query, "
+            "database, postgres, mysql, sqlite, list comprehension, variable, array, method, "
+            "exception, segmentation fault, null pointer, syntax, library, flask, django, "
+            "fastapi, kotlin, swift, interface, jest, pytest, server, crash*, deploy*, container, "
+            "runtime, frontend, backend",
+            subs="c++ c# 代码 程序 函数 编程",
+        ),
     ),
     (
         Kind.REASONING,
-        [
-            _words(
-                r"prove", r"solve", r"calculate", r"math", r"logic", r"reason\w*",
-                r"analy[sz]e", r"compare", r"evaluate", r"step by step", r"equation",
-                r"integral", r"derivative", r"probability", r"theorem", r"puzzle",
-                r"how many", r"how much", r"estimate",
-            ),
-            re.compile(r"\d\s*[-+*/^×÷=]\s*\d|\\frac|\\sqrt"),
-            _chars("计算", "证明", "推理", "数学", "多少"),
-        ],
+        _cues(
+            "prove, solve, calculate, math, logic, reason*, analyze, analyse, compare, evaluate, "
+            "step by step, equation, integral, derivative, probability, theorem, puzzle, "
+            "how many, how much, estimate, show the steps, show your work, how long, how far, "
+            "sum of, average of, percent, percentage, ratio, odds, riddle, taller than, "
+            "older than, explain your reasoning",
+            subs="计算 证明 推理 数学 多少",
+            patterns=(r"\d\s*[-+*/^×÷=]\s*\d|\\frac|\\sqrt",),  # noqa: RUF001
+        ),
     ),
     (
         Kind.WRITING,
-        [
-            re.compile(
-                r"(?i)\b(?:write|draft|compose|create)\s+(?:me\s+)?(?:a|an|the|some|my)?\s*"
-                r"(?:\w+\s+)?(?:poem|story|essay|email|e-mail|letter|blog|article|speech|"
-                r"song|lyrics|post|tweet|slogan|description|cover letter|script|review|"
-                r"toast|bio|ad|announcement|haiku|limerick)"
+        _cues(
+            "rewrite, rephrase, paraphrase, reword, proofread, brainstorm*, make it more, "
+            "make it sound, polish, tone, pretend, roleplay, imagine you are, catchy, tagline, "
+            "taglines, slogan, slogans, motivational, heartfelt, names for, name ideas, "
+            "landing page, job ad, sound more, plain english",
+            subs="role-play 写一 写出 改写 润色 创作 头脑风暴 扮演",
+            pairs=(
+                (
+                    "write draft compose create craft",
+                    "poem story essay email mail letter blog article speech song lyrics post "
+                    "tweet slogan slogans description caption toast bio announcement haiku "
+                    "limerick novel message note reminder reply invitation apology ad copy text "
+                    "paragraph intro introduction outline newsletter headline tagline motto "
+                    "welcome",
+                ),
             ),
-            _words(
-                r"rewrite", r"rephrase", r"paraphrase", r"reword", r"proofread",
-                r"brainstorm\w*", r"make it (?:more|sound)", r"polish", r"tone",
-                r"pretend", r"role-?play", r"imagine you are",
-            ),
-            _chars("写一", "写出", "改写", "润色", "创作", "头脑风暴", "扮演"),
-        ],
+        ),
     ),
 ]
-_VISION = _words(r"image", r"screenshot", r"picture", r"photo", r"see this", r"what's on")
+_VISION = _cues("image, images, screenshot, picture, photo, see this", subs="what's on")
 _UNSURE = 0.30
 
 
+def _count(c: Cues, doc: Doc, pre: dict[str, list[str]]) -> int:
+    terms, edge = doc.terms, doc.edge
+    hits = sum(1 for w in c.words if w in terms)
+    # A phrase's first two words are a bigram term; a longer phrase is then
+    # confirmed in the text.
+    hits += sum(1 for two, whole in c.phrases if two in terms and (whole is None or whole in edge))
+    if c.stems:
+        hits += min(3, sum(1 for s in c.stems for w in pre.get(s[:3], ()) if w.startswith(s)))
+    hits += sum(1 for s in c.subs if s in edge)
+    hits += sum(1 for a, b in c.pairs if not a.isdisjoint(doc.words) and not b.isdisjoint(doc.words))
+    hits += sum(1 for p in c.patterns if p.search(edge))
+    return hits
+
+
+def _prefixes(doc: Doc) -> dict[str, list[str]]:
+    pre: dict[str, list[str]] = {}
+    for w in doc.words:
+        if len(w) >= 5:
+            pre.setdefault(w[:3], []).append(w)
+    return pre
+
+
 CUE_KINDS: tuple[Kind, ...] = tuple(k for k, _ in CUES)
+_CODE = CUE_KINDS.index(Kind.CODE)
 
 
-def cue_hits(text: str) -> list[int]:
+def _index() -> tuple[
+    dict[str, list[int]], dict[str, list[tuple[int, str | None]]], dict[str, list[tuple[str, int]]]
+]:
+    words: dict[str, list[int]] = {}
+    phrases: dict[str, list[tuple[int, str | None]]] = {}
+    stems: dict[str, list[tuple[str, int]]] = {}
+    for k, (_, c) in enumerate(CUES):
+        for w in c.words:
+            words.setdefault(w, []).append(k)
+        for two, whole in c.phrases:
+            phrases.setdefault(two, []).append((k, whole))
+        for st in c.stems:
+            stems.setdefault(st[:3], []).append((st, k))
+    return words, phrases, stems
+
+
+# One lookup table for every kind: a prompt's words are matched against all cues
+# in a single set intersection instead of kind by kind.
+_WORD_INDEX, _PHRASE_INDEX, _STEM_INDEX = _index()
+
+
+def cue_hits(doc: Doc) -> list[int]:
     """Distinct cues found per kind, in CUE_KINDS order (also a feature of the learned models)."""
-    return [sum(len(_limited(p, text)) for p in patterns) for _, patterns in CUES]
+    hits = [0] * len(CUES)
+    for w in _WORD_INDEX.keys() & doc.words:
+        for k in _WORD_INDEX[w]:
+            hits[k] += 1
+    edge = doc.edge
+    # A phrase's first two words are a bigram term; a longer phrase is then
+    # confirmed in the text.
+    for two in _PHRASE_INDEX.keys() & doc.terms.keys():
+        for k, whole in _PHRASE_INDEX[two]:
+            if whole is None or whole in edge:
+                hits[k] += 1
+    stem_hits = [0] * len(CUES)
+    for w in doc.words:
+        if len(w) >= 5 and w[:3] in _STEM_INDEX:
+            for st, k in _STEM_INDEX[w[:3]]:
+                if w.startswith(st):
+                    stem_hits[k] += 1
+    for k, (_, c) in enumerate(CUES):
+        hits[k] += min(3, stem_hits[k])
+        hits[k] += sum(1 for sub in c.subs if sub in edge)
+        hits[k] += sum(1 for a, b in c.pairs if not a.isdisjoint(doc.words) and not b.isdisjoint(doc.words))
+        hits[k] += sum(1 for p in c.patterns if p.search(edge))
+    if doc.code_marks >= 2:
+        hits[_CODE] += 1  # source code in the prompt is itself a cue
+    return hits
 
 
 class KeywordClassifier:
     method = "keyword"
 
     def classify(self, text: str) -> KindGuess:
+        return self.classify_doc(read_doc(text))
+
+    def classify_doc(self, doc: Doc) -> KindGuess:
+        return self.from_hits(cue_hits(doc))
+
+    def from_hits(self, cue_counts: list[int]) -> KindGuess:
         scores: list[tuple[int, int, Kind]] = []
-        for order, (kind, hits) in enumerate(zip(CUE_KINDS, cue_hits(text), strict=True)):
+        for order, (kind, hits) in enumerate(zip(CUE_KINDS, cue_counts, strict=True)):
             if hits:
                 scores.append((hits, -order, kind))
         if not scores:
@@ -160,14 +263,5 @@ class KeywordClassifier:
 
     @staticmethod
     def mentions_images(text: str) -> bool:
-        return _VISION.search(text[:2000]) is not None
-
-
-def _limited(p: re.Pattern[str], text: str, cap: int = 3) -> list[str]:
-    """Distinct matches, at most ``cap``: one cue repeated a hundred times is still one cue."""
-    seen: set[str] = set()
-    for m in p.finditer(text[:6000]):
-        seen.add(m.group(0).lower())
-        if len(seen) >= cap:
-            break
-    return list(seen)
+        doc = read_doc(text)
+        return _count(_VISION, doc, _prefixes(doc)) > 0

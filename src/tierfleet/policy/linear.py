@@ -8,7 +8,7 @@ numpy alone. Artifacts are ``.npz`` files of numbers and strings, read with
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -61,34 +61,45 @@ class LinearModel:
         z = (np.atleast_2d(dense) - self.dense_mean) / self.dense_scale * self.dense_weight
         return z @ self._dense_coef.T + self.intercept
 
-    def decision(self, terms: list[list[str]], dense: np.ndarray) -> np.ndarray:
-        """Raw scores, shape (n_docs, n_rows)."""
-        n = len(terms)
+    def encode(self, terms: Sequence[Mapping[str, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each document as (columns, weights) in this model's vocabulary."""
+        return [self.vocab.encode(t) for t in terms]
+
+    def decision(
+        self,
+        terms: Sequence[Mapping[str, int]],
+        dense: np.ndarray,
+        encoded: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> np.ndarray:
+        """Raw scores, shape (n_docs, n_rows). ``encoded``: ``encode(terms)`` done already
+        (models that share a vocabulary encode a document once)."""
+        enc = encoded if encoded is not None else self.encode(terms)
+        n = len(enc)
         out = self._dense_part(dense)
         if n == 1:
-            idx, w = self.vocab.encode(terms[0])
+            idx, w = enc[0]
             if idx.size:
                 out[0] += w @ self._term_coef[idx]
             return out
-        cols: list[np.ndarray] = []
-        vals: list[np.ndarray] = []
-        docs: list[np.ndarray] = []
-        for i, t in enumerate(terms):
-            idx, w = self.vocab.encode(t)
-            cols.append(idx)
-            vals.append(w)
-            docs.append(np.full(idx.size, i, dtype=np.int64))
-        idx = np.concatenate(cols)
-        w = np.concatenate(vals)
-        doc = np.concatenate(docs)
-        contrib = self._term_coef[idx] * w[:, None]
-        for k in range(out.shape[1]):
-            out[:, k] += np.bincount(doc, weights=contrib[:, k], minlength=n)
+        from scipy import sparse  # batches only: single decisions stay numpy-only
+
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum([e[0].size for e in enc], out=indptr[1:])
+        x = sparse.csr_matrix(
+            (np.concatenate([e[1] for e in enc]), np.concatenate([e[0] for e in enc]), indptr),
+            shape=(n, self._term_coef.shape[0]),
+        )
+        out += x @ self._term_coef
         return out
 
-    def predict_proba(self, terms: list[list[str]], dense: np.ndarray) -> np.ndarray:
+    def predict_proba(
+        self,
+        terms: Sequence[Mapping[str, int]],
+        dense: np.ndarray,
+        encoded: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> np.ndarray:
         """Class probabilities, shape (n_docs, n_classes)."""
-        z = self.decision(terms, dense)
+        z = self.decision(terms, dense, encoded)
         if self.binary:
             p1 = 1.0 / (1.0 + np.exp(-np.clip(z[:, 0], -40, 40)))
             return np.column_stack([1.0 - p1, p1])

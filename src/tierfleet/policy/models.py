@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.resources import files
@@ -24,13 +25,15 @@ import numpy as np
 from .. import tokens
 from ..errors import ConfigError
 from ..jobs import Kind
-from .features import analyze, dense, normalize_prompt
-from .keywords import KeywordClassifier, KindGuess
+from .features import dense
+from .keywords import KeywordClassifier, KindGuess, cue_hits
 from .linear import LinearModel
+from .text import read_doc
 
 log = logging.getLogger(__name__)
 
 ARTIFACTS_ENV = "TIERFLEET_POLICY_ARTIFACTS"
+CHUNK = 512  # texts read per pass in a batch
 KIND_FILE = "kind.npz"
 SMALL_OK_FILE = "small_ok.npz"
 META_FILE = "meta.json"
@@ -73,6 +76,8 @@ def load_models(folder: str | None = None) -> Models:
 
     kind = _one(KIND_FILE)
     small = _one(SMALL_OK_FILE)
+    if kind is not None and small is not None and kind.vocab.terms == small.vocab.terms:
+        small.vocab = kind.vocab  # one vocabulary: each prompt is encoded once
     meta: dict[str, Any] = {}
     if (path / META_FILE).exists():
         try:
@@ -100,6 +105,7 @@ class Signals:
     guess: KindGuess
     p_small_ok: float
     p_method: str  # "learned" or "length prior"
+    cues: int = 0  # keyword cues of any kind found in the text
 
 
 class Reader:
@@ -111,35 +117,52 @@ class Reader:
         self.use_learned = classifier == "learned" and self.models.kind is not None
 
     def read_many(self, texts: list[str]) -> list[Signals]:
+        """Signals of every text, in order; read in chunks so memory stays flat."""
+        out: list[Signals] = []
+        for i in range(0, len(texts), CHUNK):
+            out.extend(self._read_chunk(texts[i : i + CHUNK]))
+        return out
+
+    def _read_chunk(self, texts: list[str]) -> list[Signals]:
         if not texts:
             return []
-        counts = tokens.count_many(texts)
-        norm = [normalize_prompt(t) for t in texts]
-        need_terms = self.use_learned or self.models.small_ok is not None
-        terms = [analyze(t) for t in norm] if need_terms else []
-        feats = np.array([dense(t, n) for t, n in zip(norm, counts, strict=True)])
-        if self.use_learned and self.models.kind is not None:
-            guesses = self._learned(self.models.kind, terms, feats)
+        # encode_batch starts a thread pool: worth it for a batch, a waste for one text.
+        counts = tokens.count_many(texts) if len(texts) > 1 else [tokens.count(texts[0])]
+        docs = [read_doc(t) for t in texts]
+        hits = [cue_hits(d) for d in docs]
+        feats = np.array([dense(d, n, h) for d, n, h in zip(docs, counts, hits, strict=True)])
+        terms = [d.terms for d in docs]
+        kind, small = self.models.kind if self.use_learned else None, self.models.small_ok
+        encoded = None
+        if kind is not None:
+            encoded = kind.encode(terms)
+            guesses = self._learned(kind, terms, feats, encoded)
         else:
-            guesses = self.keyword.classify_many(norm)
-        if self.models.small_ok is not None:
-            p = self.models.small_ok.predict_proba(terms, feats)[:, 1]
+            guesses = [self.keyword.from_hits(h) for h in hits]
+        if small is not None:
+            shared = encoded if kind is not None and small.vocab is kind.vocab else None
+            p = small.predict_proba(terms, feats, shared)[:, 1]
             ps = [float(x) for x in p]
             method = "learned"
         else:
             ps = [prior_small_ok(n) for n in counts]
             method = "length prior"
         return [
-            Signals(n, g, min(1.0, max(0.0, q)), method)
-            for n, g, q in zip(counts, guesses, ps, strict=True)
+            Signals(n, g, min(1.0, max(0.0, q)), method, sum(h))
+            for n, g, q, h in zip(counts, guesses, ps, hits, strict=True)
         ]
 
     def read(self, text: str) -> Signals:
         return self.read_many([text])[0]
 
     @staticmethod
-    def _learned(model: LinearModel, terms: list[list[str]], feats: np.ndarray) -> list[KindGuess]:
-        proba = model.predict_proba(terms, feats)
+    def _learned(
+        model: LinearModel,
+        terms: Sequence[Mapping[str, int]],
+        feats: np.ndarray,
+        encoded: list[tuple[np.ndarray, np.ndarray]],
+    ) -> list[KindGuess]:
+        proba = model.predict_proba(terms, feats, encoded)
         order = np.argsort(-proba, axis=1)
         kinds = [Kind(c) for c in model.classes]
         return [

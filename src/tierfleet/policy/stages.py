@@ -24,7 +24,7 @@ from typing import Protocol
 
 from ..config import FleetConfig
 from ..errors import NoRoute
-from ..jobs import Job, Kind, Privacy, Reason, Risk, UserTier
+from ..jobs import RULES_KINDS, Job, Kind, Privacy, Reason, Risk, UserTier
 from .fleet import DEFAULT_OUT_TOKENS, FleetView
 from .models import Signals
 from .state import FleetState
@@ -55,6 +55,7 @@ class Draft:
     pinned: bool = False
     settled: bool = False
     session_tier: str | None = None
+    from_session: bool = False  # the kind or tier came from the session, not from the text
     review: bool = False
     done: bool = False
     reasons: list[Reason] = field(default_factory=list)
@@ -236,7 +237,12 @@ class Classify:
 
 
 class Session:
-    """A weak signal keeps the session's recent kind (or tier)."""
+    """A weak signal keeps the session's recent kind (or tier).
+
+    The job's own signal is weak when the classifier is unsure, or when it falls
+    back on chat for a prompt with no cue of any kind ("now make it faster"): a
+    follow-up in a coding session is still about the code.
+    """
 
     name = "session"
 
@@ -244,7 +250,9 @@ class Session:
         job = d.job
         if job.kind is not Kind.AUTO or job.has_images() or not job.session:
             return
-        if d.confidence >= WEAK_SIGNAL:
+        unsure = d.confidence < WEAK_SIGNAL
+        bare = d.kind is Kind.CHAT and d.signals.cues == 0
+        if not (unsure or bare):
             return
         memory = d.config.policy.session_memory
         recent = d.state.session_tiers.get(job.session, [])[-memory:] if memory else []
@@ -253,21 +261,26 @@ class Session:
         top, n = Counter(recent).most_common(1)[0]
         if n * 2 <= len(recent):
             return
-        was = d.kind.value
-        if top in {k.value for k in Kind} and Kind(top) not in (Kind.AUTO, Kind.VISION):
-            d.kind = Kind(top)
-            d.note(
-                self.name,
-                f"classifier unsure ({was}, {d.confidence:.2f} < {WEAK_SIGNAL}); "
-                f"{n} of session {job.session}'s last {len(recent)} jobs were {top} -> keep {top}",
-            )
+        why = (
+            f"classifier unsure ({d.kind.value}, {d.confidence:.2f} < {WEAK_SIGNAL})"
+            if unsure
+            else f"no cue in the prompt ({d.kind.value} by default)"
+        )
+        seen = f"{n} of session {job.session}'s last {len(recent)} jobs"
+        if top in _MODEL_KIND_VALUES:
+            d.from_session = True
+            if Kind(top) is not d.kind:
+                d.kind = Kind(top)
+            d.note(self.name, f"{why}; {seen} were {top} -> keep {top}")
         elif top in d.fleet.rank and top in d.allowed:
+            d.from_session = True
             d.session_tier = top
-            d.note(
-                self.name,
-                f"classifier unsure ({was}, {d.confidence:.2f} < {WEAK_SIGNAL}); "
-                f"{n} of session {job.session}'s last {len(recent)} jobs ran on {top} -> keep {top}",
-            )
+            d.note(self.name, f"{why}; {seen} ran on {top} -> keep {top}")
+
+
+_MODEL_KIND_VALUES = frozenset(k.value for k in Kind if k not in (Kind.AUTO, Kind.VISION)) - {
+    k.value for k in RULES_KINDS
+}
 
 
 # -- 4. risk -------------------------------------------------------------------------------
@@ -331,8 +344,10 @@ class KindStage:
             why += f", not allowed for this job -> {repl}"
             tier = repl
         d.decide(self.name, tier, why)
-        if d.session_tier is None:
-            self._difficulty(d)
+        if d.from_session:
+            # A bare follow-up says little about difficulty: keep the session's place.
+            return
+        self._difficulty(d)
 
     def _difficulty(self, d: Draft) -> None:
         fleet, kind, tier = d.fleet, d.kind, d.tier
@@ -453,7 +468,9 @@ class Load:
         if path:
             best = min([tier, *path], key=state.wait_s)
             if best != tier:
-                d.decide(self.name, best, "; ".join(hops) + f": none within budget -> {best}, the shortest wait")
+                d.decide(
+                    self.name, best, "; ".join(hops) + f": none within budget -> {best}, the shortest wait"
+                )
                 return
         d.note(self.name, "; ".join(hops) + ": no allowed tier to spill to")
 
@@ -494,7 +511,10 @@ class Cost:
         if not pool:
             raise NoRoute(f"max_cost_usd: no allowed tier costs under ${ceiling:g} for this job")
         new = pool[-1]
-        text = f"max_cost_usd {ceiling:g}: {d.tier} ~${here:.4f} is not worth it -> {new} (~${d.cost_on(new):.4f})"
+        text = (
+            f"max_cost_usd {ceiling:g}: {d.tier} ~${here:.4f} is not worth it -> {new} "
+            f"(~${d.cost_on(new):.4f})"
+        )
         if d.job.risk is Risk.HIGH:
             d.review = True
             text += "; a high-risk job kept off its tier by cost is marked for review"

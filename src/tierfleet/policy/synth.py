@@ -119,6 +119,14 @@ CODE_LANGS = ["Python", "JavaScript", "TypeScript", "Go", "Rust", "Java", "C#", 
 
 TEMPLATES: dict[Kind, list[str]] = {
     Kind.TRANSLATION: [
+        "Could you put this into {lang} for me? {sentence}",
+        "Help me translate our product description to {lang}:\n{passage}",
+        "What does \"{sentence}\" mean in {lang}? Give me the translation only.",
+        "Localise this notice for our {lang}-speaking customers:\n{passage}",
+        "Turn this English text into {lang}: {sentence}",
+        "Translate this message from my colleague: {sentence}",
+        "Give the {lang} equivalent of this sign: {sentence}",
+        "I'm writing to a client in {lang}. Translate: {sentence}",
         "Translate into {lang}: {sentence}",
         "Translate the following sentence to {lang}.\n\n{sentence}",
         "How do you say \"{sentence}\" in {lang}?",
@@ -132,10 +140,22 @@ TEMPLATES: dict[Kind, list[str]] = {
         "Traduce al español: {sentence}",
         "Traduis en français : {sentence}",
         "Übersetze ins Deutsche: {sentence}",
-        "请把下面这句话翻译成英文：{sentence}",
+        "请把下面这句话翻译成英文：{sentence}",  # noqa: RUF001
         "{lang} version of this, please:\n{sentence}",
     ],
     Kind.SUMMARY: [
+        "Give me the short version of this {doc}:\n{passage}",
+        "What are the highlights of this {doc}? {passage}",
+        "Summarize this {doc} for a busy executive:\n{passage}",
+        "In two sentences, what does this {doc} say? {passage}",
+        "Summarize this for me: {passage}",
+        "Boil this down to the essentials:\n{passage}",
+        "Give me an executive summary of the report below.\n{passage}\n{passage2}",
+        "What happened here, in a nutshell? {passage}",
+        "Write a two-line abstract of this text:\n{passage}",
+        "Make a short digest of these updates:\n- {passage}\n- {passage2}",
+        "Can you recap the meeting notes below?\n{passage}",
+        "I don't have time to read this, summarize it: {passage}",
         "Summarize the following email in two sentences:\n\n{passage}",
         "Give me a short summary of this text:\n{passage}",
         "TL;DR:\n{passage}",
@@ -149,9 +169,21 @@ TEMPLATES: dict[Kind, list[str]] = {
         "Shorten this to under 30 words:\n{passage}",
         "Here is a long thread. What is it about, in short?\n{passage}\n{passage2}",
         "Résume ce texte en deux phrases :\n{passage}",
-        "请用一句话总结以下内容：\n{passage}",
+        "请用一句话总结以下内容：\n{passage}",  # noqa: RUF001
     ],
     Kind.EXTRACTION: [
+        "Return only the {field} found in this text:\n{passage}",
+        "What {field} are mentioned below? List them.\n{passage}",
+        "Make a table of every {field} in: {passage}",
+        "Convert this into JSON with the keys {keys}:\n{passage}",
+        "Extract the key facts from this email as a list:\n{passage}",
+        "Pull the dates out of this: {passage}",
+        "From the text, extract every amount of money with its currency.\n{passage}",
+        "Give me a table of names and roles mentioned in: {passage}",
+        "Extract structured data (who, what, when, where) from this report:\n{passage}",
+        "Find the invoice number and the due date in this message: {passage}",
+        "Scan this text and list all the locations it mentions.\n{passage}",
+        "Output the fields as JSON: sender, recipient, date.\n{passage}",
         "Extract all dates and amounts from the text below as JSON.\n\n{passage}",
         "List every person mentioned in this text:\n{passage}",
         "From the following message, pull out the order number, the customer name and the "
@@ -166,9 +198,23 @@ TEMPLATES: dict[Kind, list[str]] = {
         "Identify the named entities (people, organisations, locations) in:\n{passage}",
         "Get me the action items and their owners from these notes:\n{passage}",
         "What are the product names and prices in this order? Output CSV.\n{passage}",
-        "请从下面的文本中提取所有的日期和金额：\n{passage}",
+        "请从下面的文本中提取所有的日期和金额：\n{passage}",  # noqa: RUF001
     ],
     Kind.CLASSIFICATION: [
+        "Which of these labels fits best: {labels}?\n{review}",
+        "Put this message into one bucket ({labels}):\n{passage}",
+        "Answer with one word, {labels}: {review}",
+        "Decide if this {thing} is {labels}.\n{review}",
+        "Triage this ticket as {labels}:\n{passage}",
+        "Classify this text: {passage}",
+        "Is this review positive or negative? {review}",
+        "Assign one category (sport, politics, tech, health) to this article:\n{passage}",
+        "Does this email need a reply? Answer yes or no only.\n{passage}",
+        "Detect the language of this sentence: {sentence}",
+        "Label each message as urgent or not urgent:\n1. {sentence}\n2. {review}",
+        "Is this comment toxic? {review}",
+        "Pick the best topic label for this ticket: login, payments, shipping, other.\n{passage}",
+        "Sentiment analysis: {review}",
         "Classify the sentiment of this review as positive, negative or neutral:\n{review}",
         "Is this customer message a complaint, a question or praise?\n\n{review}",
         "{review}\n\nLabel the review above: positive or negative?",
@@ -183,9 +229,25 @@ TEMPLATES: dict[Kind, list[str]] = {
         "Decide whether this news item is about politics, business, sport or science:\n{passage}",
         "Sort this feedback into bug report or feature request: {review}",
         "Is the tone of this text formal or informal?\n{passage}",
-        "请判断这条评论的情感是正面还是负面：{review}",
+        "请判断这条评论的情感是正面还是负面：{review}",  # noqa: RUF001
     ],
     Kind.WRITING: [
+        "Write a {tone} {form} about {topic}.",
+        "Draft a {tone} {form} for {audience}.",
+        "Help me write a {form} to {audience} about {topic}.",
+        "Can you come up with a few {names} for {topic}?",
+        "Make this {form} sound more {adjective}:\n{sentence}",
+        "Write copy for a landing page about {topic}.",
+        "Give me a catchy headline for an article on {topic}.",
+        "Write an email to the team announcing {topic}.",
+        "Help me write a thank-you note to my colleague.",
+        "Write a short story about {topic}.",
+        "Create an Instagram caption for {topic}.",
+        "Rephrase this to sound more confident:\n{sentence}",
+        "Write song lyrics about {topic}.",
+        "Compose a polite reply declining the invitation below.\n{passage}",
+        "Write an engaging intro paragraph for an article on {topic}.",
+        "Draft a press release about {topic}.",
         "Write a short poem about {topic}.",
         "Draft an email to my landlord about {topic}.",
         "Write a blog post introduction about {topic}.",
@@ -207,6 +269,17 @@ TEMPLATES: dict[Kind, list[str]] = {
         "用轻松的语气写一段关于{topic}的短文。",
     ],
     Kind.CHAT: [
+        "What do you think about {topic}?",
+        "Where does the name {concept} come from?",
+        "Is coffee bad for you?",
+        "Can dogs eat grapes?",
+        "How long should I boil an egg?",
+        "What are the symptoms of {concept}?",
+        "What is the tallest mountain in Africa?",
+        "Who won the 2018 football World Cup?",
+        "Should I learn Spanish or Italian first?",
+        "What's a good name for a goldfish?",
+        "Give me some ideas for a rainy afternoon with kids.",
         "What is {concept}?",
         "Can you explain {concept} in simple terms?",
         "Who invented the telephone?",
@@ -227,9 +300,31 @@ TEMPLATES: dict[Kind, list[str]] = {
         "Thanks! And what about the second option?",
         "What are some fun things to do in Tokyo?",
         "Could you tell me more about {concept}?",
-        "什么是{concept}？",
+        "什么是{concept}？",  # noqa: RUF001
     ],
     Kind.CODE: [
+        "Write a {clang} script that {task}.",
+        "My {tool} build fails with this error, what should I check?\n{error}",
+        "Explain this {clang} error: {error}",
+        "Write a {tool} config that {devops}.",
+        "How do I {devops} with {tool}?",
+        "Generate a REST endpoint in {framework} that {task}.",
+        "Why is my {framework} app slow when it {task}?",
+        "Write a SQL query to find {sqlq}.",
+        "Create a {framework} component that shows {ui}.",
+        "Add error handling to this function:\n{code}",
+        "What does this stack trace mean?\n{error}",
+        "Port this function from Python to {clang}:\n{code}",
+        "My Docker container exits immediately with code 137. What's happening?",
+        "How do I undo the last git commit but keep the changes?",
+        "Write a bash script that backs up a folder every night.",
+        "Optimize this query, it takes 30 seconds:\n{code}",
+        "Review this pull request snippet for bugs:\n{code}",
+        "What's the difference between a list and a tuple in Python?",
+        "Set up a GitHub Actions workflow that runs pytest on every push.",
+        "Write a React component that shows a paginated table.",
+        "Debug this: {code}",
+        "Write a function {task_plain}.",
         "Write a {clang} function that {task}.",
         "Why does this code fail?\n```\n{code}\n```",
         "Refactor this code to be more readable:\n{code}",
@@ -244,9 +339,26 @@ TEMPLATES: dict[Kind, list[str]] = {
         "Implement a class in {clang} that {task}.",
         "Write a regex that matches {clang} identifiers.",
         "What is the time complexity of this code?\n{code}",
-        "用{clang}写一个函数，{task}。",
+        "用{clang}写一个函数，{task}。",  # noqa: RUF001
     ],
     Kind.REASONING: [
+        "If {a} workers finish a job in {b} days, how many days do {c} workers need?",
+        "What day of the week is it {c} days after a Monday?",
+        "A price rises by {a}% and then falls by {b}%. What is the net change?",
+        "How many handshakes happen when {a} people all shake hands once?",
+        "Solve the system: {a}x + y = {c} and x - y = {b}.",
+        "If it takes 5 machines 5 minutes to make 5 widgets, how long do 100 machines take "
+        "to make 100 widgets?",
+        "What is {a}% of {c}?",
+        "A rectangle has a perimeter of {c} cm and its length is {a} cm. What is its area?",
+        "Work out how many days there are between 3 March and {b} July of the same year.",
+        "Show that the sum of the first n odd numbers is n squared.",
+        "Two trains start {c} km apart and approach each other at {a} and {b} km/h. When do "
+        "they meet?",
+        "Is {c} a prime number? Explain your reasoning.",
+        "A bag has {a} red and {b} blue balls. Drawing two without replacement, what is the "
+        "chance both are red?",
+        "Find the minimum of f(x) = x^2 - {a}x + {b}.",
         "A train leaves at 9:40 and travels {a} km at {b} km/h. When does it arrive?",
         "Solve for x: {a}x + {b} = {c}.",
         "If I save ${a} a month at {b}% annual interest, how much do I have after {c} years?",
@@ -267,9 +379,42 @@ TEMPLATES: dict[Kind, list[str]] = {
         "In a logic puzzle, Anna is older than Ben, Ben is older than Cleo, and Dan is younger "
         "than Cleo. Who is the second oldest?",
         "Calculate the compound annual growth rate from {a} to {c} over {b} years.",
-        "一个数的{a}倍加上{b}等于{c}，这个数是多少？",
+        "一个数的{a}倍加上{b}等于{c}，这个数是多少？",  # noqa: RUF001
     ],
 }
+
+
+TOOLS = ["Docker", "Kubernetes", "Terraform", "GitHub Actions", "webpack", "Maven", "npm",
+         "Gradle", "nginx", "Ansible", "pip", "cargo"]
+DEVOPS = ["caches dependencies between builds", "runs the tests on every push",
+          "exposes port 8080", "mounts a volume for the database",
+          "rotates the logs every day", "deploys to staging on merge"]
+FRAMEWORKS = ["Flask", "Django", "FastAPI", "Express", "Spring Boot", "React", "Vue", "Rails",
+              "Laravel", "Next.js"]
+ERRORS = ["TypeError: 'NoneType' object is not subscriptable",
+          "Segmentation fault (core dumped)",
+          "java.lang.NullPointerException at OrderService.java:42",
+          "ModuleNotFoundError: No module named 'yaml'",
+          "error[E0502]: cannot borrow `v` as mutable because it is also borrowed as immutable",
+          "Uncaught ReferenceError: user is not defined",
+          "ERROR: relation \"orders\" does not exist"]
+SQLQ = ["customers who ordered twice in one week", "the second highest salary",
+        "products never sold", "monthly revenue for the last year"]
+UI = ["a sortable table of users", "a login form with validation", "a progress bar",
+      "a dropdown of countries"]
+TONES = ["friendly", "formal", "playful", "warm", "short", "persuasive", "funny", "professional"]
+FORMS = ["email", "reminder", "announcement", "thank-you note", "welcome message", "invitation",
+         "apology", "newsletter intro", "product description", "social media post"]
+AUDIENCES = ["new customers", "my team", "our investors", "the neighbours", "a hiring manager",
+             "volunteers", "parents at the school"]
+NAMES = ["names", "slogans", "taglines", "titles", "hashtags"]
+ADJECTIVES = ["polite", "confident", "concise", "enthusiastic", "neutral"]
+LABELS = ["positive / negative / neutral", "urgent / not urgent", "billing / technical / other",
+          "spam / not spam", "bug / question / feature request", "sales / support / HR"]
+THINGS = ["comment", "review", "message", "headline", "request"]
+FIELDS = ["dates", "names", "prices", "addresses", "company names", "deadlines", "amounts"]
+KEYS = ["name, date, amount", "title, owner, due", "sender, subject, action"]
+DOCS = ["report", "email thread", "article", "memo", "transcript", "policy"]
 
 
 def _fill(template: str, rng: random.Random) -> str:
@@ -286,6 +431,22 @@ def _fill(template: str, rng: random.Random) -> str:
         "clang": rng.choice(CODE_LANGS),
         "task": task[0],
         "task_plain": task[1],
+        "tool": rng.choice(TOOLS),
+        "devops": rng.choice(DEVOPS),
+        "framework": rng.choice(FRAMEWORKS),
+        "error": rng.choice(ERRORS),
+        "sqlq": rng.choice(SQLQ),
+        "ui": rng.choice(UI),
+        "tone": rng.choice(TONES),
+        "form": rng.choice(FORMS),
+        "audience": rng.choice(AUDIENCES),
+        "names": rng.choice(NAMES),
+        "adjective": rng.choice(ADJECTIVES),
+        "labels": rng.choice(LABELS),
+        "thing": rng.choice(THINGS),
+        "field": rng.choice(FIELDS),
+        "keys": rng.choice(KEYS),
+        "doc": rng.choice(DOCS),
         "a": rng.randint(2, 90),
         "b": rng.randint(2, 30),
         "c": rng.randint(10, 500),
@@ -293,7 +454,7 @@ def _fill(template: str, rng: random.Random) -> str:
     return template.format(**values)
 
 
-def generate(per_kind: int = 120, seed: int = 7) -> list[tuple[str, Kind]]:
+def generate(per_kind: int = 300, seed: int = 7) -> list[tuple[str, Kind]]:
     """``per_kind`` prompts for each kind with templates, deduplicated, in a fixed order."""
     rng = random.Random(seed)
     out: list[tuple[str, Kind]] = []

@@ -47,14 +47,13 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import re
 
 import numpy as np
 
@@ -62,9 +61,10 @@ from .. import tokens
 from ..errors import ConfigError
 from ..jobs import MODEL_KINDS, Kind
 from . import synth
-from .features import DENSE_NAMES, Vocabulary, analyze, dense, normalize_prompt
+from .features import DENSE_NAMES, Vocabulary, dense
 from .linear import LinearModel
 from .models import KIND_FILE, META_FILE, SMALL_OK_FILE, artifacts_dir
+from .text import normalize_prompt, read_doc
 
 DATA_ENV = "TIERFLEET_DATA_DIR"
 SEED = 20240611
@@ -139,10 +139,12 @@ LARGE_MODELS: dict[str, list[str]] = {
 }
 _ZH_TRANSLATE = re.compile("翻译|译成|译为")
 KIND_CAP_PER_TASK = 300
-KIND_C = 2.0
+KIND_C = 8.0
 SMALL_OK_C = 0.5
 DENSE_WEIGHT = 1.0
-MAX_TERMS = 40_000
+# A vocabulary that stays in the CPU cache: lookups of a prompt's terms are the
+# largest cost of a routing decision after token counting.
+MAX_TERMS = 20_000
 LEARNED_KINDS = sorted(k.value for k in MODEL_KINDS if k is not Kind.VISION)
 
 
@@ -245,7 +247,7 @@ def load_ok_rows(data_dir: Path) -> list[OkRow]:
     return rows
 
 
-def synth_rows(per_kind: int = 120) -> list[KindRow]:
+def synth_rows(per_kind: int = 300) -> list[KindRow]:
     return [KindRow(t, k, "templates", k.value) for t, k in synth.generate(per_kind, seed=SEED % 1000)]
 
 
@@ -306,23 +308,28 @@ def _user_small_ok(r: dict[str, Any]) -> float | str | None:
 # -- fitting ---------------------------------------------------------------------------------
 
 
-_FEATURE_CACHE: dict[str, tuple[list[str], list[float]]] = {}
+_FEATURE_CACHE: dict[str, tuple[Counter[str], list[float]]] = {}
 
 
-def featurize(texts: Sequence[str]) -> tuple[list[list[str]], np.ndarray]:
-    """Terms and dense features; a text seen earlier in this process is not read again."""
+def featurize(texts: Sequence[str]) -> tuple[list[Counter[str]], np.ndarray]:
+    """Term counts and dense features; a text seen earlier in this process is not read again."""
     todo = [t for t in dict.fromkeys(texts) if t not in _FEATURE_CACHE]
     if todo:
         counts = tokens.count_many(todo)
         for t, n in zip(todo, counts, strict=True):
-            _FEATURE_CACHE[t] = (analyze(t), dense(t, n))
+            doc = read_doc(t)
+            _FEATURE_CACHE[t] = (doc.terms, dense(doc, n))
     terms = [_FEATURE_CACHE[t][0] for t in texts]
     feats = np.array([_FEATURE_CACHE[t][1] for t in texts], dtype=np.float64)
     return terms, feats.reshape(len(texts), len(DENSE_NAMES))
 
 
 def _design(
-    vocab: Vocabulary, terms: list[list[str]], feats: np.ndarray, mean: np.ndarray, scale: np.ndarray
+    vocab: Vocabulary,
+    terms: Sequence[Mapping[str, int]],
+    feats: np.ndarray,
+    mean: np.ndarray,
+    scale: np.ndarray,
 ) -> Any:
     from scipy import sparse
 
@@ -341,6 +348,12 @@ def _design(
     return sparse.hstack([x_terms, sparse.csr_matrix(z)], format="csr")
 
 
+def fit_vocabulary(texts: Sequence[str]) -> Vocabulary:
+    """One vocabulary for both models, so routing encodes each prompt once."""
+    terms, _ = featurize(texts)
+    return Vocabulary.fit(terms, min_df=2, max_terms=MAX_TERMS)
+
+
 def _fit(
     texts: Sequence[str],
     y: np.ndarray,
@@ -348,12 +361,14 @@ def _fit(
     c: float,
     classes: list[str],
     soft: bool = False,
+    vocab: Vocabulary | None = None,
 ) -> LinearModel:
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
     terms, feats = featurize(texts)
-    vocab = Vocabulary.fit(terms, min_df=2, max_terms=MAX_TERMS)
+    if vocab is None:
+        vocab = Vocabulary.fit(terms, min_df=2, max_terms=MAX_TERMS)
     mean = feats.mean(axis=0)
     scale = feats.std(axis=0)
     scale[scale < 1e-9] = 1.0
@@ -396,23 +411,25 @@ def cap_rows(rows: Sequence[KindRow], cap: int, seed: int) -> list[KindRow]:
     return out
 
 
-def fit_kind(rows: Sequence[KindRow], seed: int = SEED) -> LinearModel:
+def fit_kind(rows: Sequence[KindRow], seed: int = SEED, vocab: Vocabulary | None = None) -> LinearModel:
     rows = cap_rows(rows, KIND_CAP_PER_TASK, seed)
     present = sorted({r.kind.value for r in rows})
     y = np.array([r.kind.value for r in rows])
     counts = Counter(y.tolist())
     # Balanced classes: a kind with 100 examples weighs as much as one with 3,000.
     w = np.array([len(rows) / (len(counts) * counts[v]) for v in y])
-    return _fit([r.prompt for r in rows], y, w, KIND_C, present)
+    return _fit([r.prompt for r in rows], y, w, KIND_C, present, vocab=vocab)
 
 
-def fit_small_ok(rows: Sequence[OkRow], seed: int = SEED) -> LinearModel:
+def fit_small_ok(
+    rows: Sequence[OkRow], seed: int = SEED, vocab: Vocabulary | None = None
+) -> LinearModel:
     del seed  # lbfgs is deterministic; kept for a uniform signature
     y = np.array([r.small_ok for r in rows], dtype=np.float64)
     # Each source weighs the same in total, whatever its size.
     per = Counter(r.source for r in rows)
     w = np.array([len(rows) / (len(per) * per[r.source]) for r in rows])
-    return _fit([r.prompt for r in rows], y, w, SMALL_OK_C, ["0", "1"], soft=True)
+    return _fit([r.prompt for r in rows], y, w, SMALL_OK_C, ["0", "1"], soft=True, vocab=vocab)
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -453,17 +470,24 @@ def train(
     summary: dict[str, Any] = {"out": str(target), "sources": sources, "problems": problems[:20]}
 
     kinds_present = {r.kind for r in kind_rows}
-    if len(kind_rows) >= MIN_ROWS and len(kinds_present) >= 2:
-        fit_kind(kind_rows).save(target / KIND_FILE)
+    ys = {r.small_ok > 0.5 for r in ok_rows}
+    fit_k = len(kind_rows) >= MIN_ROWS and len(kinds_present) >= 2
+    fit_o = len(ok_rows) >= MIN_ROWS and len(ys) == 2
+    vocab = None
+    if fit_k and fit_o:
+        texts = [r.prompt for r in cap_rows(kind_rows, KIND_CAP_PER_TASK, SEED)]
+        vocab = fit_vocabulary(texts + [r.prompt for r in ok_rows])
+    if fit_k:
+        fit_kind(kind_rows, vocab=vocab).save(target / KIND_FILE)
         summary["kind"] = {
             "rows": len(kind_rows),
             "per_kind": dict(sorted(Counter(r.kind.value for r in kind_rows).items())),
         }
     else:
-        summary["kind"] = _keep(current, target, KIND_FILE, f"{len(kind_rows)} rows, kinds {len(kinds_present)}")
-    ys = {r.small_ok > 0.5 for r in ok_rows}
-    if len(ok_rows) >= MIN_ROWS and len(ys) == 2:
-        fit_small_ok(ok_rows).save(target / SMALL_OK_FILE)
+        why = f"{len(kind_rows)} rows, {len(kinds_present)} kinds"
+        summary["kind"] = _keep(current, target, KIND_FILE, why)
+    if fit_o:
+        fit_small_ok(ok_rows, vocab=vocab).save(target / SMALL_OK_FILE)
         summary["small_ok"] = {
             "rows": len(ok_rows),
             "mean_label": round(float(np.mean([r.small_ok for r in ok_rows])), 4),

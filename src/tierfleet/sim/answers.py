@@ -79,9 +79,7 @@ class Answer:
 def prompt_tokens(messages: list[dict[str, Any]]) -> int:
     texts = [str(m.get("content") or "") for m in messages]
     images = sum(len(m.get("images") or []) for m in messages)
-    return (
-        sum(tokens.count_many(texts)) + PER_MESSAGE_TOKENS * len(messages) + IMAGE_TOKENS * images
-    )
+    return sum(tokens.count_many(texts)) + PER_MESSAGE_TOKENS * len(messages) + IMAGE_TOKENS * images
 
 
 def _seed(model: str, messages: list[dict[str, Any]]) -> int:
@@ -103,12 +101,36 @@ _FILLER = (
     "this means",
     "for now",
 )
+_NEUTRAL = (
+    "this",
+    "request",
+    "looks",
+    "simple",
+    "answer",
+    "details",
+    "follow",
+    "below",
+    "first",
+    "check",
+    "settings",
+    "then",
+    "try",
+    "again",
+    "should",
+    "work",
+    "now",
+    "note",
+    "that",
+)
 _CLASSIFY = re.compile(r"\b(classif\w*|categor\w*|label\w*|triage)\b", re.I)
 
 
 def _prose(rng: random.Random, words: list[str], target: int, lead: str) -> str:
     """Sentences built from the prompt's own words until ``target`` tokens."""
-    pool = words or ["simulated", "answer", "text"]
+    pool = list(words)
+    if len(set(pool)) < 8:
+        # Short prompts: pad the vocabulary so the answer does not repeat one word.
+        pool += list(_NEUTRAL)
     sentences: list[str] = []
     text = lead
     while tokens.count(text) < target:
@@ -145,9 +167,7 @@ def compose(
     seed = _seed(model, messages)
     rng = random.Random(seed)
     profile = profile_for(model, vision=vision)
-    last = next(
-        (str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), ""
-    )
+    last = next((str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), "")
     words = [w.lower() for w in re.findall(r"[A-Za-z][A-Za-z'-]{2,}", last)][:400]
     lo, hi = profile.out_tokens
     target = rng.randint(lo, hi)

@@ -87,6 +87,7 @@ class SimProcess:
         names: list[str] | None = None,
         all_hosts: bool = False,
         env: dict[str, str] | None = None,
+        write_config: str | os.PathLike[str] | None = None,
         start_timeout_s: float = 15.0,
     ) -> None:
         self.config_path = Path(config_path)
@@ -95,6 +96,8 @@ class SimProcess:
         self.names = names
         self.all_hosts = all_hosts
         self.env = env
+        # Where the child writes the config with the ports it really uses (URLs with port 0).
+        self.write_config = Path(write_config) if write_config else None
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen[str] | None = None
         self.hosts: dict[str, str] = {}
@@ -110,6 +113,8 @@ class SimProcess:
             cmd += ["--host", n]
         if self.all_hosts:
             cmd.append("--all")
+        if self.write_config is not None:
+            cmd += ["--write-config", str(self.write_config)]
         return cmd
 
     def start(self) -> SimProcess:

@@ -31,9 +31,7 @@ def _value(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_value(x) for x in v if x is not None) + "]"
     if isinstance(v, dict):
-        return (
-            "{" + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items() if x is not None) + "}"
-        )
+        return "{" + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items() if x is not None) + "}"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
@@ -55,9 +53,7 @@ def _table(path: list[str], data: dict[str, Any], out: list[str]) -> None:
     plain = {
         k: v
         for k, v in data.items()
-        if v is not None
-        and (not isinstance(v, dict) or _inline(path, v))
-        and not _is_table_array(v)
+        if v is not None and (not isinstance(v, dict) or _inline(path, v)) and not _is_table_array(v)
     }
     if path and (plain or not data):
         out.append(f"\n[{'.'.join(_key(p) for p in path)}]")

@@ -348,11 +348,16 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
 
-    def _body(self) -> Any:
+    def _raw(self) -> bytes:
+        # Read the whole body before any answer: closing with unread bytes makes the kernel
+        # send a reset, and the client would see "connection reset" instead of our 401.
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
             raise _HttpError(413, "request body too large")
-        raw = self.rfile.read(length) if length else b""
+        return self.rfile.read(length) if length else b""
+
+    @staticmethod
+    def _parse(raw: bytes) -> Any:
         if not raw:
             return {}
         try:
@@ -399,6 +404,7 @@ class _Handler(BaseHTTPRequestHandler):
         route, job_id = self._route(method, split.path)
         host.count(route or "unknown")
         try:
+            raw = self._raw() if method == "POST" else b""
             if host.take("hang", route) is not None:
                 # Hold the connection open and say nothing until released or down.
                 while not host._released.wait(0.05):
@@ -422,7 +428,7 @@ class _Handler(BaseHTTPRequestHandler):
             if host.take("auth", route) is not None:
                 self._unauthorized(route)
                 return
-            body = self._body() if method == "POST" else {}
+            body = self._parse(raw)
             if route in GENERATION_ROUTES:
                 host.record(route, body, authorized)
                 if self._http_fault(route):

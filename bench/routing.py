@@ -1,0 +1,494 @@
+"""Routing benchmark: kind accuracy, cost cut at 95% of the large model's quality, latency.
+
+    python bench/routing.py            # prints tables, writes bench/routing_results.json
+
+Trains both policy models on 70% of the dev data (split per source and task,
+fixed seed) and measures on the other 30%, next to baselines run in the same
+pass: a random router, the home-lab seed's keyword router, the cost-aware
+seed's rule router and its TF-IDF + logistic regression router, and a
+prompt-length router. The dev data is read from ``$TIERFLEET_DATA_DIR`` or
+``../shared/data/dev``; nothing from it is written out but figures.
+
+Cost cut: rank the held-out prompts by how much they need the large model, send
+the top share to it and the rest to the small one, and find the smallest share
+at which mean quality reaches 95% of sending everything to the large model.
+The cut is one minus that share (ties in a router's score are split evenly,
+i.e. the expected value under random tie-breaking).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from tierfleet import tokens
+from tierfleet.config import load_config
+from tierfleet.jobs import Job, Kind
+from tierfleet.policy import KeywordClassifier, Policy
+from tierfleet.policy.models import Models, Reader
+from tierfleet.policy.text import normalize_prompt
+from tierfleet.policy.training import (
+    KIND_CAP_PER_TASK,
+    LARGE_MODELS,
+    SMALL_MODELS,
+    KindRow,
+    OkRow,
+    cap_rows,
+    find_data_dir,
+    fit_kind,
+    fit_small_ok,
+    fit_vocabulary,
+    load_kind_rows,
+    load_ok_rows,
+    synth_rows,
+)
+from tierfleet.policy.training import SEED as TRAIN_SEED
+
+SEED = 11
+HELD_OUT = 0.30
+TARGET = 0.95
+OUT = Path(__file__).with_name("routing_results.json")
+console = Console()
+
+# The pairs reported in the headline table: a 7B model against the strongest
+# large model of each set, and the weak/strong pair RouteLLM used (Mixtral 8x7B
+# against GPT-4).
+PAIRS: dict[str, list[tuple[str, str]]] = {
+    "dcrouter": [
+        ("qwen2.5-7b-instruct", "llama-3.1-nemotron-51b-instruct"),
+        ("mistral-7b-instruct-v0.3", "llama-3.1-nemotron-51b-instruct"),
+        ("gemma-2-9b-it", "llama-3.1-nemotron-51b-instruct"),
+    ],
+    "routerbench": [
+        ("mistralai/mistral-7b-chat", "gpt-4-1106-preview"),
+        ("mistralai/mixtral-8x7b-chat", "gpt-4-1106-preview"),
+    ],
+}
+# Published: RouteLLM (Ong et al., 2024), GPT-4 vs Mixtral 8x7B, calls cut at 95%
+# of GPT-4 quality. Different data and models: a reference point, not a like-for-like.
+ROUTELLM = {"MT-Bench": 0.85, "MMLU": 0.45, "GSM8K": 0.35}
+
+# Everyday requests written for this benchmark (not from any dataset, not from
+# the training templates): how the classifier does on service traffic.
+EVERYDAY: list[tuple[str, Kind]] = [
+    ("Can you give me the short version of this memo? The parking garage closes for repairs "
+     "from 3 to 10 June; staff should use the Elm Street lot and claim fees back.", Kind.SUMMARY),
+    ("tl;dr please: our Q3 churn went up 2 points, mostly small accounts leaving after the "
+     "price change, while enterprise renewals held steady.", Kind.SUMMARY),
+    ("Sum up the discussion below for someone who missed the call.\nJo: we ship Friday.\n"
+     "Max: not without the fix for login.\nJo: fine, Monday then.", Kind.SUMMARY),
+    ("Boil this paragraph down to a single tweet: The library will extend its opening hours "
+     "during exam season, staying open until midnight from Monday to Thursday.", Kind.SUMMARY),
+    ("Please translate 'the invoice is attached' to Spanish.", Kind.TRANSLATION),
+    ("How would a German speaker say 'I am running late, sorry'?", Kind.TRANSLATION),
+    ("Put this into Japanese for our Tokyo office: the server upgrade is on Saturday.",
+     Kind.TRANSLATION),
+    ("Traduisez en anglais : nous avons bien reçu votre commande.", Kind.TRANSLATION),
+    ("English to Italian: where can I buy a train ticket?", Kind.TRANSLATION),
+    ("Pull every phone number out of this: call 555-0101 or the desk on 555-0199, "
+     "fax 555-0123.", Kind.EXTRACTION),
+    ("From this receipt, extract the merchant, date and total: COFFEE HOUSE 12/03/2024 "
+     "latte 3.80 muffin 2.50 TOTAL 6.30", Kind.EXTRACTION),
+    ("Give me the names of all companies mentioned: Acme bought Globex last year, and "
+     "Initech is rumoured to be next.", Kind.EXTRACTION),
+    ("Read the CV below and output JSON with name, email and years of experience.\n"
+     "Jane Roe, jane@roe.dev, backend developer since 2016.", Kind.EXTRACTION),
+    ("Is this tweet happy, angry or sad? 'Flight cancelled AGAIN. Third time this month.'",
+     Kind.CLASSIFICATION),
+    ("Route this ticket to the right team (billing / shipping / account): 'I was charged "
+     "twice for one order.'", Kind.CLASSIFICATION),
+    ("Spam or ham? 'Congratulations, you won a free cruise, click here to claim.'",
+     Kind.CLASSIFICATION),
+    ("Categorise these expenses as travel, food or office: taxi 23, stapler 4, lunch 12",
+     Kind.CLASSIFICATION),
+    ("Write a Go HTTP handler that returns the server time as JSON.", Kind.CODE),
+    ("My pandas merge returns duplicated rows, here is the call: "
+     "pd.merge(a, b, on='id', how='left'). Why?", Kind.CODE),
+    ("Turn this loop into a list comprehension: out = []\nfor x in xs:\n    if x > 0:\n"
+     "        out.append(x * 2)", Kind.CODE),
+    ("What does 'segmentation fault (core dumped)' mean in my C program?", Kind.CODE),
+    ("Write a Dockerfile for a Flask app that listens on port 8000.", Kind.CODE),
+    ("If 3 painters paint a house in 8 days, how long would 4 painters take?", Kind.REASONING),
+    ("What is the sum of the interior angles of a hexagon? Show the steps.", Kind.REASONING),
+    ("Alice is taller than Bob and Bob is taller than Carol. Is Carol taller than Alice?",
+     Kind.REASONING),
+    ("A loan of 20,000 at 5% interest compounded yearly: what is owed after 3 years?",
+     Kind.REASONING),
+    ("Write a limerick about a cat who hates Mondays.", Kind.WRITING),
+    ("Draft a friendly reminder to the team that timesheets are due Friday.", Kind.WRITING),
+    ("Make this sentence sound more professional: 'we messed up the order, sorry!'",
+     Kind.WRITING),
+    ("Write the welcome text for the landing page of a bakery in Lyon.", Kind.WRITING),
+    ("Give me three catchy names for a podcast about personal finance.", Kind.WRITING),
+    ("What's the best way to keep basil alive indoors?", Kind.CHAT),
+    ("Who painted the Girl with a Pearl Earring?", Kind.CHAT),
+    ("Why do cats purr?", Kind.CHAT),
+    ("Is it worth buying a heat pump in a cold climate?", Kind.CHAT),
+    ("thanks, that helps a lot!", Kind.CHAT),
+    ("What are the opening hours of most museums in Paris on Mondays?", Kind.CHAT),
+]
+
+
+# -- baselines: the seeds' routers, in our own words --------------------------------------
+
+
+_SEED002_VISION = ("image", "screenshot", "picture", "see this", "what's on")
+_SEED002_CODE = ("function", "class", "debug", "refactor", "implement", "write code", "python",
+                 "javascript", "typescript", "api endpoint", "sql", "regex")
+_SEED002_REASON = ("prove", "solve", "calculate", "math", "logic", "reason", "analyze",
+                   "compare", "evaluate")
+
+
+def seed002_route(prompt: str) -> str:
+    """The home-lab router: substring keywords -> vision, code, reasoning, else quick."""
+    p = prompt.lower()
+    if any(w in p for w in _SEED002_VISION):
+        return "vision"
+    if any(w in p for w in _SEED002_CODE):
+        return "code"
+    if any(w in p for w in _SEED002_REASON):
+        return "reasoning"
+    return "quick"
+
+
+def seed004_rules(prompt: str) -> str:
+    """The cost-aware rule router with no task type and a standard user: small or large."""
+    if len(prompt.split()) < 30 and "?" not in prompt:
+        return "small"
+    hard = ("explain", "compare", "analyze", "why", "how does", "what would happen")
+    if any(k in prompt.lower() for k in hard):
+        return "large"
+    return "small"
+
+
+# -- measuring -------------------------------------------------------------------------
+
+
+def cost_cut(need_large: np.ndarray, small: np.ndarray, large: np.ndarray) -> float:
+    """1 - the smallest share of calls to the large model reaching TARGET x its mean quality."""
+    n = len(small)
+    goal = TARGET * large.mean()
+    quality = small.mean()
+    if quality >= goal:
+        return 1.0
+    order = np.argsort(-need_large, kind="stable")
+    keys, gain = need_large[order], (large - small)[order]
+    sent = 0
+    i = 0
+    while i < n:
+        j = i
+        while j < n and keys[j] == keys[i]:
+            j += 1
+        g = gain[i:j].sum() / n
+        if quality + g >= goal:
+            share = (sent + (goal - quality) / g * (j - i)) / n if g > 0 else sent / n
+            return 1.0 - share
+        quality += g
+        sent = j
+        i = j
+    return 0.0
+
+
+def split(rows: Sequence[Any], key: Callable[[Any], str], seed: int) -> tuple[list[Any], list[Any]]:
+    """Per group (source/task), a fixed share goes to the held-out side."""
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for r in rows:
+        groups[key(r)].append(r)
+    rng = random.Random(seed)
+    train, test = [], []
+    for k in sorted(groups):
+        g = list(groups[k])
+        rng.shuffle(g)
+        cut = round(len(g) * HELD_OUT)
+        test += g[:cut]
+        train += g[cut:]
+    return train, test
+
+
+def pooled(scores: dict[str, float], group: Sequence[str]) -> float:
+    vals = [scores[m] for m in group if m in scores]
+    return float(np.mean(vals)) if vals else 0.0
+
+
+def seed004_learned(train: Sequence[OkRow], test: Sequence[OkRow]) -> np.ndarray:
+    """The cost-aware seed's learned router: word 1-2 gram TF-IDF + logistic regression."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vec = TfidfVectorizer(max_features=5000, ngram_range=(1, 2))
+    x = vec.fit_transform([r.prompt for r in train])
+    y = np.array([int(r.small_ok >= 0.5) for r in train])
+    clf = LogisticRegression(C=1.0, max_iter=2000).fit(x, y)
+    return 1.0 - clf.predict_proba(vec.transform([r.prompt for r in test]))[:, 1]
+
+
+def fit_split() -> dict[str, Any]:
+    """Both models trained on the training side only, sharing one vocabulary as shipped."""
+    kind_train, kind_test = split(load_kind_rows(DATA), lambda r: f"{r.source}/{r.task}", SEED)
+    ok_train, ok_test = split(load_ok_rows(DATA), lambda r: f"{r.source}/{r.task}", SEED)
+    kind_train = kind_train + synth_rows()
+    t0 = time.perf_counter()
+    texts = [r.prompt for r in cap_rows(kind_train, KIND_CAP_PER_TASK, TRAIN_SEED)]
+    vocab = fit_vocabulary(texts + [r.prompt for r in ok_train])
+    kind = fit_kind(kind_train, vocab=vocab)
+    small_ok = fit_small_ok(ok_train, vocab=vocab)
+    return {
+        "kind": kind, "small_ok": small_ok, "fit_s": round(time.perf_counter() - t0, 2),
+        "kind_train": kind_train, "kind_test": kind_test, "ok_train": ok_train, "ok_test": ok_test,
+    }
+
+
+def kind_accuracy(fit: dict[str, Any]) -> dict[str, Any]:
+    train, test, model = fit["kind_train"], fit["kind_test"], fit["kind"]
+    reader = Reader("learned", Models(kind=model, small_ok=None))
+    keyword = KeywordClassifier()
+    out: dict[str, Any] = {"train_rows": len(train), "test_rows": len(test)}
+    by_source: dict[str, dict[str, float]] = {}
+    everyday = [KindRow(p, k, "everyday", k.value) for p, k in EVERYDAY]
+    sources = [*sorted({r.source for r in test}), "everyday"]
+    for src in sources:
+        rs = everyday if src == "everyday" else [r for r in test if r.source == src]
+        learned = [s.guess.kind for s in reader.read_many([r.prompt for r in rs])]
+        kw = [keyword.classify(r.prompt).kind for r in rs]
+        truth = [r.kind for r in rs]
+        chat = [Kind.CHAT] * len(rs)
+        by_source[src] = {
+            "n": len(rs),
+            "learned": _acc(learned, truth),
+            "keyword": _acc(kw, truth),
+            "always_chat": _acc(chat, truth),
+        }
+    out["by_source"] = by_source
+    public = [s for s in sources if s != "everyday"]
+    for m in ("learned", "keyword", "always_chat"):
+        out[f"macro_{m}"] = round(statistics.mean(by_source[s][m] for s in public), 4)
+    return out
+
+
+def _acc(pred: Sequence[Kind], truth: Sequence[Kind]) -> float:
+    return round(sum(p == t for p, t in zip(pred, truth, strict=True)) / max(len(truth), 1), 4)
+
+
+def routing_cuts(fit: dict[str, Any]) -> dict[str, Any]:
+    train, test, model = fit["ok_train"], fit["ok_test"], fit["small_ok"]
+    reader = Reader("keyword", Models(kind=None, small_ok=model))
+    p_ok = np.array([s.p_small_ok for s in reader.read_many([r.prompt for r in test])])
+    ntok = np.array(tokens.count_many([r.prompt for r in test]), dtype=float)
+    s002 = np.array([seed002_route(r.prompt) != "quick" for r in test], dtype=float)
+    s004 = np.array([seed004_rules(r.prompt) == "large" for r in test], dtype=float)
+    s004_lr = seed004_learned(train, test)
+    routers: dict[str, np.ndarray] = {
+        "learned p_small_ok": 1.0 - p_ok,
+        "prompt length": ntok,
+        "seed 002 keywords": s002,
+        "seed 004 rules": s004,
+        "seed 004 tfidf+LR": s004_lr,
+        "random": np.zeros(len(test)),  # all tied: the expected random router
+    }
+    results: dict[str, Any] = {"train_rows": len(train), "test_rows": len(test)}
+    sets: dict[str, Any] = {}
+    for source in ("dcrouter", "routerbench"):
+        idx = np.array([i for i, r in enumerate(test) if r.source == source])
+        rs = [test[i] for i in idx]
+        pairs = list(PAIRS[source])
+        entry: dict[str, Any] = {"n": len(rs), "pairs": {}}
+        for sm, lg in [*pairs, ("small group (mean)", "large group (mean)")]:
+            if sm.startswith("small group"):
+                small = np.array([pooled(r.scores, SMALL_MODELS[source]) for r in rs])
+                large = np.array([pooled(r.scores, LARGE_MODELS[source]) for r in rs])
+            else:
+                small = np.array([r.scores.get(sm, 0.0) for r in rs])
+                large = np.array([r.scores.get(lg, 0.0) for r in rs])
+            oracle = cost_cut(large - small, small, large)
+            cuts = {name: round(cost_cut(sc[idx], small, large), 4) for name, sc in routers.items()}
+            per_task: dict[str, dict[str, float]] = {}
+            for task in sorted({r.task for r in rs}):
+                ti = np.array([i for i, r in enumerate(rs) if r.task == task])
+                per_task[task] = {
+                    "n": len(ti),
+                    "small": round(float(small[ti].mean()), 3),
+                    "large": round(float(large[ti].mean()), 3),
+                    **{
+                        name: round(cost_cut(routers[name][idx][ti], small[ti], large[ti]), 4)
+                        for name in ("learned p_small_ok", "prompt length", "random")
+                    },
+                }
+            entry["pairs"][f"{sm} -> {lg}"] = {
+                "small_mean": round(float(small.mean()), 4),
+                "large_mean": round(float(large.mean()), 4),
+                "oracle": round(oracle, 4),
+                "cuts": cuts,
+                "per_task": per_task,
+            }
+        # Every small/large pair of the set, so one lucky pair cannot carry the story.
+        names = sorted({m for r in rs for m in r.scores})
+        wins = total = 0
+        diffs = []
+        for sm in names:
+            for lg in LARGE_MODELS[source]:
+                if sm == lg or sm in LARGE_MODELS[source]:
+                    continue
+                small = np.array([r.scores.get(sm, 0.0) for r in rs])
+                large = np.array([r.scores.get(lg, 0.0) for r in rs])
+                if small.mean() >= TARGET * large.mean():
+                    continue
+                a = cost_cut(routers["learned p_small_ok"][idx], small, large)
+                b = cost_cut(routers["prompt length"][idx], small, large)
+                wins += int(a > b)
+                total += 1
+                diffs.append(a - b)
+        entry["all_pairs_vs_length"] = {
+            "pairs": total,
+            "learned_better": wins,
+            "mean_difference": round(float(np.mean(diffs)), 4) if diffs else None,
+        }
+        sets[source] = entry
+    results["sets"] = sets
+    return results
+
+
+def latency() -> dict[str, Any]:
+    """Per-decision time of Policy.route on ~1k-token prompts, token counting included."""
+    cfg = load_config()
+    policy = Policy(cfg)
+    enc = tokens.encoding()
+    rows = [normalize_prompt(json.loads(line)["prompt"]) for line in
+            (DATA / "dcrouter_train.jsonl").open(encoding="utf-8")]
+    rng = random.Random(SEED)
+    prompts = []
+    for _ in range(300):
+        parts = rng.sample(rows, 40)
+        ids = enc.encode("\n\n".join(parts), disallowed_special=())[:1000]
+        prompts.append(enc.decode(ids))
+    jobs = [Job(prompt=p) for p in prompts]
+    for j in jobs[:20]:
+        policy.route(j)  # warm: models loaded, caches filled
+    times, cpu = [], []
+    for _ in range(3):
+        for j in jobs:
+            c = time.thread_time()
+            t = time.perf_counter()
+            policy.route(j)
+            times.append(time.perf_counter() - t)
+            cpu.append(time.thread_time() - c)
+    us = np.array(times) * 1e6
+    cpu_us = np.array(cpu) * 1e6
+    count_us = []
+    for p in prompts:
+        t = time.perf_counter()
+        tokens.count(p)
+        count_us.append((time.perf_counter() - t) * 1e6)
+    batch_jobs = [Job(prompt=p) for p in (prompts * 34)[:10_000]]
+    t = time.perf_counter()
+    policy.route_many(batch_jobs)
+    batch_s = time.perf_counter() - t
+    mean_tokens = statistics.mean(tokens.count_many(prompts))
+    return {
+        "prompts": len(prompts),
+        "mean_tokens": round(mean_tokens, 1),
+        "decisions": len(times),
+        "p50_us": round(float(np.percentile(us, 50)), 1),
+        "p99_us": round(float(np.percentile(us, 99)), 1),
+        "mean_us": round(float(us.mean()), 1),
+        "cpu_p50_us": round(float(np.percentile(cpu_us, 50)), 1),
+        "cpu_p99_us": round(float(np.percentile(cpu_us, 99)), 1),
+        "token_count_p50_us": round(float(np.percentile(count_us, 50)), 1),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
+        "batch_10k_1k_token_s": round(batch_s, 2),
+        "batch_per_job_us": round(batch_s / len(batch_jobs) * 1e6, 1),
+    }
+
+
+def show(res: dict[str, Any]) -> None:
+    k = res["kind"]
+    t = Table(title=f"kind accuracy on held-out prompts ({k['test_rows']:,} public + "
+              f"{len(EVERYDAY)} everyday)", title_justify="left")
+    for c in ("source", "n", "learned", "keyword", "always chat"):
+        t.add_column(c, justify="right" if c != "source" else "left")
+    for src, v in k["by_source"].items():
+        t.add_row(src, str(v["n"]), f"{v['learned']:.3f}", f"{v['keyword']:.3f}", f"{v['always_chat']:.3f}")
+    t.add_row("[bold]macro (public)", "", f"{k['macro_learned']:.3f}", f"{k['macro_keyword']:.3f}",
+              f"{k['macro_always_chat']:.3f}")
+    console.print(t)
+
+    for source, entry in res["routing"]["sets"].items():
+        names = list(next(iter(entry["pairs"].values()))["cuts"])
+        t = Table(title=f"{source}: calls cut at {TARGET:.0%} of the large model's quality "
+                  f"({entry['n']} held-out prompts)", title_justify="left")
+        t.add_column("small -> large")
+        t.add_column("S/L", justify="right")
+        for n in names:
+            t.add_column(n, justify="right")
+        t.add_column("oracle", justify="right")
+        for pair, v in entry["pairs"].items():
+            best = max(v["cuts"].values())
+            cells = [f"[bold]{c:.1%}[/]" if c == best else f"{c:.1%}" for c in v["cuts"].values()]
+            t.add_row(pair.replace("mistralai/", "").replace("-instruct", ""),
+                      f"{v['small_mean']:.2f}/{v['large_mean']:.2f}", *cells, f"{v['oracle']:.1%}")
+        console.print(t)
+        ap = entry["all_pairs_vs_length"]
+        console.print(f"  all small/large pairs of {source}: learned beats length on "
+                      f"{ap['learned_better']}/{ap['pairs']}, mean difference {ap['mean_difference']:+.3f}")
+
+    t = Table(title="per task, first pair of each set (learned / length / random)", title_justify="left")
+    for c in ("set", "task", "n", "S/L", "learned", "length", "random"):
+        t.add_column(c, justify="right" if c not in ("set", "task") else "left")
+    for source, entry in res["routing"]["sets"].items():
+        first = next(iter(entry["pairs"].values()))
+        for task, v in first["per_task"].items():
+            t.add_row(source, task, str(v["n"]), f"{v['small']:.2f}/{v['large']:.2f}",
+                      f"{v['learned p_small_ok']:.1%}", f"{v['prompt length']:.1%}", f"{v['random']:.1%}")
+    console.print(t)
+    console.print("RouteLLM, published (GPT-4 vs Mixtral, other data): "
+                  + ", ".join(f"{k} {v:.0%}" for k, v in ROUTELLM.items()))
+    lat = res["latency"]
+    console.print(
+        f"latency: Policy.route on {lat['prompts']} prompts of ~{lat['mean_tokens']:.0f} tokens, "
+        f"{lat['decisions']} decisions, token counting included: p50 {lat['p50_us']:.0f} µs, "
+        f"p99 {lat['p99_us']:.0f} µs (CPU time p50 {lat['cpu_p50_us']:.0f} µs; counting alone "
+        f"{lat['token_count_p50_us']:.0f} µs); route_many on 10,000 of them "
+        f"{lat['batch_10k_1k_token_s']:.2f} s ({lat['batch_per_job_us']:.0f} µs per job); "
+        f"load average {lat['load_average_1m']} on {lat['cpus']} CPUs"
+    )
+
+
+DATA = Path()
+
+
+def main() -> int:
+    global DATA
+    DATA = find_data_dir()
+    t0 = time.perf_counter()
+    res: dict[str, Any] = {"seed": SEED, "held_out": HELD_OUT, "target": TARGET, "data": str(DATA)}
+    with console.status("training on the split..."):
+        fit = fit_split()
+    res["fit_s"] = fit["fit_s"]
+    with console.status("kind classifier..."):
+        res["kind"] = kind_accuracy(fit)
+    with console.status("p_small_ok and baselines..."):
+        res["routing"] = routing_cuts(fit)
+    with console.status("latency..."):
+        res["latency"] = latency()
+    res["routellm_published"] = ROUTELLM
+    res["took_s"] = round(time.perf_counter() - t0, 1)
+    show(res)
+    OUT.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+    console.print(f"wrote {OUT} in {res['took_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
