@@ -44,6 +44,7 @@ class EmbeddedRedis:
         self.appendonly = appendonly
         self._own_folder = folder is None
         self.folder = Path(folder or tempfile.mkdtemp(prefix="tierfleet-redis-"))
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import typer
 
@@ -75,4 +76,18 @@ def register(app: typer.Typer) -> None:
         finally:
             server.shutdown()
 
-    # demo: the lead adds the `demo` command here (same pattern: @app.command()).
+    @app.command()
+    def demo(
+        folder: Path = typer.Option(Path(".demo"), help="where the demo keeps its files"),
+        redis_url: str = typer.Option(None, help="use this Redis instead of a private embedded one"),
+        real_model: bool = typer.Option(True, help="run the local-mac tier on a real SmolLM2"),
+        scale: float = typer.Option(0.05, help="simulated latency scale (1.0 = the seeds' timings)"),
+        keep: bool = typer.Option(False, help="keep the fleet running at the end (Ctrl-C stops)"),
+    ) -> None:
+        """The story in a few minutes: inventory, fleet up, a day of jobs, a host down, the bill."""
+        from ..demo import run
+
+        with clear_errors():
+            code = run(folder=folder.resolve(), redis_url=redis_url, real_model=real_model,
+                       scale=scale, keep=keep)
+        raise typer.Exit(code)

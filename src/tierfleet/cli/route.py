@@ -342,4 +342,4 @@ def _run_batch(
     if stats["lines_with_unknown_fields"]:
         fields = ", ".join(f"{k} x{v}" for k, v in stats["unknown_fields"].items())
         msg += f"; ignored unknown fields on {stats['lines_with_unknown_fields']:,} lines ({fields})"
-    _common.err_console.print(msg + (f" -> {out}" if out else ""))
+    _common.err_console.print(msg + (f" -> {out}" if out else ""), soft_wrap=True)

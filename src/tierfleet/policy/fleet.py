@@ -44,6 +44,8 @@ class FleetView:
         )
         self.spill = spill
         self._hosts = {t: config.hosts_for(t) for t in self.tiers}
+        # The config is fixed for the policy's life: answers are memoised.
+        self._host_cache: dict[tuple[str, str | None], list[HostFit]] = {}
 
     # -- models and hosts ---------------------------------------------------------
 
@@ -63,6 +65,13 @@ class FleetView:
 
     def hosts(self, tier: str, model: str | None) -> list[HostFit]:
         """Hosts of ``tier`` that serve ``model`` (any host when no model), config order."""
+        key = (tier, model)
+        hit = self._host_cache.get(key)
+        if hit is None:
+            hit = self._host_cache[key] = self._find_hosts(tier, model)
+        return hit
+
+    def _find_hosts(self, tier: str, model: str | None) -> list[HostFit]:
         out = []
         for name, h in self._hosts[tier].items():
             if model is None or model in h.models or not h.models:

@@ -205,6 +205,9 @@ def _index() -> tuple[
 # One lookup table for every kind: a prompt's words are matched against all cues
 # in a single set intersection instead of kind by kind.
 _WORD_INDEX, _PHRASE_INDEX, _STEM_INDEX = _index()
+_SUBS = [(sub, k) for k, (_, c) in enumerate(CUES) for sub in c.subs]
+_PAIRS = [(a, b, k) for k, (_, c) in enumerate(CUES) for a, b in c.pairs]
+_PATTERNS = [(p, k) for k, (_, c) in enumerate(CUES) for p in c.patterns]
 
 
 def cue_hits(doc: Doc) -> list[int]:
@@ -226,11 +229,18 @@ def cue_hits(doc: Doc) -> list[int]:
             for st, k in _STEM_INDEX[w[:3]]:
                 if w.startswith(st):
                     stem_hits[k] += 1
-    for k, (_, c) in enumerate(CUES):
+    for k in range(len(CUES)):
         hits[k] += min(3, stem_hits[k])
-        hits[k] += sum(1 for sub in c.subs if sub in edge)
-        hits[k] += sum(1 for a, b in c.pairs if not a.isdisjoint(doc.words) and not b.isdisjoint(doc.words))
-        hits[k] += sum(1 for p in c.patterns if p.search(edge))
+    for sub, k in _SUBS:
+        if sub in edge:
+            hits[k] += 1
+    words = doc.words
+    for a, b, k in _PAIRS:
+        if not a.isdisjoint(words) and not b.isdisjoint(words):
+            hits[k] += 1
+    for p, k in _PATTERNS:
+        if p.search(edge):
+            hits[k] += 1
     if doc.code_marks >= 2:
         hits[_CODE] += 1  # source code in the prompt is itself a cue
     return hits

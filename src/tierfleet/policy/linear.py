@@ -57,6 +57,14 @@ class LinearModel:
     def binary(self) -> bool:
         return self.coef.shape[0] == 1
 
+    @property
+    def term_coef(self) -> np.ndarray:
+        """(n_terms, n_rows): the rows a document's terms gather."""
+        return self._term_coef
+
+    def dense_part(self, dense: np.ndarray) -> np.ndarray:
+        return self._dense_part(dense)
+
     def _dense_part(self, dense: np.ndarray) -> np.ndarray:
         z = (np.atleast_2d(dense) - self.dense_mean) / self.dense_scale * self.dense_weight
         return z @ self._dense_coef.T + self.intercept
@@ -99,7 +107,10 @@ class LinearModel:
         encoded: list[tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> np.ndarray:
         """Class probabilities, shape (n_docs, n_classes)."""
-        z = self.decision(terms, dense, encoded)
+        return self.proba(self.decision(terms, dense, encoded))
+
+    def proba(self, z: np.ndarray) -> np.ndarray:
+        """Probabilities from raw scores (n_docs, n_rows)."""
         if self.binary:
             p1 = 1.0 / (1.0 + np.exp(-np.clip(z[:, 0], -40, 40)))
             return np.column_stack([1.0 - p1, p1])

@@ -115,6 +115,13 @@ class Reader:
         self.models = models if models is not None else load_models()
         self.keyword = KeywordClassifier()
         self.use_learned = classifier == "learned" and self.models.kind is not None
+        kind, small = self.models.kind, self.models.small_ok
+        # Both models on one vocabulary: one gather of a (terms x 9) block scores
+        # a prompt for kind and p_small_ok at once (the single-decision fast path).
+        self._joint: np.ndarray | None = None
+        if self.use_learned and kind is not None and small is not None and small.vocab is kind.vocab:
+            self._joint = np.ascontiguousarray(np.hstack([kind.term_coef, small.term_coef]))
+        self._kinds = [Kind(c) for c in kind.classes] if kind is not None else []
 
     def read_many(self, texts: list[str]) -> list[Signals]:
         """Signals of every text, in order; read in chunks so memory stays flat."""
@@ -153,7 +160,23 @@ class Reader:
         ]
 
     def read(self, text: str) -> Signals:
-        return self.read_many([text])[0]
+        kind, small, joint = self.models.kind, self.models.small_ok, self._joint
+        if joint is None or kind is None or small is None:
+            return self.read_many([text])[0]
+        n = tokens.count(text)
+        doc = read_doc(text)
+        hits = cue_hits(doc)
+        feats = np.array([dense(doc, n, hits)])
+        idx, w = kind.vocab.encode(doc.terms)
+        z = w @ joint[idx] if idx.size else np.zeros(joint.shape[1])
+        k = kind.term_coef.shape[1]
+        pk = kind.proba(z[None, :k] + kind.dense_part(feats))[0]
+        order = np.argsort(-pk)
+        kinds = self._kinds
+        guess = KindGuess(kinds[order[0]], float(pk[order[0]]), "learned", kinds[order[1]])
+        p = float(small.proba(z[None, k:] + small.dense_part(feats))[0, 1])
+        return Signals(n, guess, min(1.0, max(0.0, p)), "learned", sum(hits))
+
 
     @staticmethod
     def _learned(

@@ -405,6 +405,17 @@ class Size:
             windows = ", ".join(f"{t} {fleet.window(t, d.model_on(t)):,}" for t in too_small)
             d.forbid(set(too_small))
             d.note(self.name, f"{need:,} tokens exceed the context window of {windows}")
+        big = d.config.policy.large_job_tokens
+        if d.signals.tokens_in > big and not d.pinned:
+            target = d.config.policy.large_job_tier
+            if target in d.allowed and d.tier != target:
+                d.decide(
+                    self.name,
+                    target,
+                    f"large job ({d.signals.tokens_in:,} > policy.large_job_tokens {big:,}) -> {target}",
+                )
+            elif target not in d.allowed:
+                d.note(self.name, f"large job, but {target} is not allowed here")
         if d.tier is not None and d.tier not in d.allowed:
             if d.pinned:
                 raise NoRoute(
@@ -417,17 +428,6 @@ class Size:
             up = d.stronger(d.tier)
             new = up[0] if up else cands[-1]
             d.decide(self.name, new, f"{d.tier} cannot take {need:,} tokens -> {new}")
-        big = d.config.policy.large_job_tokens
-        if d.signals.tokens_in > big and not d.pinned:
-            target = d.config.policy.large_job_tier
-            if target in d.allowed and d.tier != target:
-                d.decide(
-                    self.name,
-                    target,
-                    f"large job ({d.signals.tokens_in:,} > policy.large_job_tokens {big:,}) -> {target}",
-                )
-            elif target not in d.allowed:
-                d.note(self.name, f"large job, but {target} is not allowed here: stays on {d.tier}")
 
 
 # -- 7. load ---------------------------------------------------------------------------------

@@ -29,8 +29,8 @@ _ESCAPES = {"n": "\n", "t": "\t", "'": "'", '"': '"', "\\": "\\"}
 
 # Only the head and tail of a long prompt are tokenised: that is where the
 # instruction sits, and it bounds the cost of a decision.
-HEAD_CHARS = 1000
-TAIL_CHARS = 500
+HEAD_CHARS = 600
+TAIL_CHARS = 300
 EDGE_TERMS = 6
 
 
