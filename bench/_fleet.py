@@ -9,6 +9,7 @@ their own session: one ``killpg`` takes the main process and its pool children.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import secrets
@@ -218,11 +219,10 @@ class Worker:
                 pass
             except ProcessLookupError:
                 pass
-        # Whatever is left of the session (a pool child that outlived its parent) goes too.
-        try:
+        # Whatever is left of the group (a pool child that outlived its parent) goes too; a
+        # group id is not handed out again while the group has members.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         if proc.poll() is None:
             proc.wait(timeout=5)
         self.proc = None

@@ -152,7 +152,7 @@ def mixed_day() -> list[dict[str, Any]]:
     for i in range(6):
         jobs.append({"kind": "summary", "workflow": "hr", "privacy": "confidential",
                      "prompt": f"Summarize this confidential HR note: {_email(rng, 400 + i)}"})
-    # One long document past the 50,000-token line: the rented GPU's job.
+    # One long document, past the local hosts' 32k windows: the rented GPU's job.
     report = " ".join(_email(rng, 500 + k) for k in range(520))
     jobs.append({"kind": "summary", "workflow": "research",
                  "prompt": f"Summarize the recurring problems in these incident mails:\n{report}"})

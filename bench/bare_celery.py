@@ -33,7 +33,7 @@ def make_app(config: FleetConfig) -> Celery:
     app.conf.update(celery_settings(config))
     app.conf.update(task_queues=[Queue(QUEUE, routing_key=QUEUE)], task_default_queue=QUEUE)
 
-    @app.task(name=NOOP)
+    @app.task(name=NOOP, shared=False)
     def noop(**kwargs: Any) -> None:
         return None
 

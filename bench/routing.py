@@ -60,7 +60,7 @@ SEED = 11
 HELD_OUT = 0.30
 TARGET = 0.95
 OUT = Path(__file__).with_name("routing_results.json")
-console = Console()
+console = Console(width=150)
 
 # The pairs reported in the headline table: a 7B model against the strongest
 # large model of each set, and the weak/strong pair RouteLLM used (Mixtral 8x7B
@@ -81,7 +81,9 @@ PAIRS: dict[str, list[tuple[str, str]]] = {
 ROUTELLM = {"MT-Bench": 0.85, "MMLU": 0.45, "GSM8K": 0.35}
 
 # Everyday requests written for this benchmark (not from any dataset, not from
-# the training templates): how the classifier does on service traffic.
+# the training templates): how the classifier does on service traffic. The first
+# set was looked at while the keyword cues were extended, so its figure flatters;
+# the second was written before that and not looked at since: it is the honest one.
 EVERYDAY: list[tuple[str, Kind]] = [
     ("Can you give me the short version of this memo? The parking garage closes for repairs "
      "from 3 to 10 June; staff should use the Elm Street lot and claim fees back.", Kind.SUMMARY),
@@ -138,6 +140,82 @@ EVERYDAY: list[tuple[str, Kind]] = [
     ("Is it worth buying a heat pump in a cold climate?", Kind.CHAT),
     ("thanks, that helps a lot!", Kind.CHAT),
     ("What are the opening hours of most museums in Paris on Mondays?", Kind.CHAT),
+]
+
+
+EVERYDAY_HELD_OUT: list[tuple[str, Kind]] = [
+    ('Could you condense the following release notes into three bullets? Version 2.3 adds SSO '
+     'login, fixes the CSV export crash, and drops support for Internet Explorer.', Kind.SUMMARY),
+    ("Here's a long customer email, what is she actually asking for? 'Hello, I ordered the "
+     "blue kettle in May, it arrived dented, I sent photos twice and nobody answered, I would "
+     "like either a replacement or my money back.'", Kind.SUMMARY),
+    ('Summarise the plot of this chapter in under 50 words: Anna leaves the village at dawn, '
+     'meets a stranger on the bridge, and learns her brother is alive.', Kind.SUMMARY),
+    ('Give me the highlights of these minutes: budget approved, hiring freeze lifted, office '
+     'move postponed to spring.', Kind.SUMMARY),
+    ('Key takeaways from this paragraph, please: remote teams that meet in person twice a year'
+     ' report higher trust and fewer missed deadlines.', Kind.SUMMARY),
+    ('Write a one-paragraph abstract for this text: we compared three caching strategies on a '
+     'read-heavy workload and found write-through with a short TTL cut latency by 40 percent.', Kind.SUMMARY),
+    ('Translate to Portuguese: the meeting starts at nine sharp.', Kind.TRANSLATION),
+    ("What's 'out of office until Monday' in Dutch?", Kind.TRANSLATION),
+    ("Can you render this error message in Korean for our app? 'Your session has expired, "
+     "please sign in again.'", Kind.TRANSLATION),
+    ('Convert this French sentence to English: Je voudrais réserver une chambre pour deux '
+     'nuits.', Kind.TRANSLATION),
+    ('Give me the Spanish translation of our store hours: open daily from 9 to 6.', Kind.TRANSLATION),
+    ('Übersetze bitte ins Englische: Das Paket kommt morgen an.', Kind.TRANSLATION),
+    ('List the dates mentioned in this note: kickoff on 4 March, review on 18 March, launch on'
+     ' 2 April.', Kind.EXTRACTION),
+    ('Get the shipping address from this order confirmation: Ship to Lena Park, 44 Birch Lane,'
+     ' Austin TX 78701. Items: 2 mugs.', Kind.EXTRACTION),
+    ('Which amounts and currencies appear here? We paid 1,200 EUR for hosting and 340 USD for '
+     'licences.', Kind.EXTRACTION),
+    ('Turn this text into a JSON list of {name, role}: Maya leads design, Omar runs QA, and Li'
+     ' is the product owner.', Kind.EXTRACTION),
+    ('Find the tracking number in this email: Your parcel 1Z999AA10123456784 left our '
+     'warehouse today.', Kind.EXTRACTION),
+    ('Extract the error codes from this log: E1042 at startup, '
+     'then E2001 twice during sync.', Kind.EXTRACTION),
+    ("Is the following product review positive, negative or mixed? 'Great sound, but the "
+     "battery dies in two hours.'", Kind.CLASSIFICATION),
+    ("Label this support message with one of: bug, question, feature request. 'It would be "
+     "nice to export reports as PDF.'", Kind.CLASSIFICATION),
+    ("Does this comment contain hate speech? Answer yes or no. 'You people never get anything "
+     "right.'", Kind.CLASSIFICATION),
+    ('Assign a priority (P1-P3) to this incident: checkout page '
+     'returns 500 for all users.', Kind.CLASSIFICATION),
+    ("What language is this: 'Dziękuję bardzo za pomoc'?", Kind.CLASSIFICATION),
+    ('Tag each headline as sports or politics: 1) Senate passes budget 2) Striker signs for '
+     'rival club', Kind.CLASSIFICATION),
+    ('Write a TypeScript interface for a user with id, email and optional phone.', Kind.CODE),
+    ("Why does my Node server crash with 'EADDRINUSE: address already in use :::3000'?", Kind.CODE),
+    ('Give me a Kubernetes deployment YAML for an nginx container with 3 replicas.', Kind.CODE),
+    ('How can I speed up this Postgres query that does a full table scan on orders by '
+     'customer_id?', Kind.CODE),
+    ('Write a unit test in Jest for a sum(a, b) function.', Kind.CODE),
+    ('This Java method throws NullPointerException on line 12, here it is: String name = '
+     'user.getName().trim();', Kind.CODE),
+    ('A recipe for 4 people needs 300 g of flour. How much flour for 10 people?', Kind.REASONING),
+    ('If today is Wednesday, what day of the week will it be in 100 days?', Kind.REASONING),
+    ('Solve the system: 2x + y = 7 and x - y = 2.', Kind.REASONING),
+    ('Which weighs more, a kilo of feathers or a kilo of steel? Explain carefully.', Kind.REASONING),
+    ('I have 3 shirts and 4 pairs of trousers. How many different outfits can I make?', Kind.REASONING),
+    ('A car uses 6 litres per 100 km. Fuel costs 1.80 per litre. '
+     'What does a 450 km trip cost?', Kind.REASONING),
+    ('Write a short motivational message for a team that just missed a deadline.', Kind.WRITING),
+    ('Compose a tweet announcing our new vegan menu.', Kind.WRITING),
+    ("Rewrite this in plain English: 'Pursuant to the aforementioned agreement, remittance is "
+     "due forthwith.'", Kind.WRITING),
+    ('Write a four-line poem about the sea at night.', Kind.WRITING),
+    ('Help me write an apology email to a customer whose order arrived late.', Kind.WRITING),
+    ('Create a job ad for a part-time barista in a friendly tone.', Kind.WRITING),
+    ('How tall is the Eiffel Tower?', Kind.CHAT),
+    ('What should I look for when buying a used bike?', Kind.CHAT),
+    ("Good morning! How's it going?", Kind.CHAT),
+    ('What is the difference between baking soda and baking powder?', Kind.CHAT),
+    ('Can you recommend a few podcasts about history?', Kind.CHAT),
+    ('When did the Berlin Wall fall?', Kind.CHAT),
 ]
 
 
@@ -256,10 +334,13 @@ def kind_accuracy(fit: dict[str, Any]) -> dict[str, Any]:
     keyword = KeywordClassifier()
     out: dict[str, Any] = {"train_rows": len(train), "test_rows": len(test)}
     by_source: dict[str, dict[str, float]] = {}
-    everyday = [KindRow(p, k, "everyday", k.value) for p, k in EVERYDAY]
-    sources = [*sorted({r.source for r in test}), "everyday"]
+    extra = {
+        "everyday (tuned on)": [KindRow(p, k, "everyday", k.value) for p, k in EVERYDAY],
+        "everyday (held out)": [KindRow(p, k, "everyday", k.value) for p, k in EVERYDAY_HELD_OUT],
+    }
+    sources = [*sorted({r.source for r in test}), *extra]
     for src in sources:
-        rs = everyday if src == "everyday" else [r for r in test if r.source == src]
+        rs = extra[src] if src in extra else [r for r in test if r.source == src]
         learned = [s.guess.kind for s in reader.read_many([r.prompt for r in rs])]
         kw = [keyword.classify(r.prompt).kind for r in rs]
         truth = [r.kind for r in rs]
@@ -271,7 +352,7 @@ def kind_accuracy(fit: dict[str, Any]) -> dict[str, Any]:
             "always_chat": _acc(chat, truth),
         }
     out["by_source"] = by_source
-    public = [s for s in sources if s != "everyday"]
+    public = [s for s in sources if s not in extra]
     for m in ("learned", "keyword", "always_chat"):
         out[f"macro_{m}"] = round(statistics.mean(by_source[s][m] for s in public), 4)
     return out
@@ -414,8 +495,8 @@ def latency() -> dict[str, Any]:
 
 def show(res: dict[str, Any]) -> None:
     k = res["kind"]
-    t = Table(title=f"kind accuracy on held-out prompts ({k['test_rows']:,} public + "
-              f"{len(EVERYDAY)} everyday)", title_justify="left")
+    t = Table(title=f"kind accuracy on held-out prompts ({k['test_rows']:,} public, "
+              f"{len(EVERYDAY)} + {len(EVERYDAY_HELD_OUT)} everyday)", title_justify="left")
     for c in ("source", "n", "learned", "keyword", "always chat"):
         t.add_column(c, justify="right" if c != "source" else "left")
     for src, v in k["by_source"].items():
@@ -473,6 +554,9 @@ def main() -> int:
     DATA = find_data_dir()
     t0 = time.perf_counter()
     res: dict[str, Any] = {"seed": SEED, "held_out": HELD_OUT, "target": TARGET, "data": str(DATA)}
+    # Latency first, in a process not yet holding the training data.
+    with console.status("latency..."):
+        res["latency"] = latency()
     with console.status("training on the split..."):
         fit = fit_split()
     res["fit_s"] = fit["fit_s"]
@@ -480,8 +564,6 @@ def main() -> int:
         res["kind"] = kind_accuracy(fit)
     with console.status("p_small_ok and baselines..."):
         res["routing"] = routing_cuts(fit)
-    with console.status("latency..."):
-        res["latency"] = latency()
     res["routellm_published"] = ROUTELLM
     res["took_s"] = round(time.perf_counter() - t0, 1)
     show(res)

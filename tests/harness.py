@@ -199,7 +199,6 @@ class ModelFleet:
                  reliability: dict[str, Any] | None = None, scale: float = 0.01,
                  hosts: dict[str, dict[str, Any]] | None = None) -> None:
         from sim_fixtures import sim_config_data
-
         from tierfleet.config import FleetConfig
 
         data = sim_config_data()
@@ -216,7 +215,6 @@ class ModelFleet:
 
     def __enter__(self) -> ModelFleet:
         from sim_fixtures import sim_hosts
-
         from tierfleet.sim import write_config as write_sim_config
 
         self._ctx = sim_hosts(self.base, scale=self.scale)

@@ -95,7 +95,6 @@ def test_keyword_classifier_cues() -> None:
     assert k.classify("def add(a, b):\n    return a + b\n\nWhy does this fail?").kind is Kind.CODE
     unsure = k.classify("hello there")
     assert unsure.kind is Kind.CHAT and unsure.confidence < 0.5
-    assert k.mentions_images("what's on this screenshot?")
 
 
 def test_p_small_ok_is_lower_for_hard_prompts() -> None:

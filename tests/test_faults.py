@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import redis
-from harness import ModelFleet
 
+from harness import ModelFleet
 from tierfleet.embedded import EmbeddedRedis
 from tierfleet.health import Breaker
 from tierfleet.jobs import Result, Status
@@ -237,3 +237,31 @@ def test_rate_limited_host_and_hanging_host_are_handled_within_their_timeouts(
               f"via {' -> '.join(hung.trail)}")
         _account([limited, hung], 2, "429 and hang")
         assert hung.ok and hung.trail[0] == "local-gpu" and len(hung.trail) > 1
+
+
+def test_dead_letter_after_the_last_park_then_replayed_from_the_cli(
+        tmp_path: Path, redis_url: str, rclient: redis.Redis) -> None:
+    from harness import cli
+
+    with ModelFleet(tmp_path, redis_url, rclient,
+                    reliability={"max_attempts": 2, "park_backoff_s": [0.3]}) as fleet:
+        fleet.start("local-mac")
+        fleet.start("local-gpu")
+        fleet.sim.down("sim-ollama")
+        fleet.sim.down("sim-gpu")
+        d = fleet.dispatcher()
+        h = d.submit({"kind": "summary", "prompt": "Summarize the audit notes.",
+                      "privacy": "confidential"})
+        r = d.result(h.id, timeout=60)
+        assert r.status is Status.DEAD, r
+        listed = cli(["dlq", "list", "--json"], fleet.config_path)
+        assert listed.returncode == 0, listed.stderr
+        [dead] = json.loads(listed.stdout)
+        assert dead["id"] == h.id and "parks" in dead["reason"]
+        fleet.sim.up("sim-ollama")
+        replayed = cli(["dlq", "replay", h.id], fleet.config_path)
+        assert replayed.returncode == 0 and "replayed 1" in replayed.stdout, replayed.stderr
+        r = d.result(h.id, timeout=60)
+        _account([r], 1, "dead letter replayed")
+        assert r.ok and r.tier == "local-mac"
+        assert json.loads(cli(["dlq", "list", "--json"], fleet.config_path).stdout) == []

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from harness import ModelFleet
 
+from harness import ModelFleet
 from tierfleet.ledger import Ledger
 
 pytestmark = pytest.mark.integration

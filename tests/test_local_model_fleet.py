@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from harness import Worker, write_config
 
+from harness import Worker, write_config
 from tierfleet.config import load_config
 from tierfleet.dispatch import Dispatcher
 from tierfleet.localmodel import LOCAL_MODEL_NAME, LocalModelServer

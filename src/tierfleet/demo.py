@@ -130,8 +130,9 @@ def a_day_of_jobs(seed: int = 11) -> list[dict[str, Any]]:
                                + rng.choice(_TICKETS)})
     for i in range(4):
         jobs.append({"kind": "extraction", "workflow": "invoices", "privacy": "confidential",
-                     "max_tokens": 80, "json_output": False,
-                     "prompt": f"Extract supplier, date and total: ACME Ltd, 2026-11-{10 + i}, EUR {100 + i}.00"})
+                     "max_tokens": 80,
+                     "prompt": "Extract supplier, date and total: "
+                               f"ACME Ltd, 2026-11-{10 + i}, EUR {100 + i}.00"})
     for i in range(6):
         jobs.append({"kind": "code", "workflow": "coding", "max_tokens": 120,
                      "privacy": "confidential" if i % 2 else "internal",

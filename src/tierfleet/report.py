@@ -376,7 +376,10 @@ def _usd(x: float, _pos: object = None) -> str:
 def _usd_tick(x: float, _pos: object = None) -> str:
     if x == 0:
         return "$0"
-    return f"${x:,.0f}" if abs(x) >= 100 else f"${x:,.2f}" if abs(x) >= 0.01 else f"${x:.2g}"
+    if abs(x) >= 100:
+        return f"${x:,.0f}"
+    # Enough significant digits that neighbouring ticks (0.0125, 0.015) stay distinct.
+    return f"${x:,.4g}"
 
 
 def plot_bars(

@@ -288,7 +288,14 @@ def register(app: typer.Typer) -> None:
         ] = None,
         with_dev: Annotated[bool, typer.Option("--with-dev", help="add the dev data to --labels")] = False,
     ) -> None:
-        """Retrain the kind classifier and p_small_ok (seeded: same data, same weights)."""
+        """Retrain the kind classifier and p_small_ok (seeded: same data, same weights).
+
+        Without --labels the dev data is used ($TIERFLEET_DATA_DIR or ../shared/data/dev).
+        --labels FILE takes JSON lines of your own traffic, one prompt each:
+        {"prompt": "...", "kind": "summary"} trains the classifier; {"prompt": "...",
+        "small_ok": 1} (0/1 or a share), or "small_score" and "large_score", trains
+        p_small_ok. Point TIERFLEET_POLICY_ARTIFACTS at --out to route with the result.
+        """
         from ..policy.training import train
 
         if labels is not None and not labels.exists():

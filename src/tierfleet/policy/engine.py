@@ -83,7 +83,7 @@ class Policy:
             if d.done:
                 break
         if d.tier is None:
-            raise NoRoute(f"no stage chose a tier for job {job.id}")
+            raise NoRoute(f"kind: no stage chose a tier for job {job.id}")
         return self._assemble(d)
 
     def _assemble(self, d: Draft) -> Route:

@@ -26,9 +26,8 @@ from .keywords import CUE_KINDS, cue_hits
 from .text import CJK, Doc
 
 _CJK_CHAR = re.compile(f"[{CJK}]")
-# Counting characters by deleting them is C-speed; a regex would be ten times slower.
-_NO_DIGITS = str.maketrans("", "", "0123456789")
-_NO_MATH = str.maketrans("", "", "=+*/^<>$")
+_DIGITS = "0123456789"
+_MATH_MARKS = "=+*/^<>$"
 
 DENSE_NAMES: tuple[str, ...] = (
     "log_tokens",
@@ -54,12 +53,13 @@ def dense(doc: Doc, n_tokens: int, hits: list[int] | None = None) -> list[float]
     return [
         math.log1p(n_tokens),
         math.log1p(doc.text.count("\n")),
-        (n - len(edge.translate(_NO_DIGITS))) / n,
+        # str.count per character runs in C: far cheaper than a regex or a loop.
+        sum(map(edge.count, _DIGITS)) / n,
         len(_CJK_CHAR.findall(edge)) / n if doc.cjk else 0.0,
         math.log1p(edge.count("?") + edge.count("\uff1f")),
         math.log1p(doc.options),
         math.log1p(doc.code_marks),
-        math.log1p(n - len(edge.translate(_NO_MATH))),
+        math.log1p(sum(map(edge.count, _MATH_MARKS))),
         math.log1p(edge.count("answer:")),
         *(math.log1p(h) for h in (cue_hits(doc) if hits is None else hits)),
     ]

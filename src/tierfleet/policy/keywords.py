@@ -156,30 +156,7 @@ CUES: list[tuple[Kind, Cues]] = [
         ),
     ),
 ]
-_VISION = _cues("image, images, screenshot, picture, photo, see this", subs="what's on")
 _UNSURE = 0.30
-
-
-def _count(c: Cues, doc: Doc, pre: dict[str, list[str]]) -> int:
-    terms, edge = doc.terms, doc.edge
-    hits = sum(1 for w in c.words if w in terms)
-    # A phrase's first two words are a bigram term; a longer phrase is then
-    # confirmed in the text.
-    hits += sum(1 for two, whole in c.phrases if two in terms and (whole is None or whole in edge))
-    if c.stems:
-        hits += min(3, sum(1 for s in c.stems for w in pre.get(s[:3], ()) if w.startswith(s)))
-    hits += sum(1 for s in c.subs if s in edge)
-    hits += sum(1 for a, b in c.pairs if not a.isdisjoint(doc.words) and not b.isdisjoint(doc.words))
-    hits += sum(1 for p in c.patterns if p.search(edge))
-    return hits
-
-
-def _prefixes(doc: Doc) -> dict[str, list[str]]:
-    pre: dict[str, list[str]] = {}
-    for w in doc.words:
-        if len(w) >= 5:
-            pre.setdefault(w[:3], []).append(w)
-    return pre
 
 
 CUE_KINDS: tuple[Kind, ...] = tuple(k for k, _ in CUES)
@@ -270,8 +247,3 @@ class KeywordClassifier:
 
     def classify_many(self, texts: list[str]) -> list[KindGuess]:
         return [self.classify(t) for t in texts]
-
-    @staticmethod
-    def mentions_images(text: str) -> bool:
-        doc = read_doc(text)
-        return _count(_VISION, doc, _prefixes(doc)) > 0

@@ -14,6 +14,9 @@ what it did in words. Three sets of tiers travel through the stages:
 
 Overrides that privacy forbids raise ``NoRoute``: silently sending a job
 somewhere other than where its producer asked hides a mistake in the producer.
+Every ``NoRoute`` message starts with the job field at fault ("tier: ...",
+"model: ...", "prompt: ...", "max_cost_usd: ..."), which the HTTP API reports
+as the parameter.
 """
 
 from __future__ import annotations
@@ -78,10 +81,6 @@ class Draft:
         self.allowed = [t for t in self.allowed if t not in tiers]
 
     # -- shared questions ------------------------------------------------------------
-
-    @property
-    def model_override(self) -> str | None:
-        return self.job.model
 
     def model_on(self, tier: str) -> str | None:
         return self.job.model or self.fleet.model_for(tier, self.kind.value)
@@ -299,7 +298,7 @@ class RiskStage:
             return
         best = d.strongest_local()
         if best is None:
-            raise NoRoute(f"risk=high: neither {want} nor any local model tier is allowed")
+            raise NoRoute(f"risk: a high-risk job wants {want} or a local model tier; neither is allowed")
         d.decide(
             self.name,
             best,
@@ -314,6 +313,17 @@ class RiskStage:
 
 
 class KindStage:
+    """Kind -> tier (``policy.kind_tiers``), then the prompt's difficulty.
+
+    For the kinds at home on the small model, a prompt it would likely fail
+    (p_small_ok under ``policy.p_small_ok_threshold``), or a long chat, goes one
+    step up: the first allowed tier of ``policy.spill_order`` (the GPU box; a
+    rented or paid tier when privacy allows and nothing nearer is). For code and
+    reasoning, a clearly easy prompt (p_small_ok past halfway from the threshold
+    to 1: 0.875 by default) stays on the small model. Privacy, size, load and
+    cost still have their say in the stages after this one.
+    """
+
     name = "kind"
 
     def apply(self, d: Draft) -> None:
@@ -419,12 +429,12 @@ class Size:
         if d.tier is not None and d.tier not in d.allowed:
             if d.pinned:
                 raise NoRoute(
-                    f"size: {need:,} tokens do not fit any host of the requested tier "
+                    f"prompt: {need:,} tokens do not fit any host of the requested tier "
                     f"{d.tier!r} (largest window {fleet.window(d.tier, d.model_on(d.tier)):,})"
                 )
             cands = d.candidates()
             if not cands:
-                raise NoRoute(f"size: {need:,} tokens fit no allowed tier's context window")
+                raise NoRoute(f"prompt: {need:,} tokens fit no allowed tier's context window")
             up = d.stronger(d.tier)
             new = up[0] if up else cands[-1]
             d.decide(self.name, new, f"{d.tier} cannot take {need:,} tokens -> {new}")

@@ -52,15 +52,13 @@ def edges(text: str) -> str:
     return text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
 
 
-# Marks of source code and of multiple-choice options, counted with str.count
-# (C speed) rather than a multi-line regex.
+# Marks of source code, counted with str.count (C speed) rather than a
+# multi-line regex.
 CODE_MARKS = (
     "def ", "return ", "import ", "#include", "function ", "public ", "const ", "let ", "var ",
     "fn ", "func ", "class ", ";\n", "{\n", "}\n", "```", "=>", "();", "):\n",
 )
-OPTION_MARKS = tuple(
-    [f"\n{c}{p}" for c in "abcde" for p in (")", ".", ":")] + [f"\n({c})" for c in "abcde"]
-)
+_OPTION = re.compile(r"\n\(?[a-e][).:]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +90,6 @@ def read_doc(raw: str) -> Doc:
         frozenset(toks),
         terms,
         cjk,
-        sum(edge.count(m) for m in CODE_MARKS),
-        sum(edge.count(m) for m in OPTION_MARKS),
+        sum(map(edge.count, CODE_MARKS)),
+        len(_OPTION.findall(edge)) if "\n" in edge else 0,
     )

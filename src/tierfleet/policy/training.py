@@ -457,7 +457,7 @@ def train(
         kind_rows += load_kind_rows(dd) + synth_rows()
         ok_rows += load_ok_rows(dd)
         sources["dev"] = {
-            "dir": str(dd),
+            "dir": f"{dd.parent.name}/{dd.name}",
             "files": {p.name: _sha(p) for p in sorted(dd.glob("*.jsonl"))},
         }
     if labels is not None:
