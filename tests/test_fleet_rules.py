@@ -166,3 +166,33 @@ def test_hostile_regex_fails_cleanly_and_worker_survives(tmp_path: Path, redis_u
         assert w.proc is not None and w.proc.poll() is None
     finally:
         w.stop()
+
+
+def test_tierfleet_worker_wraps_celery_for_one_tier(tmp_path: Path, redis_url: str,
+                                                     rclient: redis.Redis) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    cfg_path = write_config(tmp_path / "fleet.toml", redis_url)
+    bad = cli(["worker", "--tier", "moon"], cfg_path)
+    assert bad.returncode != 0 and "unknown tier moon" in bad.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "tierfleet", "worker", "--tier", "rules",
+                             "--config", str(cfg_path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        hb = f"tf:hb:rules@{socket.gethostname()}"
+        deadline = time.monotonic() + 30
+        while not rclient.exists(hb):
+            assert time.monotonic() < deadline and proc.poll() is None, "worker did not start"
+            time.sleep(0.1)
+        assert json.loads(rclient.get(hb) or "{}")["queues"] == ["rules"]
+        d = Dispatcher(load_config(cfg_path))
+        h = d.submit({"kind": "keyword_route", "input": {"text": "vpn down"}})
+        assert d.result(h.id, timeout=30).output["label"] == "vpn"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -127,7 +127,7 @@ class HealthChecker:
             health = self.backend_for(host).health()
         except Exception as exc:  # a probe must never take the worker down
             health = HostHealth(host=host, ok=False, detail=f"probe error: {exc}")
-        self._cache[host] = (now, health)
+        self._cache[host] = (time.monotonic(), health)  # fresh from when the answer came
         return health
 
     def available(self, host: str) -> tuple[bool, str]:
