@@ -239,4 +239,9 @@ class ModelFleet:
         self._ctx.__exit__(None, None, None)
 
     def dump_logs(self) -> str:
-        return "\n".join(f"--- {w.name}\n{w.log()[-4000:]}" for w in self.workers)
+        return "\n".join(f"--- {w.name}\n{_interesting(w.log())[-6000:]}" for w in self.workers)
+
+
+def _interesting(log: str) -> str:
+    """Worker log lines worth reading after a failure (not every task's success line)."""
+    return "\n".join(ln for ln in log.splitlines() if "succeeded in" not in ln)

@@ -133,7 +133,8 @@ def test_missing_artifacts_fall_back_to_keywords_and_a_length_prior(tmp_path: Pa
     policy = Policy(load_config(), models=models)
     route = policy.route(Job(prompt="Translate 'hello' into Greek."))
     assert route.kind is Kind.TRANSLATION
-    assert "keyword" in "\n".join(route.explain())
+    said = "\n".join(route.explain())
+    assert "keyword" in said and "length prior" in said
     assert route.p_small_ok is not None and 0.0 < route.p_small_ok < 1.0
 
 

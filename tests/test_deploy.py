@@ -90,7 +90,11 @@ def test_example_rented_and_paid_hosts_carry_prices_and_key_names(example: Fleet
     # Large jobs go to Runpod: its window must hold them.
     assert example.policy.large_job_tier == "runpod"
     assert rp.context_window > example.policy.large_job_tokens
-    prices = tomllib.loads((ROOT.parent / "shared/data/prices_example.toml").read_text())["models"]
+    # The seeds' quoted prices (USD per million tokens, input / output); a user's clone
+    # has no ../shared, so they are written here.
+    prices = {"claude-opus-4-7": {"input": 5.0, "output": 25.0},
+              "claude-sonnet-4-6": {"input": 3.0, "output": 15.0},
+              "gpt-5.5": {"input": 3.0, "output": 12.0}}
     paid_models = {m for n, t in example.tiers.items() if t.place == "paid" for m in t.models.values()}
     assert len(paid_models) == 3
     for model in paid_models:

@@ -192,6 +192,7 @@ def test_explicit_model_picks_a_tier_that_serves_it(policy: Policy) -> None:
     assert route.tier in {"local-gpu", "runpod"}
     only = policy.route(Job(prompt="Tell me a joke.", model="big-paid"))
     assert (only.tier, only.model, only.host) == ("paid", "big-paid", "api")
+    assert "context window" not in reasons(only)  # other tiers run their own models
 
 
 def test_premium_user_goes_to_the_premium_tier_unless_privacy_forbids(policy: Policy) -> None:

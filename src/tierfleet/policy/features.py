@@ -1,15 +1,13 @@
 """Turning a prompt into numbers, the same way at training time and at routing time.
 
 Two kinds of signal: sparse terms (word unigrams and bigrams, CJK characters and
-their pairs, short punctuation runs that mark code and maths, and the first and last
-few words, where the task usually hides) and a handful of dense structure features
-(length, lines, digits, options, code lines, maths symbols, keyword cues per
-kind). Both generalise
-across datasets better than raw character n-grams, and both are cheap: a 1k-token
-prompt is featurised in a few hundred microseconds in plain Python.
-
-Only the head and tail of a long prompt feed the terms; the length features see
-the whole prompt through the token count.
+their pairs, short punctuation runs that mark code and maths, and the first and
+last few words, where the task usually hides) and a handful of dense structure
+features (length, lines, digits, options, code marks, maths symbols, keyword cues
+per kind). Both generalise across datasets better than raw character n-grams, and
+both are cheap: a prompt of any length is featurised in a few hundred
+microseconds in plain Python, because only its head and tail (``text.edges``)
+feed the terms; the length features see the whole prompt through the token count.
 """
 
 from __future__ import annotations

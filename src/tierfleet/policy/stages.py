@@ -83,7 +83,11 @@ class Draft:
     # -- shared questions ------------------------------------------------------------
 
     def model_on(self, tier: str) -> str | None:
-        return self.job.model or self.fleet.model_for(tier, self.kind.value)
+        """The model a tier would run this job with: the job's own where the tier serves it."""
+        m = self.job.model
+        if m and self.fleet.serves(tier, m):
+            return m
+        return self.fleet.model_for(tier, self.kind.value)
 
     @property
     def need_tokens(self) -> int:
@@ -362,6 +366,8 @@ class KindStage:
     def _difficulty(self, d: Draft) -> None:
         fleet, kind, tier = d.fleet, d.kind, d.tier
         p = d.signals.p_small_ok
+        # Say so when no trained model stands behind the estimate.
+        est = f"p_small_ok {p:.2f}" + ("" if d.signals.p_method == "learned" else f" ({d.signals.p_method})")
         thr = d.config.policy.p_small_ok_threshold
         keep_bar = thr + (1.0 - thr) / 2.0
         small = fleet.small_tier
@@ -381,13 +387,13 @@ class KindStage:
                 d.decide(
                     self.name,
                     bigger,
-                    f"p_small_ok {p:.2f} < {thr:.2f}: the small model is likely not enough "
+                    f"{est} < {thr:.2f}: the small model is likely not enough "
                     f"-> {bigger}",
                 )
             elif p < thr:
-                d.note(self.name, f"p_small_ok {p:.2f} < {thr:.2f} but no bigger tier is allowed")
+                d.note(self.name, f"{est} < {thr:.2f} but no bigger tier is allowed")
             else:
-                d.note(self.name, f"p_small_ok {p:.2f} >= {thr:.2f}: the small model will do")
+                d.note(self.name, f"{est} >= {thr:.2f}: the small model will do")
         elif (
             kind in DOWNGRADABLE_KINDS
             and small in d.allowed
@@ -397,7 +403,7 @@ class KindStage:
             d.decide(
                 self.name,
                 small or tier,
-                f"p_small_ok {p:.2f} >= {keep_bar:.2f}: an easy {kind.value} prompt, "
+                f"{est} >= {keep_bar:.2f}: an easy {kind.value} prompt, "
                 f"the small model on {small} will do",
             )
 

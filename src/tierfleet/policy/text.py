@@ -75,9 +75,9 @@ class Doc:
 def read_doc(raw: str) -> Doc:
     text = normalize_prompt(raw)
     edge = edges(text).lower()
+    cjk = _HAS_CJK.search(edge) is not None
     # Numbers differ everywhere; their length is what carries a signal: every
     # digit becomes 0, so 1984 and 2024 are one term.
-    cjk = _HAS_CJK.search(edge) is not None
     toks = (_TOKEN if cjk else _TOKEN_NO_CJK).findall(edge.translate(_ZEROS))
     terms = Counter(toks)
     terms.update([f"{a} {b}" for a, b in pairwise(toks)])
