@@ -16,6 +16,7 @@ the job-id keyed result store and ledger.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -414,6 +415,4 @@ class Runner:
 
 
 def _json_text(payload: Any) -> str:
-    import json
-
     return json.dumps(payload, ensure_ascii=False, default=str)[:200_000]

@@ -32,6 +32,8 @@ config = get_config()
 app = make_celery(config)
 
 _runner: Runner | None = None
+# Errors that mean "Redis is not answering right now", as opposed to a bug in a command.
+REDIS_BLINKS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
 
 
 def runner() -> Runner:
@@ -68,19 +70,22 @@ def run_job(
     msg = {"job": job, "route": route, "trail": trail or [], "attempt": attempt, "parks": parks,
            "escalated": escalated}
     delay = 0.5
+    give_up = time.monotonic() + config.reliability.task_time_limit_s / 2
     while True:
         try:
             return runner().run(msg)
         except Rerouted as exc:
             # The job lives on in the message just published; this delivery is acked, no result.
             raise Ignore(str(exc)) from None
-        except redis.RedisError as exc:
+        except REDIS_BLINKS as exc:
             # Redis blinked mid-job (restart, failover). Failing here would ack the message
             # and lose the job; a Celery retry would need Redis to publish. Instead hold the
             # delivery and run again once Redis answers: the run is idempotent by job id.
+            if time.monotonic() > give_up:
+                raise
             log.warning("job %s: redis unavailable (%s); retrying in %.1fs", job.get("id"), exc, delay)
             time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, 5.0)
         except Exception as exc:
             log.exception("job %s crashed the runner", job.get("id"))
             runner().crashed(msg, exc)
