@@ -404,28 +404,32 @@ def bench_failover(workdir: Path, scale: float, trials: int) -> dict[str, Any]:
             fleet.worker(tier)
         d = Dispatcher(fleet.config)
         code_ids: list[str] = []
+        code_every_s = 9.0 * scale  # about one 30B answer (8-12 s at scale 1)
         lock = threading.Lock()
         stop = threading.Event()
         errors: list[BaseException] = []
 
         def produce() -> None:
-            # Jobs flow all along: the GPU box always has a code job waiting, the Mac a trickle
-            # of quick ones.
-            k, last_quick = 0, 0.0
+            # Jobs arrive at a steady pace whatever happens to the fleet: a code job about as
+            # often as the GPU box finishes one (so it always has one running), a quick one a
+            # second. Where they go after the kill is the dispatcher's business.
+            k, next_code, next_quick = 0, 0.0, 0.0
             try:
                 while not stop.is_set() and not STOP.is_set():
-                    if fleet.r.llen("local-gpu") < 1:
+                    now = time.monotonic()
+                    if now >= next_code:
                         h = d.submit({"kind": "code", "workflow": "failover", "cache": False,
                                       "prompt": f"Write a Python function number {k} that merges "
                                                 "two sorted lists."})
                         with lock:
                             code_ids.append(h.id)
                         k += 1
-                    if time.monotonic() - last_quick > 0.5:
+                        next_code = now + code_every_s
+                    if now >= next_quick:
                         d.submit({"kind": "chat", "workflow": "failover", "cache": False,
                                   "prompt": f"What does error {k} mean? 429 Too Many Requests"})
-                        last_quick = time.monotonic()
-                    time.sleep(0.05)
+                        next_quick = now + 1.0
+                    time.sleep(0.02)
             except BaseException as exc:
                 errors.append(exc)
 
@@ -489,6 +493,7 @@ def bench_failover(workdir: Path, scale: float, trials: int) -> dict[str, Any]:
                                 if k in ("health_timeout_s", "health_cache_s", "breaker_failures",
                                          "breaker_open_s")},
                 "fallback_host_latency": "4B model ~0.3 s x scale",
+                "arrivals": f"a code job every {code_every_s:g} s, a quick chat job every 1 s",
             },
         }
     finally:

@@ -485,3 +485,23 @@ def test_the_policy_imports_neither_celery_nor_redis() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_producer_typed_mechanical_work_stays_small_even_when_p_small_ok_is_low() -> None:
+    from pathlib import Path
+
+    from tierfleet.config import load_config
+    from tierfleet.jobs import Job
+    from tierfleet.policy import build_policy
+
+    cfg = load_config(Path(__file__).parents[1] / "src/tierfleet/defaults.toml")
+    strict = cfg.model_copy(update={"policy": cfg.policy.model_copy(
+        update={"p_small_ok_threshold": 0.99})})
+    policy = build_policy(strict)
+    prompt = "Label this ticket as network, email or hardware: my VPN drops every hour."
+    typed = policy.route(Job(prompt=prompt, kind="classification"))
+    untyped = policy.route(Job(prompt=prompt))
+    assert typed.p_small_ok is not None and typed.p_small_ok < 0.99
+    assert typed.tier == "local-mac"
+    assert any("producer typed" in r.text for r in typed.reasons)
+    assert untyped.kind.value == "classification" and untyped.tier != "local-mac"

@@ -90,14 +90,15 @@ def send(app: Celery, msg: dict[str, Any], tier: str, *, producer: Any = None) -
     (``kwargsrepr``) so their words stay out of dashboards.
     """
     job = msg["job"]
-    options: dict[str, Any] = {}
+    shown: dict[str, Any] = msg
     if job.get("privacy") == "confidential":
-        shown = {**job, "prompt": "<confidential>" if job.get("prompt") else None,
-                 "messages": "<confidential>" if job.get("messages") else None,
-                 "input": "<confidential>" if job.get("input") else None, "images": []}
-        options["kwargsrepr"] = repr({**msg, "job": shown})
+        redacted = {**job, "prompt": "<confidential>" if job.get("prompt") else None,
+                    "messages": "<confidential>" if job.get("messages") else None,
+                    "input": "<confidential>" if job.get("input") else None, "images": []}
+        shown = {**msg, "job": redacted}
+    # Our own short repr: Celery's safe-repr of every message costs ~0.5 ms a publish.
     app.send_task(TASK_NAME, kwargs=msg, queue=tier, task_id=job["id"], producer=producer,
-                  **options)
+                  argsrepr="()", kwargsrepr=repr(shown)[:1024])
 
 
 def redis_client(config: FleetConfig, url: str | None = None) -> redis.Redis:

@@ -17,9 +17,10 @@ from typing import Any
 import redis
 from celery import bootsteps
 from celery.exceptions import Ignore
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 from celery.worker import state as worker_state
 
+from . import tokens
 from .broker import TASK_NAME, make_celery, redis_client, send
 from .config import get_config
 from .logs import setup_logging
@@ -90,6 +91,13 @@ def run_job(
             log.exception("job %s crashed the runner", job.get("id"))
             runner().crashed(msg, exc)
             raise
+
+
+@worker_init.connect
+def _preload(**_: Any) -> None:
+    # Load the tokenizer once before the pool forks, so no job (a first fallback, say)
+    # waits ~0.5 s for it.
+    tokens.encoding()
 
 
 @worker_process_init.connect

@@ -39,6 +39,12 @@ WEAK_SIGNAL = 0.5
 SMALL_KINDS = frozenset(
     {Kind.CLASSIFICATION, Kind.EXTRACTION, Kind.SUMMARY, Kind.TRANSLATION, Kind.CHAT}
 )
+# Mechanical work the producer named itself: the small model's home ground (DESIGN.md,
+# "Kind"). A low p_small_ok is noted, not acted on; a poor answer is escalated by the
+# worker's quality check instead. Untyped (auto) jobs and chat still move on it.
+PRODUCER_TYPED_SMALL = frozenset(
+    {Kind.CLASSIFICATION, Kind.EXTRACTION, Kind.SUMMARY, Kind.TRANSLATION}
+)
 # Kinds sent to the bigger box by default that an easy prompt may keep small.
 DOWNGRADABLE_KINDS = frozenset({Kind.CODE, Kind.REASONING})
 
@@ -383,6 +389,9 @@ class KindStage:
                     f"long chat ({d.signals.tokens_in} tokens > policy.short_chat_tokens "
                     f"{d.config.policy.short_chat_tokens}) -> {bigger}",
                 )
+            elif p < thr and d.job.kind is not Kind.AUTO and kind in PRODUCER_TYPED_SMALL:
+                d.note(self.name, f"{est} < {thr:.2f}, but the producer typed this job "
+                       f"{kind.value}: it stays on {tier} (a poor answer is escalated)")
             elif p < thr and bigger:
                 d.decide(
                     self.name,
@@ -418,9 +427,15 @@ class Size:
         fleet, need = d.fleet, d.need_tokens
         too_small = [t for t in d.permitted if not fleet.fits(t, d.model_on(t), need)]
         if too_small:
-            windows = ", ".join(f"{t} {fleet.window(t, d.model_on(t)):,}" for t in too_small)
+            # A window of 0 means no host of that tier serves the model at all.
+            unserved = [t for t in too_small if fleet.window(t, d.model_on(t)) == 0]
+            short = [t for t in too_small if t not in unserved]
             d.forbid(set(too_small))
-            d.note(self.name, f"{need:,} tokens exceed the context window of {windows}")
+            if short:
+                windows = ", ".join(f"{t} {fleet.window(t, d.model_on(t)):,}" for t in short)
+                d.note(self.name, f"{need:,} tokens exceed the context window of {windows}")
+            if unserved:
+                d.note(self.name, f"no host of {_tiers(unserved)} serves {d.model_on(unserved[0])}")
         big = d.config.policy.large_job_tokens
         if d.signals.tokens_in > big and not d.pinned:
             target = d.config.policy.large_job_tier
