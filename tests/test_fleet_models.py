@@ -36,19 +36,31 @@ def test_jobs_run_on_their_tiers_with_tokens_and_costs(tmp_path: Path, redis_url
         assert paid_attempt.cost_usd == pytest.approx(expect)
 
 
-def test_cut_off_answer_escalates_one_tier_up_and_both_attempts_are_billed(
+def test_refusal_escalates_one_tier_up_and_both_attempts_are_billed(
         tmp_path: Path, redis_url: str, rclient: redis.Redis) -> None:
     with ModelFleet(tmp_path, redis_url, rclient) as fleet:
         fleet.start("local-mac")
         fleet.start("local-gpu")
+        fleet.sim.fault("sim-ollama", "refusal", count=1)
         d = fleet.dispatcher()
-        h = d.submit({"kind": "summary", "prompt": "Summarize the whole quarterly report in detail.",
-                      "max_tokens": 2})
+        h = d.submit({"kind": "summary", "prompt": "Summarize the whole quarterly report in detail."})
         r = d.result(h.id, timeout=60)
         assert r.ok and r.trail == ["local-mac", "local-gpu"], (r, fleet.dump_logs())
         attempts = Ledger(rclient, fleet.config).job_attempts(h.id)
         assert [a.outcome for a in attempts] == ["escalated", "ok"]
         assert [a.tier for a in attempts] == ["local-mac", "local-gpu"]
+        assert "refused" in (attempts[0].error or "")
+
+
+def test_a_cap_the_producer_set_is_not_a_reason_to_escalate(
+        tmp_path: Path, redis_url: str, rclient: redis.Redis) -> None:
+    with ModelFleet(tmp_path, redis_url, rclient) as fleet:
+        fleet.start("local-mac")
+        d = fleet.dispatcher()
+        h = d.submit({"kind": "summary", "prompt": "Summarize the quarterly report.",
+                      "max_tokens": 3})
+        r = d.result(h.id, timeout=60)
+        assert r.ok and r.trail == ["local-mac"] and r.tokens_out <= 3, r
 
 
 def test_bad_request_fails_with_the_hosts_message_without_fallback(

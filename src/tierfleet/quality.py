@@ -31,8 +31,10 @@ def check(job: Job, completion: Completion, *, judge_score: float | None = None,
         text = text.split("]", 1)[-1].strip()
     if not text:
         return Verdict(False, "empty answer")
-    if completion.finish_reason == "length":
-        return Verdict(False, "answer cut off at max tokens")
+    if completion.finish_reason == "length" and job.max_tokens is None:
+        # Cut by the host's own limit. A cap the producer set cuts a bigger model too,
+        # so escalating would only pay twice for the same short answer.
+        return Verdict(False, "answer cut off by the host's token limit")
     if _REFUSAL.search(text):
         return Verdict(False, "the model refused")
     if job.json_output:

@@ -244,7 +244,7 @@ class Runner:
         verdict = check(job, c)
         # One escalation per job: a second poor answer is still the best we have.
         higher = (None if verdict.ok or msg.get("escalated")
-                  else self._escalation_tier(job, route.tier, trail))
+                  else self._escalation_tier(job, route.tier, trail, route.kind.value))
         outcome = "escalated" if higher else "ok"
         att = self._record(job, route, host, model, attempt, c, trail, outcome=outcome,
                            error=None if verdict.ok else verdict.reason)
@@ -289,7 +289,8 @@ class Runner:
 
     # -- moving on ---------------------------------------------------------------------
 
-    def _allowed_next(self, job: Job, candidates: list[str], trail: list[str], here: str) -> list[str]:
+    def _allowed_next(self, job: Job, candidates: list[str], trail: list[str], here: str,
+                      kind: str) -> list[str]:
         seen = {*trail, here}
         return [
             t for t in candidates
@@ -297,18 +298,26 @@ class Runner:
             and t in self.config.tiers
             and self.config.tiers[t].place != "rules"
             and self.config.tier_allowed(t, job.privacy.value)
+            and self._serves(t, kind)
         ]
 
-    def _escalation_tier(self, job: Job, tier: str, trail: list[str]) -> str | None:
+    def _serves(self, tier: str, kind: str) -> bool:
+        """A vision job only goes where the tier's vision model can read images."""
+        if kind != "vision":
+            return True
+        model = self.config.tiers[tier].model_for(kind)
+        return bool(model and self.config.models.get(model) and self.config.models[model].vision)
+
+    def _escalation_tier(self, job: Job, tier: str, trail: list[str], kind: str) -> str | None:
         order = [t for t, tc in self.config.tiers.items() if tc.place != "rules"]
         above = order[order.index(tier) + 1:] if tier in order else []
-        nxt = self._allowed_next(job, above, trail, tier)
+        nxt = self._allowed_next(job, above, trail, tier, kind)
         return nxt[0] if nxt else None
 
     def _fall_back(self, job: Job, route: Route, trail: list[str], attempt: int,
                    msg: dict[str, Any], why: str, need_window: int = 0) -> dict[str, Any]:
         chain = route.fallbacks or self.config.tiers[route.tier].fallback
-        options = self._allowed_next(job, chain, trail, route.tier)
+        options = self._allowed_next(job, chain, trail, route.tier, route.kind.value)
         if need_window:
             options = [t for t in options if self._max_window(t) > need_window]
         self._record(job, route, route.host, route.model, attempt, None, trail,

@@ -18,6 +18,7 @@ FaultKind = Literal[
     "timed_out",  # Runpod: the job ends TIMED_OUT
     "cold",  # Runpod: no worker up; jobs wait ``seconds`` more in the queue
     "no_counts",  # answers omit token counts (Ollama omits them when the prompt is cached)
+    "refusal",  # a well-formed answer that refuses: what the quality check must catch
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
@@ -35,6 +36,7 @@ GENERATION_ONLY = frozenset(
         "fail",
         "timed_out",
         "no_counts",
+        "refusal",
     }
 )
 

@@ -14,6 +14,7 @@ listening ("down" gives connection refused) and listen again ("up").
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -549,6 +550,10 @@ class _Handler(BaseHTTPRequestHandler):
             vision=model.vision,
             scale=host.scale,
         )
+        if host.take("refusal", route) is not None:
+            text = f"[simulated {model.name}] I'm sorry, but I can't help with that."
+            answer = dataclasses.replace(answer, text=text, finish_reason="stop",
+                                         tokens_out=max(1, len(text) // 4))
         slow = host.take("slow", route)
         extra = slow.seconds if slow is not None else 0.0
         while not host._slots.acquire(timeout=0.05):
