@@ -25,6 +25,7 @@ from .base import (
     BadRequest,
     ContextTooLong,
     HostDown,
+    HostHealth,
     ModelNotFound,
     QuotaExhausted,
     RateLimited,
@@ -285,3 +286,23 @@ class HttpBackend:
         if response.status_code >= 400:
             raise error_from_response(self.name, response, self._key)
         return response
+
+    def _probe(self, url: str) -> tuple[httpx.Response, dict[str, Any]] | HostHealth:
+        """GET a health path with the short health timeout: the answer, or a HostHealth saying down."""
+        started = time.monotonic()
+        try:
+            response = self._request("GET", url, timeout=health_timeouts(self.host, self.health_timeout_s))
+            return response, json_body(self.name, response)
+        except BackendError as exc:
+            return HostHealth(host=self.name, ok=False, latency_s=time.monotonic() - started,
+                              detail=exc.message)
+
+
+def reported_count(value: Any) -> int | None:
+    """A token count as the host reported it; absent or garbled stays None (the caller estimates)."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ._http import HttpBackend, error_from_message, health_timeouts, is_simulated, json_body
-from .base import BackendError, Completion, CompletionRequest, HostHealth
+from ._http import HttpBackend, error_from_message, is_simulated, json_body, reported_count
+from .base import Completion, CompletionRequest, HostHealth
 
 # Request fields that sit beside ``options`` in Ollama's body rather than inside it.
 _TOP_LEVEL = frozenset({"keep_alive", "think", "truncate", "shift", "format", "tools", "logprobs"})
@@ -70,8 +70,8 @@ class OllamaBackend(HttpBackend):
             text=text,
             model=str(body.get("model") or request.model),
             host=self.name,
-            tokens_in=_count(body.get("prompt_eval_count")),
-            tokens_out=_count(body.get("eval_count")),
+            tokens_in=reported_count(body.get("prompt_eval_count")),
+            tokens_out=reported_count(body.get("eval_count")),
             latency_s=time.monotonic() - started,
             finish_reason=reason,
             simulated=is_simulated(response),
@@ -80,17 +80,10 @@ class OllamaBackend(HttpBackend):
     def health(self, model: str | None = None) -> HostHealth:
         """Up when ``/api/tags`` answers; ``model_present``: the model(s) are pulled there."""
         started = time.monotonic()
-        try:
-            response = self._request(
-                "GET",
-                f"{self.base_url}/api/tags",
-                timeout=health_timeouts(self.host, self.health_timeout_s),
-            )
-            body = json_body(self.name, response)
-        except BackendError as exc:
-            return HostHealth(
-                host=self.name, ok=False, latency_s=time.monotonic() - started, detail=exc.message
-            )
+        probed = self._probe(f"{self.base_url}/api/tags")
+        if isinstance(probed, HostHealth):
+            return probed
+        response, body = probed
         listed = [str(m.get("name") or m.get("model")) for m in body.get("models") or []]
         have = {normalise_model(n) for n in listed}
         wanted = [model] if model else list(self.host.models)
@@ -105,15 +98,6 @@ class OllamaBackend(HttpBackend):
             simulated=is_simulated(response),
         )
 
-
-def _count(value: Any) -> int | None:
-    """Absent (omitted by Ollama) stays None, so the caller knows to estimate."""
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 __all__ = ["OllamaBackend", "normalise_model"]

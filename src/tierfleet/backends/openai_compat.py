@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ._http import HttpBackend, health_timeouts, is_simulated, json_body
-from .base import BackendError, ChatMessage, Completion, CompletionRequest, HostDown, HostHealth
+from ._http import HttpBackend, is_simulated, json_body, reported_count
+from .base import ChatMessage, Completion, CompletionRequest, HostDown, HostHealth
 
 _MAGIC = (
     ("iVBORw0KGgo", "image/png"),
@@ -77,8 +77,8 @@ class OpenAICompatBackend(HttpBackend):
             text=message.get("content") or "",
             model=str(body.get("model") or request.model),
             host=self.name,
-            tokens_in=_count(usage.get("prompt_tokens")),
-            tokens_out=_count(usage.get("completion_tokens")),
+            tokens_in=reported_count(usage.get("prompt_tokens")),
+            tokens_out=reported_count(usage.get("completion_tokens")),
             latency_s=time.monotonic() - started,
             finish_reason=choice.get("finish_reason"),
             simulated=is_simulated(response),
@@ -88,17 +88,10 @@ class OpenAICompatBackend(HttpBackend):
     def health(self, model: str | None = None) -> HostHealth:
         """Up when ``/models`` answers; ``model_present`` when the model is listed."""
         started = time.monotonic()
-        try:
-            response = self._request(
-                "GET",
-                f"{self.base_url}/models",
-                timeout=health_timeouts(self.host, self.health_timeout_s),
-            )
-            body = json_body(self.name, response)
-        except BackendError as exc:
-            return HostHealth(
-                host=self.name, ok=False, latency_s=time.monotonic() - started, detail=exc.message
-            )
+        probed = self._probe(f"{self.base_url}/models")
+        if isinstance(probed, HostHealth):
+            return probed
+        response, body = probed
         listed = [str(m.get("id")) for m in body.get("data") or [] if isinstance(m, dict)]
         wanted = [model] if model else list(self.host.models)
         have = set(listed)
@@ -117,14 +110,6 @@ class OpenAICompatBackend(HttpBackend):
             simulated=is_simulated(response),
         )
 
-
-def _count(value: Any) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 __all__ = ["OpenAICompatBackend", "image_mime", "message_payload"]

@@ -49,6 +49,7 @@ from ._http import (
     health_timeouts,
     is_simulated,
     json_body,
+    reported_count,
     scrub,
 )
 from .base import (
@@ -261,17 +262,10 @@ class RunpodBackend(HttpBackend):
     def health(self, model: str | None = None) -> HostHealth:
         """Up when ``/health`` answers. No worker up means *cold* (first job waits), not down."""
         started = time.monotonic()
-        try:
-            response = self._request(
-                "GET",
-                f"{self.base_url}/health",
-                timeout=health_timeouts(self.host, self.health_timeout_s),
-            )
-            body = json_body(self.name, response)
-        except BackendError as exc:
-            return HostHealth(
-                host=self.name, ok=False, latency_s=time.monotonic() - started, detail=exc.message
-            )
+        probed = self._probe(f"{self.base_url}/health")
+        if isinstance(probed, HostHealth):
+            return probed
+        response, body = probed
         workers = {k: _int(v) for k, v in (body.get("workers") or {}).items()}
         jobs = {k: _int(v) for k, v in (body.get("jobs") or {}).items()}
         ready = workers.get("idle", 0) + workers.get("running", 0) + workers.get("ready", 0)
@@ -306,14 +300,6 @@ def _int(value: Any) -> int:
         return 0
 
 
-def _opt_int(value: Any) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
 
 def _parse_output(
     output: Any,
@@ -332,8 +318,8 @@ def _parse_output(
     if "text" in output:
         return (
             str(output.get("text") or ""),
-            _opt_int(output.get("tokens_in")),
-            _opt_int(output.get("tokens_out")),
+            reported_count(output.get("tokens_in")),
+            reported_count(output.get("tokens_out")),
             output.get("finish_reason"),
             output.get("model"),
         )
@@ -348,8 +334,8 @@ def _parse_output(
             text = "".join(tokens) if isinstance(tokens, list) else choice.get("text")
         return (
             str(text or ""),
-            _opt_int(usage.get("prompt_tokens") or usage.get("input")),
-            _opt_int(usage.get("completion_tokens") or usage.get("output")),
+            reported_count(usage.get("prompt_tokens") or usage.get("input")),
+            reported_count(usage.get("completion_tokens") or usage.get("output")),
             choice.get("finish_reason"),
             output.get("model"),
         )
