@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 from ..config import FleetConfig
 from ..errors import NoRoute, TierfleetError
-from ..jobs import Job, Kind, Reason, Route
+from ..jobs import RULES_KINDS, Job, Kind, Reason, Route
 from .fleet import FleetView
+from .keywords import KindGuess
 from .models import Models, Reader, Signals, load_models
 from .stages import DEFAULT_STAGES, Draft, Stage
 from .state import FleetState
@@ -39,7 +40,13 @@ class Policy:
     # -- public ---------------------------------------------------------------------------
 
     def route(self, job: Job, state: FleetState | None = None) -> Route:
-        return self._route(job, state or FleetState.idle(), self.reader.read(job.text()))
+        return self._route(job, state or FleetState.idle(), self._read(job))
+
+    def _read(self, job: Job) -> Signals:
+        # A rules job is decided by its kind alone: no model reads its payload.
+        if job.is_rules:
+            return _RULES_SIGNALS[job.kind]
+        return self.reader.read(job.text())
 
     def route_many(self, jobs: Sequence[Job], state: FleetState | None = None) -> list[Route]:
         """Route a batch: one tokenizer and model pass for all texts. Raises on the first NoRoute."""
@@ -55,7 +62,9 @@ class Policy:
     ) -> list[Route | TierfleetError]:
         """Like route_many, but a job that cannot be routed yields its error in place."""
         st = state or FleetState.idle()
-        signals = self.reader.read_many([j.text() for j in jobs])
+        model_jobs = [j for j in jobs if not j.is_rules]
+        read = iter(self.reader.read_many([j.text() for j in model_jobs]))
+        signals = [_RULES_SIGNALS[j.kind] if j.is_rules else next(read) for j in jobs]
         out: list[Route | TierfleetError] = []
         for job, sig in zip(jobs, signals, strict=True):
             try:
@@ -130,3 +139,9 @@ class Policy:
 
 def build_policy(config: FleetConfig) -> Policy:
     return Policy(config)
+
+
+# Rules jobs need no model: p_small_ok 1.0 says "no bigger model needed".
+_RULES_SIGNALS = {
+    k: Signals(0, KindGuess(k, 1.0, "given"), 1.0, "rules kind") for k in RULES_KINDS
+}
