@@ -31,9 +31,6 @@ from typing import Any, Literal
 
 import numpy as np
 import redis as redis_lib
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
 from pydantic import BaseModel, Field
 
 from .config import FleetConfig, get_config
@@ -394,6 +391,11 @@ def plot_bars(
     """Grouped horizontal bars, one group per label, one bar per ``(name, values, colour)``."""
     path = Path(path)
     n = max(len(labels), 1)
+    # Imported here: matplotlib takes ~0.7 s to load and only charts need it.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
     fig = Figure(figsize=(10, max(3.5, 1.0 + 0.6 * n * max(len(series), 1) / 2)), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
