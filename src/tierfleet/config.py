@@ -113,6 +113,10 @@ class ReliabilityConfig(_Strict):
     retry_after_budget_s: float = Field(default=10.0, ge=0)
     heartbeat_s: float = Field(default=2.0, gt=0)
     dead_after_s: float = Field(default=10.0, gt=0)
+    # A worker whose queue holds jobs while it holds none for this long has stopped
+    # consuming (seen after broker reconnects); it shuts down warm so its process
+    # manager restarts it. 0 turns the watchdog off.
+    stall_restart_s: float = Field(default=120.0, ge=0)
     result_expires_s: int = Field(default=7 * 24 * 3600, gt=0)
 
     @model_validator(mode="after")

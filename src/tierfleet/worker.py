@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Any
@@ -146,11 +147,20 @@ class Heartbeat(bootsteps.StartStopStep):
         client = redis_client(config)
         qos_tags = _qos_tags_reader(parent)
 
+        watchdog = Watchdog(config.reliability.stall_restart_s)
+
         def beat() -> None:
             while not self._stop.is_set():
                 try:
-                    write_heartbeat(client, config, node, queues, _held_tags() + qos_tags(),
-                                    concurrency)
+                    held = _held_tags() + qos_tags()
+                    write_heartbeat(client, config, node, queues, held, concurrency)
+                    waiting = sum(int(client.llen(q)) for q in queues)
+                    if watchdog.stalled(waiting, len(held)):
+                        log.error("node %s holds no job while %d wait on %s for %.0f s: it has "
+                                  "stopped consuming; shutting down warm to be restarted",
+                                  node, waiting, ",".join(queues), watchdog.limit_s)
+                        os.kill(os.getpid(), signal.SIGTERM)
+                        return
                 except Exception as exc:
                     log.warning("heartbeat failed: %s", exc)
                 self._stop.wait(config.reliability.heartbeat_s)
@@ -169,6 +179,23 @@ class Heartbeat(bootsteps.StartStopStep):
 
     def shutdown(self, parent: Any) -> None:
         self._stop.set()
+
+
+class Watchdog:
+    """Notices a consumer that has gone quiet while its queue fills."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self._since: float | None = None
+
+    def stalled(self, waiting: int, held: int, now: float | None = None) -> bool:
+        if self.limit_s <= 0 or waiting == 0 or held > 0:
+            self._since = None
+            return False
+        now = time.monotonic() if now is None else now
+        if self._since is None:
+            self._since = now
+        return now - self._since >= self.limit_s
 
 
 def _qos_tags_reader(parent: Any) -> Any:
