@@ -95,7 +95,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .config import FleetConfig, get_config
 from .dispatch import Dispatcher, Handle, parse_job
 from .errors import ConfigError, JobRejected, NoRoute, ResultTimeout, TierfleetError
-from .jobs import MODEL_KINDS, Job, Kind, Privacy, Result, Risk, Status, UserTier
+from .jobs import MODEL_KINDS, TERMINAL, Job, Kind, Privacy, Result, Risk, Status, UserTier
 from .metrics import FleetCollector
 
 __all__ = [
@@ -110,7 +110,7 @@ __all__ = [
 log = logging.getLogger("tierfleet.api")
 
 JOB_ID_PATTERN = r"^[\w.:-]+$"
-FINAL = (Status.SUCCEEDED, Status.FAILED, Status.DEAD)
+FINAL = TERMINAL
 AUTO_MODELS = frozenset({"auto", "tierfleet", "tierfleet/auto"})
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,(?P<b64>.*)$", re.DOTALL)
 

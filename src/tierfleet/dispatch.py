@@ -210,7 +210,7 @@ class Dispatcher:
         delay = 0.02
         while True:
             for jid, res in zip(pending, self.results.get_many(pending), strict=True):
-                if res is not None and res.status in (Status.SUCCEEDED, Status.FAILED, Status.DEAD):
+                if res is not None and res.finished:
                     done[jid] = res
             pending = [j for j in pending if j not in done]
             if on_progress is not None:

@@ -167,6 +167,10 @@ class Status(StrEnum):
     DEAD = "dead"
 
 
+# A job in one of these states is finished: nothing will change its stored result.
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.DEAD})
+
+
 class Attempt(BaseModel):
     """One try of a job at one place; the ledger keeps one per attempt."""
 
@@ -215,3 +219,7 @@ class Result(BaseModel):
     @property
     def ok(self) -> bool:
         return self.status is Status.SUCCEEDED
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL

@@ -44,6 +44,7 @@ import os
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -203,8 +204,12 @@ class Ledger:
             update["error"] = scrub_error(attempt.error)
         return attempt.model_copy(update=update) if update else attempt
 
-    def record(self, attempt: Attempt) -> bool:
-        """Store one attempt. True if new; False if it was already recorded (billed once)."""
+    def record(self, attempt: Attempt, *, also: Callable[[Any, Attempt], None] | None = None) -> bool:
+        """Store one attempt. True if new; False if it was already recorded (billed once).
+
+        ``also(pipe, attempt)`` may queue more writes (the fleet metrics) inside the same
+        transaction, so they happen exactly when the record does.
+        """
         attempt = self.price(attempt)
         job_key = self._job_key(attempt.job_id)
         field = str(attempt.attempt)
@@ -231,6 +236,8 @@ class Ledger:
                             if n:
                                 pipe.hincrby(key, f"{value}|{metric}", n)
                         pipe.expire(key, self.retention_s)
+                    if also is not None:
+                        also(pipe, attempt)
                     pipe.execute()
                     break
                 except redis.WatchError:

@@ -103,6 +103,13 @@ def record_attempt(client: redis.Redis, config: FleetConfig, attempt: Attempt) -
 
 def _record(client: redis.Redis, config: FleetConfig, attempt: Attempt) -> None:
     pipe = client.pipeline(transaction=False)
+    add_attempt(pipe, config, attempt)
+    pipe.execute()
+
+
+def add_attempt(pipe: Any, config: FleetConfig, attempt: Attempt) -> None:
+    """Queue the counter updates of one attempt on ``pipe`` (the ledger's transaction uses
+    this, so an attempt is counted exactly when it is billed, in the same round trip)."""
     pipe.hincrby(_k(config, "jobs"), _field(attempt.tier, attempt.kind, attempt.outcome), 1)
     if attempt.model and attempt.outcome != "cached":
         # Tokens and money are what a model actually spent; rules jobs and cache hits spend none.
@@ -124,7 +131,6 @@ def _record(client: redis.Redis, config: FleetConfig, attempt: Attempt) -> None:
         pipe.hincrby(lat, _field(attempt.tier, _bucket_of(seconds)), 1)
         pipe.hincrbyfloat(lat, _field(attempt.tier, "sum"), seconds)
         pipe.hincrby(lat, _field(attempt.tier, "count"), 1)
-    pipe.execute()
 
 
 def _parse(raw: dict[str, str]) -> Iterator[tuple[list[str], str]]:

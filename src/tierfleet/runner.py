@@ -123,7 +123,7 @@ class Runner:
         trail: list[str] = list(msg.get("trail") or [])
         attempt = int(msg.get("attempt") or 1)
         stored = self.results.get(job.id)
-        if stored is not None and stored.status in (Status.SUCCEEDED, Status.FAILED, Status.DEAD):
+        if stored is not None and stored.finished:
             log.info("job %s already %s; redelivery ignored", job.id, stored.status.value)
             return stored.model_dump(mode="json")
         if route.tier not in self.config.tiers or not self.config.tier_allowed(
@@ -406,11 +406,9 @@ class Runner:
         return att
 
     def _bill(self, att: Attempt) -> bool:
-        """Ledger first; metrics only for a new record, so a redelivery counts once."""
-        new = self.ledger.record(att)
-        if new:
-            metrics.record_attempt(self.r, self.config, att)
-        return new
+        """Ledger and metrics in one transaction, only for a new record: a redelivery
+        is billed and counted once."""
+        return self.ledger.record(att, also=lambda pipe, a: metrics.add_attempt(pipe, self.config, a))
 
     def _total_cost(self, job_id: str) -> float:
         return round(sum(a.cost_usd for a in self.ledger.job_attempts(job_id)), 8)

@@ -20,7 +20,18 @@ from .broker import key
 from .config import FleetConfig
 from .jobs import Result, Status
 
-TERMINAL = {Status.SUCCEEDED.value, Status.FAILED.value, Status.DEAD.value}
+# Returns the stored result if it is final (jobs.TERMINAL; nothing written), else writes.
+_SAVE = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, doc = pcall(cjson.decode, cur)
+  if ok and (doc.status == 'succeeded' or doc.status == 'failed' or doc.status == 'dead') then
+    return cur
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
 
 
 class ResultStore:
@@ -28,6 +39,7 @@ class ResultStore:
         self.r = client
         self.config = config
         self.ttl = config.reliability.result_expires_s
+        self._save = client.register_script(_SAVE)
 
     def _k(self, job_id: str) -> str:
         return key(self.config, "result", job_id)
@@ -43,23 +55,13 @@ class ResultStore:
         return [Result.model_validate_json(x) if x else None for x in raws]
 
     def save(self, result: Result) -> Result:
-        """Upsert; a terminal result already stored is never replaced. Returns what is stored."""
+        """Upsert; a terminal result already stored is never replaced. Returns what is stored.
+
+        One round trip: the check and the write run as one script inside Redis.
+        """
         k = self._k(result.job_id)
-        payload = result.model_dump_json()
-        with self.r.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(k)
-                    raw = pipe.get(k)
-                    if raw and json.loads(raw).get("status") in TERMINAL:
-                        pipe.unwatch()
-                        return Result.model_validate_json(raw)
-                    pipe.multi()
-                    pipe.set(k, payload, ex=self.ttl)
-                    pipe.execute()
-                    return result
-                except redis.WatchError:
-                    continue
+        kept = self._save(keys=[k], args=[result.model_dump_json(), self.ttl])
+        return result if kept is None else Result.model_validate_json(kept)
 
     def mark_pending(self, job_id: str, tier: str) -> None:
         """Record that a job was accepted, without overwriting anything newer."""
