@@ -73,3 +73,17 @@ def test_bad_request_fails_with_the_hosts_message_without_fallback(
         r = d.result(h.id, timeout=30)
         assert r.status.value == "failed" and r.trail == ["local-mac"], r
         assert "sim-ollama" in (r.error or "")
+
+
+def test_context_too_long_skips_tiers_with_no_larger_window(
+        tmp_path: Path, redis_url: str, rclient: redis.Redis) -> None:
+    with ModelFleet(tmp_path, redis_url, rclient) as fleet:
+        for tier in ("local-gpu", "local-mac", "runpod"):
+            fleet.start(tier)
+        fleet.sim.fault("sim-gpu", "context")
+        d = fleet.dispatcher()
+        h = d.submit({"kind": "code", "prompt": "Refactor this module (pretend it is huge)."})
+        r = d.result(h.id, timeout=60)
+        # local-mac's window (32,768) is no larger than the GPU box's: straight to Runpod.
+        assert r.ok and r.trail == ["local-gpu", "runpod"], (r, fleet.dump_logs())
+        assert fleet.sim.counters("sim-ollama").get("chat", 0) == 0

@@ -205,7 +205,9 @@ class Runner:
             try:
                 completion = self._complete(host, request)
             except ContextTooLong as exc:
-                need_window = max(need_window, route.tokens_in or 1)
+                # Our count said it fits, the host says not: only a larger window helps.
+                need_window = max(need_window, self.config.context_window(host, model),
+                                  route.tokens_in or 1)
                 problems.append(f"{host}: context too long ({exc.message})")
                 continue
             except QuotaExhausted as exc:
