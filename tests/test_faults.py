@@ -149,10 +149,14 @@ def test_host_killed_mid_run_every_job_completes_through_its_fallback(
               f"{time.monotonic() - t_down:.1f} s of the host dying")
         breaker = Breaker(rclient, fleet.config)
         assert breaker.times_opened("sim-gpu") == 1
-        # Nothing routed after the breaker opened waited on the dead host.
+        # Nothing submitted after the breaker opened waited on the dead host: either the
+        # policy routed around it, or the worker skipped it on the open breaker without
+        # a single connection attempt.
         for h in later:
-            assert all(a.host != "sim-gpu" for a in ledger.job_attempts(h.id))
-            assert h.route.tier != "local-gpu" or h.route.host != "sim-gpu"
+            for a in ledger.job_attempts(h.id):
+                assert a.host != "sim-gpu", a
+                if a.tier == "local-gpu":
+                    assert "breaker open" in (a.error or ""), a
 
 
 def test_confidential_job_parks_while_every_local_host_is_down_then_runs(

@@ -322,7 +322,8 @@ class Runner:
         options = self._allowed_next(job, chain, trail, route.tier, route.kind.value)
         if need_window:
             options = [t for t in options if self._max_window(t) > need_window]
-        self._record(job, route, route.host, route.model, attempt, None, trail,
+        # No host answered this attempt: the record names none (``why`` says who failed how).
+        self._record(job, route, None, route.model, attempt, None, trail,
                      outcome="fallback", error=why)
         if options:
             self._reroute(job, route, trail, attempt, msg, options[0], why)
