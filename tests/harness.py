@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,8 @@ class Worker:
         self.env = env or {}
         self.log_path = (log_dir or config.parent) / f"worker-{self.name.split('@')[0]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.expected_exit = False  # set when the test stops or kills it on purpose
+        self.restarts = 0
 
     def start(self, client: redis.Redis, timeout: float = 30.0) -> Worker:
         env = {**os.environ, "TIERFLEET_CONFIG": str(self.config), "PYTHONUNBUFFERED": "1",
@@ -149,11 +152,13 @@ class Worker:
 
     def kill(self) -> None:
         """SIGKILL the whole node (main process and pool children): a machine powering off."""
+        self.expected_exit = True
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
     def stop(self, timeout: float = 20.0) -> None:
+        self.expected_exit = True
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -188,6 +193,7 @@ FAST_RELIABILITY_DATA: dict[str, Any] = {
     "retry_after_budget_s": 2.0,
     "heartbeat_s": 0.5,
     "dead_after_s": 3.0,
+    "stall_restart_s": 10.0,
 }
 
 
@@ -221,7 +227,18 @@ class ModelFleet:
         self.sim = self._ctx.__enter__()
         self.config = self.sim.config
         self.config_path = write_sim_config(self.config, self.tmp / "fleet.toml")
+        self._supervising = threading.Event()
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+        self._supervisor.start()
         return self
+
+    def _supervise(self) -> None:
+        """What systemd's Restart=always does: a worker that exits on its own comes back."""
+        while not self._supervising.wait(0.5):
+            for w in list(self.workers):
+                if w.proc is not None and w.proc.poll() is not None and not w.expected_exit:
+                    w.restarts += 1
+                    w.start(self.client)
 
     def start(self, tier: str, **kw: Any) -> Worker:
         w = Worker(tier, self.config_path, **kw).start(self.client)
@@ -234,6 +251,8 @@ class ModelFleet:
         return Dispatcher(self.config)
 
     def __exit__(self, *exc: object) -> None:
+        self._supervising.set()
+        self._supervisor.join(timeout=5)
         for w in self.workers:
             w.stop()
         self._ctx.__exit__(None, None, None)

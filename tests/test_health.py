@@ -78,10 +78,11 @@ def test_watchdog_fires_only_when_jobs_wait_and_the_node_holds_none() -> None:
     from tierfleet.worker import Watchdog
 
     w = Watchdog(10.0)
-    assert not w.stalled(waiting=5, held=0, now=0.0)
-    assert not w.stalled(waiting=5, held=1, now=5.0)  # busy: the clock restarts
-    assert not w.stalled(waiting=5, held=0, now=6.0)
-    assert not w.stalled(waiting=5, held=0, now=15.0)
-    assert w.stalled(waiting=5, held=0, now=16.0)
-    assert not w.stalled(waiting=0, held=0, now=100.0)  # nothing to do is not a stall
+    assert not w.stalled(waiting=5, held=0, done=3, now=0.0)
+    assert not w.stalled(waiting=5, held=1, done=3, now=5.0)  # busy: the clock restarts
+    assert not w.stalled(waiting=5, held=0, done=3, now=6.0)
+    assert not w.stalled(waiting=5, held=0, done=3, now=15.0)
+    assert w.stalled(waiting=5, held=0, done=3, now=16.0)
+    assert not w.stalled(waiting=5, held=0, done=4, now=17.0)  # it finished a task
+    assert not w.stalled(waiting=0, held=0, done=4, now=100.0)  # nothing to do is not a stall
     assert not Watchdog(0).stalled(waiting=5, held=0, now=1e9)  # off

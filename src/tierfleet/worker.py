@@ -155,7 +155,8 @@ class Heartbeat(bootsteps.StartStopStep):
                     held = _held_tags() + qos_tags()
                     write_heartbeat(client, config, node, queues, held, concurrency)
                     waiting = sum(int(client.llen(q)) for q in queues)
-                    if watchdog.stalled(waiting, len(held)):
+                    done = sum(worker_state.total_count.values())
+                    if watchdog.stalled(waiting, len(held), done):
                         log.error("node %s holds no job while %d wait on %s for %.0f s: it has "
                                   "stopped consuming; shutting down warm to be restarted",
                                   node, waiting, ",".join(queues), watchdog.limit_s)
@@ -187,9 +188,12 @@ class Watchdog:
     def __init__(self, limit_s: float) -> None:
         self.limit_s = limit_s
         self._since: float | None = None
+        self._done = -1
 
-    def stalled(self, waiting: int, held: int, now: float | None = None) -> bool:
-        if self.limit_s <= 0 or waiting == 0 or held > 0:
+    def stalled(self, waiting: int, held: int, done: int = 0, now: float | None = None) -> bool:
+        """``done``: tasks this node has finished so far; any progress resets the clock."""
+        progressed, self._done = done != self._done, done
+        if self.limit_s <= 0 or waiting == 0 or held > 0 or progressed:
             self._since = None
             return False
         now = time.monotonic() if now is None else now
