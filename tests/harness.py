@@ -48,6 +48,14 @@ def write_config(path: Path, redis_url: str, body: str = "", *, max_attempts: in
     return path
 
 
+def every_kind_on(tier: str) -> str:
+    """A ``[policy.kind_tiers]`` table sending every model kind to ``tier``."""
+    from tierfleet.jobs import MODEL_KINDS
+
+    lines = [f'{k.value} = "{tier}"' for k in sorted(MODEL_KINDS, key=lambda k: k.value)]
+    return "\n[policy.kind_tiers]\n" + "\n".join(lines) + "\n"
+
+
 RULES_ONLY = """
 [tiers.rules]
 place = "rules"
@@ -89,17 +97,8 @@ premium_tier = "paid"
 spill_order = ["local-mac", "paid"]
 large_job_tier = "paid"
 
-[policy.kind_tiers]
-classification = "local-mac"
-extraction = "local-mac"
-summary = "local-mac"
-translation = "local-mac"
-chat = "local-mac"
-code = "local-mac"
-reasoning = "local-mac"
-vision = "local-mac"
-writing = "local-mac"
-"""
+""" + every_kind_on("local-mac")
+
 
 
 class Worker:

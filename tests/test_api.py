@@ -30,7 +30,7 @@ from hypothesis.errors import Unsatisfiable
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
 
-from harness import Worker, write_config
+from harness import Worker, every_kind_on, write_config
 from tierfleet.api import create_app, is_loopback, load_tokens, serve
 from tierfleet.config import ApiConfig, FleetConfig, load_config
 from tierfleet.embedded import EmbeddedRedis, free_port
@@ -100,17 +100,7 @@ premium_tier = "paid"
 spill_order = ["local-mac", "paid"]
 large_job_tier = "paid"
 
-[policy.kind_tiers]
-classification = "local-mac"
-extraction = "local-mac"
-summary = "local-mac"
-translation = "local-mac"
-chat = "local-mac"
-code = "local-mac"
-reasoning = "local-mac"
-vision = "local-mac"
-writing = "local-mac"
-"""
+""" + every_kind_on("local-mac")
 
 
 @dataclass

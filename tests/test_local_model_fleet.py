@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from harness import Worker, write_config
+from harness import Worker, every_kind_on, write_config
 from tierfleet.config import load_config
 from tierfleet.dispatch import Dispatcher
 from tierfleet.localmodel import LOCAL_MODEL_NAME, LocalModelServer
@@ -41,17 +41,7 @@ premium_tier = "local-mac"
 large_job_tier = "local-mac"
 spill_order = ["local-mac"]
 
-[policy.kind_tiers]
-classification = "local-mac"
-extraction = "local-mac"
-summary = "local-mac"
-translation = "local-mac"
-chat = "local-mac"
-code = "local-mac"
-reasoning = "local-mac"
-vision = "local-mac"
-writing = "local-mac"
-"""
+""" + every_kind_on("local-mac")
 
 
 def test_summary_and_classification_answered_by_the_real_model(
