@@ -25,9 +25,9 @@ from typing import Any
 import redis
 
 from tierfleet.config import FleetConfig
-from tierfleet.embedded import EmbeddedRedis, redis_server_binary
-from tierfleet.sim import SimFleet
-from tierfleet.sim import write_config as write_sim_config
+from tierfleet.lab.embedded import EmbeddedRedis, redis_server_binary
+from tierfleet.lab.sim import SimFleet
+from tierfleet.lab.sim import write_config as write_sim_config
 
 BENCH_DIR = Path(__file__).resolve().parent
 KEY_PREFIX = "tfbench"

@@ -71,10 +71,10 @@ from _fleet import (
 from tierfleet.config import FleetConfig
 from tierfleet.dispatch import Dispatcher
 from tierfleet.jobs import Job, Result, Status
+from tierfleet.lab.sim import write_config as write_sim_config
 from tierfleet.ledger import Ledger
 from tierfleet.policy import FleetState, build_policy
-from tierfleet.report import report
-from tierfleet.sim import write_config as write_sim_config
+from tierfleet.reports.spend import report
 
 OUT = BENCH_DIR / "results.json"
 console = Console()

@@ -1,17 +1,16 @@
-from __future__ import annotations
+"""Shared fixtures. Tests mirror the code: ``unit/`` starts no process (fakeredis, stub
+backends, ``httpx.MockTransport``); ``integration/``, ``lab/`` and ``deploy/`` start real
+redis-server, Celery workers and hosts, and are marked ``integration`` by folder here."""
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tierfleet.config import reset_config
-from tierfleet.embedded import EmbeddedRedis
+from tierfleet.config import FleetConfig, load_config, reset_config
+from tierfleet.lab.embedded import EmbeddedRedis
 
 # Never pick up a developer's own fleet config or Redis by accident.
 for var in ("TIERFLEET_CONFIG", "TIERFLEET_REDIS_URL"):
@@ -45,3 +44,22 @@ def _fresh_config() -> Iterator[None]:
     reset_config()
     yield
     reset_config()
+
+
+BUILTIN_CONFIG = Path(__file__).resolve().parents[1] / "src" / "tierfleet" / "defaults.toml"
+SLOW_FOLDERS = {"integration", "lab", "deploy"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marked by folder, not by hand: anything under a slow folder starts real processes."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        parts = Path(str(item.fspath)).resolve().relative_to(here).parts
+        if parts and parts[0] in SLOW_FOLDERS:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def builtin_config() -> FleetConfig:
+    """The shipped defaults, as a user with no config file gets them."""
+    return load_config(BUILTIN_CONFIG)

@@ -58,6 +58,6 @@ def result(job_id: str, timeout: float | None = None) -> Result:
 
 def report(since: str = "30d", by: str = "workflow", **kwargs: Any) -> Any:
     """Spend, tokens, latency and savings against the always-paid baseline, as data."""
-    from .report import report as _report
+    from .reports.spend import report as _report
 
     return _report(since=since, by=by, **kwargs)

@@ -29,8 +29,8 @@ def register(app: typer.Typer) -> None:
         json_line: bool = typer.Option(False, "--json", help="print one JSON line, not a table"),
     ) -> None:
         """Serve SIMULATED model hosts (Ollama, OpenAI, Runpod wire formats) on loopback."""
-        from ..sim import SimFleet
-        from ..sim.__main__ import ready_line, serve
+        from ..lab.sim import SimFleet
+        from ..lab.sim.__main__ import ready_line, serve
 
         def announce(fleet: SimFleet) -> None:
             if json_line:
@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         verbose: bool = typer.Option(False, help="show llama.cpp's log"),
     ) -> None:
         """Run SmolLM2-135M-Instruct on llama.cpp's server as an OpenAI-compatible host."""
-        from ..localmodel import LOCAL_MODEL_NAME, LocalModelError, serve
+        from ..lab.localmodel import LOCAL_MODEL_NAME, LocalModelError, serve
 
         def announce(url: str) -> None:
             console.print(f"local model [bold]{LOCAL_MODEL_NAME}[/] at {url}  (Ctrl-C to stop)")

@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import TierfleetError
-from ..inventory import Inventory, Throughput, plot_inventory, project
-from ..report import GroupBy, Report, check, plot_report, previous_report
-from ..report import report as build
+from ..reports.inventory import Inventory, Throughput, plot_inventory, project
+from ..reports.spend import GroupBy, Report, check, plot_report, previous_report
+from ..reports.spend import report as build
 from . import _common
 
 __all__ = ["register"]

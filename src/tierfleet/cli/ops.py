@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
         keep: bool = typer.Option(False, help="keep the fleet running at the end (Ctrl-C stops)"),
     ) -> None:
         """The story in a few minutes: inventory, fleet up, a day of jobs, a host down, the bill."""
-        from ..demo import run
+        from ..lab.demo import run
 
         with clear_errors():
             code = run(folder=folder.resolve(), redis_url=redis_url, real_model=real_model,

@@ -1,0 +1,197 @@
+"""Flower against a real fleet: a worker per tier, rules jobs run to completion, and
+Flower's REST API shows every worker and every finished task by id."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import redis
+
+from tests.support.harness import Worker, write_config
+from tierfleet.config import load_config
+from tierfleet.dispatch import Dispatcher
+from tierfleet.errors import ConfigError
+from tierfleet.flower import flower_command, validate_basic_auth
+from tierfleet.lab.embedded import EmbeddedRedis, free_port
+
+T = TypeVar("T")
+
+TIERS = ("rules", "local-mac", "local-gpu", "runpod", "paid")
+# Every default tier, with no model hosts: only rules jobs can finish here.
+FIVE_TIERS = """
+[tiers.rules]
+place = "rules"
+
+[tiers.local-mac]
+place = "local"
+
+[tiers.local-gpu]
+place = "local"
+
+[tiers.runpod]
+place = "rented"
+
+[tiers.paid]
+place = "paid"
+"""
+PASSWORD = "s3cret-redis-pw-7f2a"
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            got = probe()
+        except httpx.HTTPError as exc:
+            got, last = None, exc
+        if got:
+            return got
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what} (last error: {last})")
+
+
+@pytest.fixture
+def secured_redis() -> Iterator[EmbeddedRedis]:
+    """A private redis-server with a password, to check Flower never shows it."""
+    with EmbeddedRedis() as server:
+        redis.Redis(port=server.port).config_set("requirepass", PASSWORD)
+        yield server
+
+
+@pytest.mark.integration
+def test_flower_sees_a_worker_per_tier_and_the_finished_tasks(
+    tmp_path: Path, secured_redis: EmbeddedRedis
+) -> None:
+    url = f"redis://:{PASSWORD}@127.0.0.1:{secured_redis.port}/0"
+    cfg_path = write_config(tmp_path / "fleet.toml", url, FIVE_TIERS)
+    config = load_config(cfg_path)
+    client = redis.Redis.from_url(url, decode_responses=True)
+    workers: list[Worker] = []
+    flower: subprocess.Popen[bytes] | None = None
+    flower_log = tmp_path / "flower.log"
+    try:
+        for tier in TIERS:
+            workers.append(Worker(tier, cfg_path, concurrency=1).start(client))
+        port = free_port()
+        env = {**os.environ, "TIERFLEET_CONFIG": str(cfg_path)}
+        with flower_log.open("wb") as log:
+            flower = subprocess.Popen(
+                [sys.executable, "-m", "tierfleet", "flower", "--port", str(port)],
+                env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        api = f"http://127.0.0.1:{port}/api"
+        names = {w.name: w.tier for w in workers}
+
+        def workers_seen() -> dict[str, Any] | None:
+            assert flower is not None and flower.poll() is None, flower_log.read_text()
+            got = httpx.get(f"{api}/workers", params={"refresh": 1}, timeout=10).json()
+            return got if set(names) <= set(got) else None
+
+        seen = wait_for("Flower to list every worker", workers_seen)
+        for name, tier in names.items():
+            queues = [q["name"] for q in seen[name]["active_queues"]]
+            assert queues == [tier], (name, queues)
+            assert "tierfleet.run_job" in seen[name]["registered"]
+
+        # Task events are live (not stored): wait until Flower hears the workers'
+        # heartbeats before starting the jobs it must see.
+        def events_live() -> bool:
+            status = httpx.get(f"{api}/workers", params={"status": 1}, timeout=10).json()
+            return all(status.get(n) for n in names)
+
+        wait_for("Flower to receive worker events", events_live)
+
+        d = Dispatcher(config)
+        handles = [
+            d.submit({"kind": "keyword_route", "input": {"text": f"ticket {i}: VPN down"},
+                      "workflow": "support-triage"})
+            for i in range(3)
+        ]
+        handles.append(d.submit({"kind": "dedupe", "input": {"items": ["a", "a ", "b"]}}))
+        results = d.results_for([h.id for h in handles], timeout=60)
+        assert all(r.ok for r in results), results
+
+        def tasks_seen() -> dict[str, Any] | None:
+            got = httpx.get(f"{api}/tasks", timeout=10).json()
+            done = {i: got[i] for i in (h.id for h in handles)
+                    if i in got and got[i].get("state") == "SUCCESS"}
+            return done if len(done) == len(handles) else None
+
+        tasks = wait_for("Flower to show the finished tasks", tasks_seen)
+        rules_worker = next(n for n, t in names.items() if t == "rules")
+        for h in handles:
+            task = tasks[h.id]
+            assert task["name"] == "tierfleet.run_job"
+            assert task["worker"] == rules_worker
+            # The job is readable in the kwargs: its kind and workflow, as sent.
+            assert h.route.kind.value in task["kwargs"]
+        assert "support-triage" in tasks[handles[0].id]["kwargs"]
+
+        one = httpx.get(f"{api}/task/info/{handles[0].id}", timeout=10).json()
+        assert one["name"] == "tierfleet.run_job" and one["state"] == "SUCCESS"
+
+        # The broker password never shows, in worker details (conf, broker) or tasks.
+        everything = json.dumps(seen) + json.dumps(tasks) + json.dumps(one)
+        assert PASSWORD not in everything
+    finally:
+        if flower is not None and flower.poll() is None:
+            os.killpg(flower.pid, signal.SIGTERM)
+            try:
+                flower.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(flower.pid, signal.SIGKILL)
+                flower.wait()
+        for w in workers:
+            if w.proc is not None and w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGTERM)
+        for w in workers:
+            w.stop()
+        client.close()
+
+
+def test_flower_access_rules(tmp_path: Path) -> None:
+    cfg_path = write_config(tmp_path / "fleet.toml", "redis://127.0.0.1:6399/0", FIVE_TIERS)
+    base_env = {"PATH": os.environ.get("PATH", ""), "FLOWER_UNAUTHENTICATED_API": "true",
+                "FLOWER_BASIC_AUTH": "leaked:from-shell"}
+
+    local = flower_command(cfg_path, port=5599, address="127.0.0.1", environ=base_env)
+    assert local.env["FLOWER_UNAUTHENTICATED_API"] == "true"
+    assert "FLOWER_BASIC_AUTH" not in local.env
+    assert local.env["TIERFLEET_CONFIG"] == str(cfg_path.resolve())
+    assert local.argv[1:6] == ["-m", "celery", "-A", "tierfleet.worker", "flower"]
+    assert "--port=5599" in local.argv and "--address=127.0.0.1" in local.argv
+    assert any(a.startswith("--tasks_columns=") and "kwargs" in a for a in local.argv)
+    assert local.url == "http://127.0.0.1:5599"
+
+    # Off loopback: never the unauthenticated API, and basic auth is required.
+    with pytest.raises(ConfigError, match="--basic-auth"):
+        flower_command(cfg_path, address="0.0.0.0", environ=base_env)
+    public = flower_command(cfg_path, address="0.0.0.0", basic_auth="ops:pa55word",
+                            environ=base_env)
+    assert "FLOWER_UNAUTHENTICATED_API" not in public.env
+    assert public.env["FLOWER_BASIC_AUTH"] == "ops:pa55word"
+    assert not any("pa55word" in a for a in public.argv)  # not visible in ps
+    assert public.authenticated
+
+    for bad in ("", "nocolon", "user:", ":pass", "a:b,,c"):
+        with pytest.raises(ConfigError):
+            validate_basic_auth(bad)
+    with pytest.raises(ConfigError) as info:
+        validate_basic_auth("admin:hunter2,broken")
+    assert "hunter2" not in str(info.value)
+    assert validate_basic_auth(" a:b , c:d ") == "a:b,c:d"
+
+    with pytest.raises(ConfigError):
+        flower_command(tmp_path / "missing.toml", environ=base_env)
