@@ -136,7 +136,7 @@ class LocalModelServer:
         start_timeout_s: float = 60.0,
     ) -> None:
         if port == 0:
-            from .embedded import free_port
+            from .sim.fleet import free_port
 
             port = free_port(host)
         self.port = port
