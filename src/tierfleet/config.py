@@ -235,14 +235,9 @@ class FleetConfig(BaseSettings):
             raise ValueError("; ".join(sorted(set(problems))))
         return self
 
-    # -- derived views -------------------------------------------------------------
-
     @property
     def results_url(self) -> str:
         return self.result_url or self.redis_url
-
-    def tier_names(self) -> list[str]:
-        return list(self.tiers)
 
     def hosts_for(self, tier: str) -> dict[str, HostConfig]:
         return {n: h for n, h in self.hosts.items() if h.tier == tier}

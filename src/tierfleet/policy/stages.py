@@ -27,8 +27,8 @@ from typing import Protocol
 
 from ..config import FleetConfig
 from ..errors import NoRoute
+from ..fleet import DEFAULT_OUT_TOKENS, FleetView
 from ..jobs import RULES_KINDS, Job, Kind, Privacy, Reason, Risk, UserTier
-from .fleet import DEFAULT_OUT_TOKENS, FleetView
 from .models import Signals
 from .state import FleetState
 
