@@ -200,7 +200,7 @@ class Runner:
         )
         return Stored(self.results.save(result))
 
-    def _hosts(self, d: Delivery, model: str) -> list[tuple[str, int]]:
+    def _host_order(self, d: Delivery, model: str) -> list[tuple[str, int]]:
         """(host, window) of the tier's hosts serving ``model``, the route's host first."""
         fits = [(h.name, h.window) for h in self.fleet.hosts(d.tier, model)]
         fits.sort(key=lambda fit: fit[0] != d.route.host)  # stable: config order otherwise
@@ -224,7 +224,7 @@ class Runner:
         request = self._request(d.job, model)
         problems: list[str] = []
         need_window = 0
-        for host, window in self._hosts(d, model):
+        for host, window in self._host_order(d, model):
             if route.tokens_in and route.tokens_in > window:
                 problems.append(f"{host}: prompt larger than its window")
                 continue
@@ -276,7 +276,10 @@ class Runner:
         job, route = d.job, d.route
         verdict = check(job, c)
         # One escalation per job: a second poor answer is still the best we have.
-        higher = None if verdict.ok or d.escalated else self._escalation_tier(d)
+        # Up means the policy's ladder (FleetView.above), so the worker escalates where the
+        # policy would route a harder job, whatever order the config file lists tiers in.
+        higher = (None if verdict.ok or d.escalated
+                  else next(iter(self._next_tiers(d, self.fleet.above(d.tier))), None))
         att, spent = self._record(d, host, model, c, outcome="escalated" if higher else "ok",
                                   error=None if verdict.ok else verdict.reason)
         if higher is not None:
@@ -315,18 +318,14 @@ class Runner:
         )
         return Stored(self.results.save(result))
 
-    def _allowed_next(self, d: Delivery, candidates: list[str]) -> list[str]:
+    def _next_tiers(self, d: Delivery, candidates: list[str]) -> list[str]:
+        """``candidates`` this job may still move to: privacy, vision, not tried yet."""
         return self.fleet.allowed_next(candidates, d.job.privacy.value, d.route.kind.value,
                                        exclude={*d.trail, d.tier})
 
-    def _escalation_tier(self, d: Delivery) -> str | None:
-        """The nearest stronger tier on the policy's ladder that this job may use."""
-        nxt = self._allowed_next(d, self.fleet.above(d.tier))
-        return nxt[0] if nxt else None
-
     def _fall_back(self, d: Delivery, why: str, need_window: int = 0) -> Moved | Parked | Stored:
         chain = d.route.fallbacks or self.config.tiers[d.tier].fallback
-        options = self._allowed_next(d, chain)
+        options = self._next_tiers(d, chain)
         if need_window:
             options = [t for t in options if self.fleet.largest_window(t) > need_window]
         # No host answered this attempt: the record names none (``why`` says who failed how).
