@@ -335,7 +335,7 @@ def _throughput(url: str, workdir: Path, sz: Sizes) -> dict[str, Any]:
 def bench_route(workdir: Path, sz: Sizes) -> dict[str, Any]:
     config = FleetConfig(**fleet_data("redis://127.0.0.1:1/0", workdir / "route-ledger"))
     policy = build_policy(config)
-    state = FleetState.idle()
+    state = FleetState()
     prompts, source = _jobs.route_prompts(sz.route_n + 50)
     for p in prompts[-50:]:  # load the models and the tokenizer before timing
         policy.route(Job(prompt=p), state)
@@ -362,7 +362,7 @@ def bench_route(workdir: Path, sz: Sizes) -> dict[str, Any]:
         "route_detail": {
             "prompts": sz.route_n, "tokens_per_prompt": 1000, "source": source,
             "job": "kind auto (token count + learned classifier + every stage)",
-            "state": "FleetState.idle()", "mean_us": round(statistics.fmean(auto_us), 1),
+            "state": "FleetState()", "mean_us": round(statistics.fmean(auto_us), 1),
             "max_us": round(max(auto_us), 1),
             "typed_summary_p50_us": round(pct(typed_us, 50), 1),
             "typed_summary_p99_us": round(pct(typed_us, 99), 1),

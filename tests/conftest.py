@@ -2,13 +2,16 @@
 backends, ``httpx.MockTransport``); ``integration/``, ``lab/`` and ``deploy/`` start real
 redis-server, Celery workers and hosts, and are marked ``integration`` by folder here."""
 
+import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import fakeredis
 import pytest
 import redis
 
+from tierfleet.backends.stub import StubBackend
 from tierfleet.config import FleetConfig, load_config, reset_config
 from tierfleet.lab.embedded import EmbeddedRedis
 
@@ -63,3 +66,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def builtin_config() -> FleetConfig:
     """The shipped defaults, as a user with no config file gets them."""
     return load_config(BUILTIN_CONFIG)
+
+
+@pytest.fixture
+def fake_redis() -> fakeredis.FakeRedis:
+    """An in-process Redis for unit tests. It must run Lua: the result store's
+    first-final-wins upsert is a script, and a stand-in for it would test nothing."""
+    if importlib.util.find_spec("lupa") is None:
+        pytest.fail("fakeredis runs Lua scripts only with lupa: pip install 'fakeredis[lua]'")
+    return fakeredis.FakeRedis(decode_responses=True)
+
+
+@pytest.fixture
+def core_config(builtin_config: FleetConfig, tmp_path: Path) -> FleetConfig:
+    """The shipped fleet with the ledger's local trail kept inside the test's folder."""
+    builtin_config.ledger.dir = str(tmp_path / "ledger")
+    return builtin_config
+
+
+@pytest.fixture
+def stub_backends(core_config: FleetConfig) -> dict[str, StubBackend]:
+    """A healthy :class:`StubBackend` with an empty script for every configured host."""
+    return {name: StubBackend(name) for name in core_config.hosts}

@@ -14,6 +14,7 @@ from celery import Celery
 from kombu import Queue
 
 from .config import FleetConfig
+from .envelope import Delivery
 
 TASK_NAME = "tierfleet.run_job"
 
@@ -83,22 +84,23 @@ def make_celery(config: FleetConfig) -> Celery:
     return app
 
 
-def send(app: Celery, msg: dict[str, Any], tier: str, *, producer: Any = None) -> None:
-    """The one way a job message is published: JSON kwargs, task id = job id, queue = tier.
+def send(app: Celery, delivery: Delivery, *, producer: Any = None) -> None:
+    """The one way a delivery is published: JSON kwargs, task id = job id, queue = its tier.
 
     Flower shows a task's kwargs; for confidential jobs it gets a redacted copy
     (``kwargsrepr``) so their words stay out of dashboards.
     """
-    job = msg["job"]
-    shown: dict[str, Any] = msg
+    kwargs = delivery.to_kwargs()
+    job = kwargs["job"]
+    shown: dict[str, Any] = kwargs
     if job.get("privacy") == "confidential":
         redacted = {**job, "prompt": "<confidential>" if job.get("prompt") else None,
                     "messages": "<confidential>" if job.get("messages") else None,
                     "input": "<confidential>" if job.get("input") else None, "images": []}
-        shown = {**msg, "job": redacted}
+        shown = {**kwargs, "job": redacted}
     # Our own short repr: Celery's safe-repr of every message costs ~0.5 ms a publish.
-    app.send_task(TASK_NAME, kwargs=msg, queue=tier, task_id=job["id"], producer=producer,
-                  argsrepr="()", kwargsrepr=repr(shown)[:1024])
+    app.send_task(TASK_NAME, kwargs=kwargs, queue=delivery.tier, task_id=job["id"],
+                  producer=producer, argsrepr="()", kwargsrepr=repr(shown)[:1024])
 
 
 def redis_client(config: FleetConfig, url: str | None = None) -> redis.Redis:
@@ -111,6 +113,3 @@ def redis_client(config: FleetConfig, url: str | None = None) -> redis.Redis:
         retry_on_timeout=True,
     )
 
-
-def key(config: FleetConfig, *parts: str) -> str:
-    return ":".join((config.key_prefix, *parts))

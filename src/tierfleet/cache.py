@@ -36,6 +36,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel, ValidationError
 
+from . import keys
 from .config import FleetConfig
 from .jobs import Job, Kind, Privacy
 
@@ -67,9 +68,8 @@ def _sha(data: str) -> str:
 
 
 def _temperature(job: Job) -> float | None:
-    value = getattr(job, "temperature", None)
-    if value is None:
-        value = job.metadata.get("temperature")
+    # Job has no temperature field; a producer that varies it says so in metadata.
+    value = job.metadata.get("temperature")
     return None if value is None else float(value)
 
 
@@ -95,6 +95,13 @@ def cache_key(job: Job, model: str | None, prefix: str = "tierfleet") -> str:
 
 
 class AnswerCache:
+    """Answers by :func:`cache_key` under ``P:cache:{privacy}:{digest}``, expiring after ``cache.ttl_s``.
+
+    The runner asks :meth:`get` before calling a model and :meth:`put` after a good
+    answer; :meth:`allowed` is the whole cache policy (see the module docstring), so
+    callers never repeat it.
+    """
+
     def __init__(
         self,
         redis_client: redis.Redis,
@@ -102,7 +109,7 @@ class AnswerCache:
         *,
         max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
-        self.r = redis_client
+        self.redis = redis_client
         self.config = config
         self.max_answer_bytes = max_answer_bytes
 
@@ -116,20 +123,20 @@ class AnswerCache:
         )
 
     def key(self, job: Job, model: str | None) -> str:
-        return cache_key(job, model, self.config.key_prefix)
+        return cache_key(job, model, keys.cache_prefix(self.config))
 
     def get(self, job: Job, model: str | None) -> CachedAnswer | None:
         if not self.allowed(job):
             return None
         key = self.key(job, model)
-        raw = self.r.get(key)
+        raw = self.redis.get(key)
         if raw is None:
             return None
         try:
             return CachedAnswer.model_validate_json(raw)
         except ValidationError:
             # A damaged entry is a miss, and is removed so it is not read again.
-            self.r.delete(key)
+            self.redis.delete(key)
             return None
 
     def put(self, job: Job, model: str | None, answer: dict[str, Any]) -> None:
@@ -140,4 +147,4 @@ class AnswerCache:
         data = entry.model_dump_json()
         if len(data.encode()) > self.max_answer_bytes:
             return
-        self.r.set(key, data, ex=self.config.cache.ttl_s)
+        self.redis.set(key, data, ex=self.config.cache.ttl_s)

@@ -167,6 +167,17 @@ class ApiConfig(_Strict):
 
 
 class FleetConfig(BaseSettings):
+    """The whole fleet as one validated object: tiers, hosts, models, policy and limits.
+
+    Every process (dispatcher, workers, reaper, API) builds it from the same file,
+    with environment overrides, via :func:`load_config` or :func:`get_config`; it
+    owns nothing in Redis but ``key_prefix``, which every key starts with. Guarantee:
+    a config that loads is consistent (every host's tier and model exists, every tier's
+    model is served by one of its hosts, every paid model has a price), so the rest
+    of the code never checks again. Questions about it are answered by
+    :class:`~tierfleet.fleet.FleetView`.
+    """
+
     model_config = SettingsConfigDict(
         env_prefix="TIERFLEET_", env_nested_delimiter="__", extra="forbid"
     )
@@ -235,14 +246,9 @@ class FleetConfig(BaseSettings):
             raise ValueError("; ".join(sorted(set(problems))))
         return self
 
-    # -- derived views -------------------------------------------------------------
-
     @property
     def results_url(self) -> str:
         return self.result_url or self.redis_url
-
-    def tier_names(self) -> list[str]:
-        return list(self.tiers)
 
     def hosts_for(self, tier: str) -> dict[str, HostConfig]:
         return {n: h for n, h in self.hosts.items() if h.tier == tier}

@@ -20,15 +20,15 @@ import redis
 from celery import Celery
 from pydantic import BaseModel, ValidationError
 
-from . import rules
-from .broker import key, make_celery, redis_client, send
+from . import keys, rules
+from .broker import make_celery, redis_client, send
 from .config import FleetConfig, get_config
-from .errors import JobRejected, ResultTimeout
-from .health import Breaker
-from .jobs import Job, Result, Route, Status
+from .envelope import Delivery
+from .errors import JobRejected
+from .health import Breaker, breaker_table
+from .heartbeats import live_workers
+from .jobs import Job, Result, Route
 from .policy import FleetState, Policy, build_policy
-from .reaper import live_workers
-from .runner import message
 from .store import Parking, ResultStore
 
 
@@ -92,15 +92,18 @@ class Dispatcher:
         policy: Policy | None = None,
     ) -> None:
         self.config = config or get_config()
-        self.r = client or redis_client(self.config)
+        self.redis = client or redis_client(self.config)
         self.app = app or make_celery(self.config)
         self.policy = policy or build_policy(self.config)
-        self.results = ResultStore(self.r, self.config)
-        self.breaker = Breaker(self.r, self.config)
+        self.results = ResultStore(self.redis, self.config)
+        self.breaker = Breaker(self.redis, self.config)
         self._state: tuple[float, FleetState] | None = None
         self._lock = threading.Lock()
 
-    # -- routing -----------------------------------------------------------------------
+    @property
+    def r(self) -> redis.Redis:
+        """The old name of :attr:`redis`, kept while the HTTP API still reads it."""
+        return self.redis
 
     def fleet_state(self) -> FleetState:
         """Queue depths, live workers, service times and open breakers, cached for 1 s."""
@@ -108,13 +111,13 @@ class Dispatcher:
             if self._state and time.monotonic() - self._state[0] < self.STATE_TTL_S:
                 return self._state[1]
         tiers = list(self.config.tiers)
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         for t in tiers:
             pipe.llen(t)
-        pipe.hgetall(key(self.config, "svc"))
+        pipe.hgetall(keys.service_times(self.config))
         *depths, svc = pipe.execute()
         workers: dict[str, int] = {}
-        for w in live_workers(self.r, self.config):
+        for w in live_workers(self.redis, self.config):
             for q in w.get("queues", []):
                 workers[q] = workers.get(q, 0) + int(w.get("concurrency") or 1)
         state = FleetState(
@@ -130,7 +133,7 @@ class Dispatcher:
     def _with_session(self, state: FleetState, job: Job) -> FleetState:
         if not job.session or self.config.policy.session_memory == 0:
             return state
-        recent = self.r.lrange(key(self.config, "session", job.session), 0,
+        recent = self.redis.lrange(keys.session(self.config, job.session), 0,
                                self.config.policy.session_memory - 1)
         if not recent:
             return state
@@ -142,7 +145,7 @@ class Dispatcher:
 
     def _remember_session(self, pipe: Any, job: Job, route: Route) -> None:
         if job.session and self.config.policy.session_memory:
-            k = key(self.config, "session", job.session)
+            k = keys.session(self.config, job.session)
             pipe.lpush(k, route.kind.value)
             pipe.ltrim(k, 0, self.config.policy.session_memory - 1)
             pipe.expire(k, 24 * 3600)
@@ -156,14 +159,12 @@ class Dispatcher:
     def route(self, data: Job | Mapping[str, Any]) -> Route:
         return self.prepare(data)[1]
 
-    # -- submitting --------------------------------------------------------------------
-
     def submit(self, data: Job | Mapping[str, Any]) -> Handle:
         job, route = self.prepare(data)
         self.results.mark_pending(job.id, route.tier)
-        send(self.app, message(job, route, [], 1), route.tier)
+        send(self.app, Delivery(job=job, route=route))
         if job.session:
-            pipe = self.r.pipeline(transaction=False)
+            pipe = self.redis.pipeline(transaction=False)
             self._remember_session(pipe, job, route)
             pipe.execute()
         return Handle(id=job.id, route=route)
@@ -189,14 +190,12 @@ class Dispatcher:
         self.results.mark_pending_many((j.id, r.tier) for j, r in zip(jobs, routes, strict=True))
         with self.app.producer_or_acquire() as producer, producer.batch():
             for job, route in zip(jobs, routes, strict=True):
-                send(self.app, message(job, route, [], 1), route.tier, producer=producer)
-        pipe = self.r.pipeline(transaction=False)
+                send(self.app, Delivery(job=job, route=route), producer=producer)
+        pipe = self.redis.pipeline(transaction=False)
         for job, route in zip(jobs, routes, strict=True):
             self._remember_session(pipe, job, route)
         pipe.execute()
         return [Handle(id=j.id, route=r) for j, r in zip(jobs, routes, strict=True)]
-
-    # -- results -----------------------------------------------------------------------
 
     def result(self, job_id: str, timeout: float | None = None) -> Result:
         """Wait for a job's final result (``timeout`` None: look once, don't wait)."""
@@ -204,41 +203,14 @@ class Dispatcher:
 
     def results_for(self, job_ids: list[str], timeout: float | None = None,
                     on_progress: Any = None) -> list[Result]:
+        """Final results of ``job_ids`` in order (``timeout`` None: look once, don't wait)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        done: dict[str, Result] = {}
-        pending = list(dict.fromkeys(job_ids))
-        delay = 0.02
-        while True:
-            for jid, res in zip(pending, self.results.get_many(pending), strict=True):
-                if res is not None and res.finished:
-                    done[jid] = res
-            pending = [j for j in pending if j not in done]
-            if on_progress is not None:
-                on_progress(len(done), len(job_ids))
-            if not pending:
-                return [done[j] for j in job_ids]
-            if deadline is None or time.monotonic() >= deadline:
-                if deadline is None:
-                    cur = self.results.get_many(pending)
-                    for jid, res in zip(pending, cur, strict=True):
-                        done[jid] = res or Result(job_id=jid, status=Status.PENDING,
-                                                  error="unknown job id or not finished")
-                    return [done[j] for j in job_ids]
-                raise ResultTimeout(
-                    f"{len(pending)} of {len(job_ids)} job(s) not finished after {timeout}s "
-                    f"(first: {pending[0]})"
-                )
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
-
-    # -- status ------------------------------------------------------------------------
+        return self.results.wait(job_ids, deadline, on_progress=on_progress)
 
     def status(self) -> dict[str, Any]:
         state = self.fleet_state()
-        parking = Parking(self.r, self.config)
-        workers = live_workers(self.r, self.config)
-        from .health import breaker_table
-
+        parking = Parking(self.redis, self.config)
+        workers = live_workers(self.redis, self.config)
         return {
             "queues": [
                 {"tier": t, "place": tc.place, "depth": state.queue_depth.get(t, 0),
@@ -247,7 +219,7 @@ class Dispatcher:
             ],
             "workers": [{"node": w["node"], "queues": w["queues"], "busy": len(w["tags"]),
                          "host": w.get("host")} for w in workers],
-            "in_flight": int(self.r.hlen("unacked")),
+            "in_flight": int(self.redis.hlen(keys.UNACKED)),
             "hosts": breaker_table(self.breaker),
             "parked": parking.parked(),
             "dead_letters": [{"id": d["id"], "reason": d.get("reason")} for d in parking.dead()],

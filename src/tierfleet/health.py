@@ -17,8 +17,8 @@ from typing import Literal
 
 import redis
 
+from . import keys
 from .backends.base import Backend, HostHealth
-from .broker import key
 from .config import FleetConfig
 
 BreakerState = Literal["closed", "open", "half-open"]
@@ -34,16 +34,25 @@ class BreakerView:
 
 
 class Breaker:
+    """One circuit breaker per host, shared by every process through ``P:breaker:{host}``.
+
+    The runner counts failures and successes here and asks :meth:`allow` before
+    each call; the dispatcher reads :meth:`open_hosts` so the policy routes around
+    open hosts; ``tierfleet status`` and the metrics read :meth:`views`.
+    Guarantee: while a host is open nobody is sent there, and when its open period
+    ends exactly one caller wins the half-open probe.
+    """
+
     def __init__(self, client: redis.Redis, config: FleetConfig) -> None:
-        self.r = client
+        self.redis = client
         self.config = config
         self.rel = config.reliability
 
-    def _k(self, host: str) -> str:
-        return key(self.config, "breaker", host)
+    def _key(self, host: str) -> str:
+        return keys.breaker(self.config, host)
 
     def view(self, host: str) -> BreakerView:
-        d = self.r.hgetall(self._k(host)) or {}
+        d = self.redis.hgetall(self._key(host)) or {}
         until = float(d.get("open_until", 0) or 0)
         failures = int(d.get("failures", 0) or 0)
         if until == 0:
@@ -59,10 +68,10 @@ class Breaker:
 
     def open_hosts(self) -> frozenset[str]:
         """Hosts nobody should send to right now (open, not yet due a probe)."""
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         names = list(self.config.hosts)
         for h in names:
-            pipe.hget(self._k(h), "open_until")
+            pipe.hget(self._key(h), "open_until")
         now = time.time()
         return frozenset(h for h, u in zip(names, pipe.execute(), strict=True) if u and now < float(u))
 
@@ -73,19 +82,19 @@ class Breaker:
             return True
         if v.state == "open":
             return False
-        probe_key = self._k(host) + ":probe"
+        probe_key = self._key(host) + ":probe"
         ttl = max(int(self.rel.health_timeout_s * 5), 5)
-        return bool(self.r.set(probe_key, "1", nx=True, ex=ttl))
+        return bool(self.redis.set(probe_key, "1", nx=True, ex=ttl))
 
     def success(self, host: str) -> None:
-        k = self._k(host)
-        if self.r.exists(k):
-            self.r.delete(k, k + ":probe")
+        k = self._key(host)
+        if self.redis.exists(k):
+            self.redis.delete(k, k + ":probe")
 
     def failure(self, host: str, reason: str, *, hard_s: float | None = None) -> BreakerView:
         """Count a failure; open at the threshold (or at once, for ``hard_s`` seconds)."""
-        k = self._k(host)
-        pipe = self.r.pipeline()
+        k = self._key(host)
+        pipe = self.redis.pipeline()
         pipe.hincrby(k, "failures", 1)
         pipe.hget(k, "open_until")
         failures, until = pipe.execute()
@@ -94,14 +103,14 @@ class Breaker:
         already_open = bool(until) and now < float(until)
         if opening and not already_open:
             open_for = hard_s if hard_s is not None else self.rel.breaker_open_s
-            self.r.hset(k, mapping={"open_until": now + open_for, "reason": reason[:300]})
-            self.r.incr(key(self.config, "breaker_opened", host))
-        self.r.delete(k + ":probe")
-        self.r.expire(k, int(max(hard_s or 0, self.rel.breaker_open_s) * 20) + 60)
+            self.redis.hset(k, mapping={"open_until": now + open_for, "reason": reason[:300]})
+            self.redis.incr(keys.breaker_opened(self.config, host))
+        self.redis.delete(k + ":probe")
+        self.redis.expire(k, int(max(hard_s or 0, self.rel.breaker_open_s) * 20) + 60)
         return self.view(host)
 
     def times_opened(self, host: str) -> int:
-        return int(self.r.get(key(self.config, "breaker_opened", host)) or 0)
+        return int(self.redis.get(keys.breaker_opened(self.config, host)) or 0)
 
 
 class HealthChecker:

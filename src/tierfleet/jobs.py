@@ -197,6 +197,15 @@ class Attempt(BaseModel):
 
 
 class Result(BaseModel):
+    """What happened to a job, as the result store keeps it under ``P:result:{job_id}``.
+
+    The dispatcher writes it PENDING, the runner writes every later state; producers,
+    the API and the CLI read it. Once SUCCEEDED, FAILED or DEAD it never changes
+    (the store keeps the first final one). ``text`` is the model's words; ``output``
+    is the kind's answer: the same text for model kinds, the executor's structured
+    result for rules kinds. ``cost_usd`` is the job's whole bill over every attempt.
+    """
+
     job_id: str
     status: Status
     kind: str | None = None

@@ -45,6 +45,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,12 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
+from . import keys
 from .config import FleetConfig
 from .jobs import Attempt
 from .pricing import attempt_cost, baseline_cost, from_nanos, to_nanos
 
-__all__ = ["DIMENSIONS", "FINAL_OUTCOMES", "Ledger", "Totals", "day_of", "scrub_error"]
+__all__ = ["DIMENSIONS", "FINAL_OUTCOMES", "Ledger", "Recorded", "Totals", "day_of", "scrub_error"]
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,25 @@ def _dim_values(rec: dict[str, Any]) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What :meth:`Ledger.record` did: ``new`` is False for a redelivery (nothing written);
+    ``job_cost_usd`` is the job's running total over every attempt recorded so far."""
+
+    new: bool
+    job_cost_usd: float
+
+
 class Ledger:
+    """The bill: one record per (job, attempt), in Redis under ``P:ledger:...``.
+
+    The runner calls :meth:`record` for every attempt (model, rules, cache hit,
+    fallback); reports read the day lists; ``tierfleet report`` and the API read
+    :meth:`records`. Guarantees: an attempt is billed once however often its job
+    is delivered, the fleet metrics passed as ``also`` move in the same
+    transaction, and the ledger is the only place an attempt is priced.
+    """
+
     def __init__(
         self,
         redis_client: redis.Redis,
@@ -154,13 +174,11 @@ class Ledger:
         retention_days: int = DEFAULT_RETENTION_DAYS,
         write_jsonl: bool = True,
     ) -> None:
-        self.r = redis_client
+        self.redis = redis_client
         self.config = config
         self.retention_s = int(retention_days * 86400)
         self.write_jsonl = write_jsonl
-        self._p = f"{config.key_prefix}:ledger"
-
-    # -- keys ------------------------------------------------------------------
+        self._p = keys.ledger_prefix(config)
 
     def _job_key(self, job_id: str) -> str:
         return f"{self._p}:job:{job_id}"
@@ -171,10 +189,12 @@ class Ledger:
     def _agg_key(self, day: str, dim: str) -> str:
         return f"{self._p}:agg:{day}:{dim}"
 
-    # -- writing ---------------------------------------------------------------
+    def price(self, attempt: Attempt, *, seconds: float | None = None) -> Attempt:
+        """Fill what the worker left unset: cost, baseline, timestamp; scrub the error text.
 
-    def price(self, attempt: Attempt) -> Attempt:
-        """Fill what the worker left unset: cost, baseline, timestamp; scrub the error text."""
+        ``seconds`` is the time the host billed (Runpod's execution time) when it
+        differs from the attempt's latency; rented tiers are priced by it.
+        """
         update: dict[str, Any] = {}
         fields = attempt.model_fields_set
         if "cost_usd" not in fields:
@@ -188,7 +208,7 @@ class Ledger:
                     model=attempt.model,
                     tokens_in=attempt.tokens_in,
                     tokens_out=attempt.tokens_out,
-                    seconds=attempt.latency_s,
+                    seconds=attempt.latency_s if seconds is None else seconds,
                 )
             )
         if "baseline_cost_usd" not in fields:
@@ -204,24 +224,27 @@ class Ledger:
             update["error"] = scrub_error(attempt.error)
         return attempt.model_copy(update=update) if update else attempt
 
-    def record(self, attempt: Attempt, *, also: Callable[[Any, Attempt], None] | None = None) -> bool:
-        """Store one attempt. True if new; False if it was already recorded (billed once).
+    def record(self, attempt: Attempt, *, seconds: float | None = None,
+               also: Callable[[Any, Attempt], None] | None = None) -> Recorded:
+        """Store one attempt, priced here (see :meth:`price`); a second delivery writes nothing.
 
         ``also(pipe, attempt)`` may queue more writes (the fleet metrics) inside the same
-        transaction, so they happen exactly when the record does.
+        transaction, so they happen exactly when the record does. The job's running
+        cost comes from the same read that guards the write, so nobody reads it back.
         """
-        attempt = self.price(attempt)
+        attempt = self.price(attempt, seconds=seconds)
         job_key = self._job_key(attempt.job_id)
         field = str(attempt.attempt)
         day = day_of(attempt.ts)
-        with self.r.pipeline() as pipe:
+        with self.redis.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(job_key)
                     earlier = {_str(k): _str(v) for k, v in pipe.hgetall(job_key).items()}
+                    spent = sum(json.loads(e).get("cost_usd", 0.0) for e in earlier.values())
                     if field in earlier:
                         pipe.unwatch()
-                        return False
+                        return Recorded(False, round(spent, 8))
                     rec = self._record_dict(attempt, earlier.values())
                     line = json.dumps(rec, separators=(",", ":"), sort_keys=True)
                     pipe.multi()
@@ -245,7 +268,7 @@ class Ledger:
                     continue
         if self.write_jsonl:
             self._append_jsonl(day, line)
-        return True
+        return Recorded(True, round(spent + attempt.cost_usd, 8))
 
     def _record_dict(self, attempt: Attempt, earlier: Any) -> dict[str, Any]:
         rec = attempt.model_dump(mode="json")
@@ -271,8 +294,6 @@ class Ledger:
             # Redis already holds the record; a full disk must not fail the job.
             log.warning("ledger: could not append to %s: %s", folder, exc)
 
-    # -- reading ---------------------------------------------------------------
-
     @staticmethod
     def _days(start: float, end: float) -> list[str]:
         first = datetime.fromtimestamp(start, UTC).date()
@@ -282,7 +303,7 @@ class Ledger:
     def raw_between(self, start: float, end: float) -> list[dict[str, Any]]:
         """Record dicts with ``start < ts <= end`` (with the job_fallback/job_escalated flags)."""
         days = self._days(start, end)
-        with self.r.pipeline(transaction=False) as pipe:
+        with self.redis.pipeline(transaction=False) as pipe:
             for d in days:
                 pipe.lrange(self._day_key(d), 0, -1)
             lists = pipe.execute()
@@ -299,7 +320,7 @@ class Ledger:
         return [Attempt.model_validate(r) for r in self.raw_between(end - since_days * 86400, end)]
 
     def job_attempts(self, job_id: str) -> list[Attempt]:
-        raw = self.r.hgetall(self._job_key(job_id))
+        raw = self.redis.hgetall(self._job_key(job_id))
         recs = [Attempt.model_validate_json(_str(v)) for v in raw.values()]
         return sorted(recs, key=lambda a: a.attempt)
 
@@ -311,7 +332,7 @@ class Ledger:
             raise ValueError(f"by must be one of {DIMENSIONS}, got {by!r}")
         end = time.time() if end is None else end
         acc: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        with self.r.pipeline(transaction=False) as pipe:
+        with self.redis.pipeline(transaction=False) as pipe:
             for d in self._days(end - since_days * 86400, end):
                 pipe.hgetall(self._agg_key(d, by))
             hashes = pipe.execute()

@@ -41,11 +41,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .broker import key
+from . import keys
 from .config import FleetConfig
 from .health import Breaker
+from .heartbeats import live_workers
 from .jobs import Attempt
-from .reaper import UNACKED, live_workers
 from .store import Parking
 
 __all__ = [
@@ -71,7 +71,7 @@ _NO_LATENCY = frozenset({"fallback", "cached"})
 
 
 def _k(config: FleetConfig, name: str) -> str:
-    return key(config, "metrics", name)
+    return keys.metrics(config, name)
 
 
 def _field(*parts: str) -> str:
@@ -151,7 +151,7 @@ class FleetCollector(Collector):
     """
 
     def __init__(self, client: redis.Redis, config: FleetConfig) -> None:
-        self.r = client
+        self.redis = client
         self.config = config
         self.breaker = Breaker(client, config)
         self.parking = Parking(client, config)
@@ -172,12 +172,12 @@ class FleetCollector(Collector):
     def _families(self) -> list[Metric]:
         cfg = self.config
         tiers = list(cfg.tiers)
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         for name in ("jobs", "tokens", "cost", "latency"):
             pipe.hgetall(_k(cfg, name))
         for t in tiers:
             pipe.llen(t)
-        pipe.hlen(UNACKED)
+        pipe.hlen(keys.UNACKED)
         jobs_raw, tokens_raw, cost_raw, lat_raw, *rest = pipe.execute()
         depths, unacked = rest[: len(tiers)], rest[len(tiers)]
 
@@ -224,7 +224,7 @@ class FleetCollector(Collector):
             depth.add_metric([t], float(d))
 
         nodes: dict[str, int] = dict.fromkeys(tiers, 0)
-        for w in live_workers(self.r, cfg):
+        for w in live_workers(self.redis, cfg):
             for q in w.get("queues", []):
                 nodes[q] = nodes.get(q, 0) + 1
         workers = GaugeMetricFamily("tierfleet_workers_live",

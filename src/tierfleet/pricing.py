@@ -21,6 +21,7 @@ import math
 
 from .config import FleetConfig, HostConfig
 from .errors import ConfigError
+from .fleet import FleetView
 
 __all__ = [
     "NANOS_PER_USD",
@@ -68,11 +69,9 @@ def host_for(config: FleetConfig, tier: str, host: str | None, model: str | None
         if hc is None:
             raise ConfigError(f"hosts.{host}: no such host in the config")
         return hc
-    candidates = config.hosts_for(tier)
-    for hc in candidates.values():
-        if model is None or model in hc.models:
-            return hc
-    return next(iter(candidates.values()), None)
+    view = FleetView.of(config)
+    serving = view.hosts(tier, model) or view.hosts(tier, None)
+    return config.hosts[serving[0].name] if serving else None
 
 
 def attempt_cost(

@@ -23,8 +23,8 @@ class Verdict:
     reason: str = ""
 
 
-def check(job: Job, completion: Completion, *, judge_score: float | None = None,
-          judge_threshold: float | None = None) -> Verdict:
+def check(job: Job, completion: Completion) -> Verdict:
+    """Is ``completion`` good enough to keep for ``job``? Cheap checks only, no second model."""
     text = (completion.text or "").strip()
     if completion.simulated and text.startswith("[simulated"):
         # Simulated hosts label every answer; judge what follows the label.
@@ -42,8 +42,6 @@ def check(job: Job, completion: Completion, *, judge_score: float | None = None,
             json.loads(_strip_fence(text))
         except ValueError:
             return Verdict(False, "invalid JSON where JSON was asked")
-    if judge_score is not None and judge_threshold is not None and judge_score < judge_threshold:
-        return Verdict(False, f"judge score {judge_score:.2f} below {judge_threshold:.2f}")
     return Verdict(True)
 
 

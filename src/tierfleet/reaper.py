@@ -20,72 +20,58 @@ Redis lock); ``tierfleet reaper`` runs it standalone.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
 
 import redis
 from celery import Celery
 
-from .broker import key, send
+from . import keys
+from .broker import send
 from .config import FleetConfig
+from .envelope import Delivery
+from .heartbeats import heartbeat_key, live_workers, write_heartbeat
 from .store import Parking
+
+__all__ = ["Reaper", "heartbeat_key", "live_workers", "write_heartbeat"]  # heartbeats' old home
 
 log = logging.getLogger("tierfleet.reaper")
 
-UNACKED = "unacked"
-UNACKED_INDEX = "unacked_index"
-
-
-def heartbeat_key(config: FleetConfig, node: str) -> str:
-    return key(config, "hb", node)
-
-
-def write_heartbeat(client: redis.Redis, config: FleetConfig, node: str, queues: list[str],
-                    tags: Iterable[str], concurrency: int) -> None:
-    body = {
-        "node": node, "queues": queues, "tags": sorted(set(tags)), "pid": os.getpid(),
-        "host": socket.gethostname(), "concurrency": concurrency, "ts": time.time(),
-    }
-    ttl_ms = int(config.reliability.dead_after_s * 1000)
-    client.set(heartbeat_key(config, node), json.dumps(body), px=ttl_ms)
-
-
-def live_workers(client: redis.Redis, config: FleetConfig) -> list[dict[str, Any]]:
-    keys = list(client.scan_iter(match=heartbeat_key(config, "*"), count=500))
-    if not keys:
-        return []
-    return [json.loads(v) for v in client.mget(keys) if v]
-
 
 class Reaper:
+    """Brings back deliveries of dead worker nodes and parked jobs that are due (see the module doc).
+
+    Every worker runs one in a thread and ``tierfleet reaper`` runs it alone; the
+    ``P:reaper:lock`` key lets one sweep run at a time fleet-wide. It reads kombu's
+    ``unacked_index`` and the heartbeats, restores orphans with kombu's own restore,
+    claims due entries of :class:`~tierfleet.store.Parking` and republishes them,
+    and counts restores in ``P:stats:restored``. Guarantees: a delivery a live node
+    claims is never restored, and a parked job is republished by one reaper only.
+    """
+
     def __init__(self, config: FleetConfig, client: redis.Redis, app: Celery) -> None:
         self.config = config
-        self.r = client
+        self.redis = client
         self.app = app
         self.parking = Parking(client, config)
-        self.lock_key = key(config, "reaper", "lock")
+        self.lock_key = keys.reaper_lock(config)
         self.restored_total = 0
         self.unparked_total = 0
         # After a Redis outage every heartbeat has lapsed; give live workers time to
         # beat again before calling anyone dead.
         self._redis_ok_since = time.monotonic()
 
-    # -- dead nodes --------------------------------------------------------------------
-
     def orphans(self, now: float | None = None) -> list[str]:
         now = now or time.time()
         grace = self.config.reliability.dead_after_s
-        old = self.r.zrangebyscore(UNACKED_INDEX, 0, now - grace)
+        old = self.redis.zrangebyscore(keys.UNACKED_INDEX, 0, now - grace)
         if not old:
             return []
         held: set[str] = set()
-        for w in live_workers(self.r, self.config):
+        for w in live_workers(self.redis, self.config):
             held.update(w.get("tags", []))
         return [t for t in old if t not in held]
 
@@ -103,39 +89,34 @@ class Reaper:
                 qos.restore_by_tag(tag, leftmost=False)
         self.restored_total += len(tags)
         log.warning("restored %d job(s) held by dead worker nodes", len(tags))
-        self.r.incrby(key(self.config, "stats", "restored"), len(tags))
+        self.redis.incrby(keys.stats(self.config, "restored"), len(tags))
         return len(tags)
 
-    # -- parked jobs -------------------------------------------------------------------
-
-    def unpark_due(self, publish: Callable[[dict[str, Any], str], None]) -> int:
+    def unpark_due(self, publish: Callable[[Delivery], None]) -> int:
         n = 0
-        for job_id, msg in self.parking.due():
+        for job_id, delivery in self.parking.due():
             if not self.parking.claim(job_id):
                 continue  # another reaper took it
-            body = {k: msg[k] for k in ("job", "route", "trail", "attempt", "parks") if k in msg}
-            publish(body, body["route"]["tier"])
+            publish(delivery)
             self.parking.unpark(job_id)
             n += 1
         self.unparked_total += n
         return n
 
-    # -- loop --------------------------------------------------------------------------
-
     def tick(self) -> tuple[int, int]:
         """One sweep, if no other reaper holds the lock. Returns (restored, unparked)."""
         ttl = max(int(self.config.reliability.heartbeat_s * 5), 5)
-        if not self.r.set(self.lock_key, str(os.getpid()), nx=True, ex=ttl):
+        if not self.redis.set(self.lock_key, str(os.getpid()), nx=True, ex=ttl):
             return 0, 0
         try:
             restored = self.restore_orphans()
             unparked = self.unpark_due(self._publish)
             return restored, unparked
         finally:
-            self.r.delete(self.lock_key)
+            self.redis.delete(self.lock_key)
 
-    def _publish(self, msg: dict[str, Any], tier: str) -> None:
-        send(self.app, msg, tier)
+    def _publish(self, delivery: Delivery) -> None:
+        send(self.app, delivery)
 
     def run_forever(self, stop: threading.Event, interval: float | None = None) -> None:
         interval = interval or self.config.reliability.heartbeat_s

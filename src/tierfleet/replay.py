@@ -9,6 +9,7 @@ from .store import Parking, ResultStore
 
 
 def replay(config: FleetConfig, job_id: str | None = None) -> int:
+    """Re-send one dead letter (or all); returns how many were sent."""
     client = redis_client(config)
     parking = Parking(client, config)
     results = ResultStore(client, config)
@@ -16,13 +17,13 @@ def replay(config: FleetConfig, job_id: str | None = None) -> int:
     ids = [job_id] if job_id else [d["id"] for d in parking.dead()]
     n = 0
     for jid in ids:
-        msg = parking.take_dead(jid)
-        if msg is None:
+        dead = parking.take_dead(jid)
+        if dead is None:
             continue
-        body = {"job": msg["job"], "route": msg["route"], "trail": [], "attempt": 1, "parks": 0}
+        delivery = dead.replayed()
         # The stored DEAD result is terminal; replace it so the new run's answer is kept.
-        client.delete(results._k(jid))
-        results.save(Result(job_id=jid, status=Status.PENDING, tier=body["route"]["tier"]))
-        send(app, body, body["route"]["tier"])
+        results.forget(jid)
+        results.save(Result(job_id=jid, status=Status.PENDING, tier=delivery.tier))
+        send(app, delivery)
         n += 1
     return n

@@ -1,9 +1,14 @@
 """The Celery app workers run: ``celery -A tierfleet.worker worker -Q local-gpu``.
 
-One task, ``tierfleet.run_job``, carries a job, its route, the trail of tiers
-already tried and the attempt count, as JSON kwargs (readable in Flower; never
-secrets). What a delivery does is in :mod:`tierfleet.runner`; this module wires
-it to Celery and keeps the worker's heartbeat and the reaper thread running.
+One task, ``tierfleet.run_job``, carries a :class:`~tierfleet.envelope.Delivery`
+(a job, its route, the trail of tiers already tried, the attempt count) as JSON
+kwargs (readable in Flower; never secrets). What a delivery does is in
+:mod:`tierfleet.runner`; this module is the only one that knows Celery: it turns
+the runner's outcomes into task results (or ``Ignore`` for a moved job) and keeps
+the worker's heartbeat and the reaper thread running.
+
+Importing it reads the config and builds the Celery app (``celery -A`` needs a
+module-level app); code that only needs heartbeats imports :mod:`tierfleet.heartbeats`.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from celery.worker import state as worker_state
 from . import tokens
 from .broker import TASK_NAME, make_celery, redis_client, send
 from .config import get_config
+from .envelope import Delivery
+from .heartbeats import Watchdog, write_heartbeat
 from .logs import setup_logging
-from .reaper import Reaper, write_heartbeat
-from .runner import Rerouted, Runner
+from .reaper import Reaper
+from .runner import Moved, Runner
 
 log = logging.getLogger("tierfleet.worker")
 
@@ -55,8 +62,8 @@ def _set_runner(r: Runner) -> None:
     _runner, _runner_pid = r, os.getpid()
 
 
-def publish(msg: dict[str, Any], tier: str) -> None:
-    send(app, msg, tier)
+def publish(delivery: Delivery) -> None:
+    send(app, delivery)
 
 
 @app.task(name=TASK_NAME, bind=True)
@@ -69,16 +76,13 @@ def run_job(
     parks: int = 0,
     escalated: bool = False,
 ) -> dict[str, Any]:
-    msg = {"job": job, "route": route, "trail": trail or [], "attempt": attempt, "parks": parks,
-           "escalated": escalated}
+    kwargs = {"job": job, "route": route, "trail": trail, "attempt": attempt, "parks": parks,
+              "escalated": escalated}
     delay = 0.5
     give_up = time.monotonic() + config.reliability.task_time_limit_s / 2
     while True:
         try:
-            return runner().run(msg)
-        except Rerouted as exc:
-            # The job lives on in the message just published; this delivery is acked, no result.
-            raise Ignore(str(exc)) from None
+            outcome = runner().run(Delivery.from_kwargs(kwargs))
         except REDIS_BLINKS as exc:
             # Redis blinked mid-job (restart, failover). Failing here would ack the message
             # and lose the job; a Celery retry would need Redis to publish. Instead hold the
@@ -88,10 +92,15 @@ def run_job(
             log.warning("job %s: redis unavailable (%s); retrying in %.1fs", job.get("id"), exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+            continue
         except Exception as exc:
             log.exception("job %s crashed the runner", job.get("id"))
-            runner().crashed(msg, exc)
+            runner().crashed(kwargs, exc)
             raise
+        if isinstance(outcome, Moved):
+            # The job lives on in the delivery just published; this one is acked, no result.
+            raise Ignore(f"moved to {outcome.to}: {outcome.why}")
+        return outcome.result.model_dump(mode="json")
 
 
 @worker_init.connect
@@ -180,26 +189,6 @@ class Heartbeat(bootsteps.StartStopStep):
 
     def shutdown(self, parent: Any) -> None:
         self._stop.set()
-
-
-class Watchdog:
-    """Notices a consumer that has gone quiet while its queue fills."""
-
-    def __init__(self, limit_s: float) -> None:
-        self.limit_s = limit_s
-        self._since: float | None = None
-        self._done = -1
-
-    def stalled(self, waiting: int, held: int, done: int = 0, now: float | None = None) -> bool:
-        """``done``: tasks this node has finished so far; any progress resets the clock."""
-        progressed, self._done = done != self._done, done
-        if self.limit_s <= 0 or waiting == 0 or held > 0 or progressed:
-            self._since = None
-            return False
-        now = time.monotonic() if now is None else now
-        if self._since is None:
-            self._since = now
-        return now - self._since >= self.limit_s
 
 
 def _qos_tags_reader(parent: Any) -> Any:

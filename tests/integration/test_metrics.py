@@ -21,10 +21,10 @@ from tests.support.harness import write_config
 from tierfleet.config import FleetConfig, load_config
 from tierfleet.dispatch import Dispatcher
 from tierfleet.health import Breaker
+from tierfleet.heartbeats import write_heartbeat
 from tierfleet.jobs import Attempt
 from tierfleet.lab.embedded import free_port
 from tierfleet.metrics import LATENCY_BUCKETS, fleet_registry, record_attempt
-from tierfleet.reaper import write_heartbeat
 from tierfleet.store import Parking
 
 FLEET = """

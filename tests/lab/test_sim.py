@@ -1,7 +1,8 @@
 """The simulated hosts: wire shapes against the documented examples, labels, faults, life cycle.
 
-Documented examples (notes, part 2): Ollama's /api/chat non-stream answer and /api/tags,
-OpenAI's chat.completion and error body, Runpod's /run, /status, /health and /cancel.
+Documented examples, as each provider's API reference shows them: Ollama's /api/chat
+non-stream answer and /api/tags, OpenAI's chat.completion and error body, Runpod's /run,
+/status, /health and /cancel.
 """
 
 from __future__ import annotations

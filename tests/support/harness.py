@@ -15,6 +15,9 @@ from typing import Any
 
 import redis
 
+from tierfleet.config import load_config
+from tierfleet.heartbeats import heartbeat_key
+
 ROOT = Path(__file__).resolve().parents[2]
 
 FAST_RELIABILITY = """
@@ -129,7 +132,7 @@ class Worker:
         self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      cwd=str(self.config.parent), start_new_session=True)
         deadline = time.monotonic() + timeout
-        hb = f"tf:hb:{self.name}"
+        hb = heartbeat_key(load_config(self.config), self.name)
         while time.monotonic() < deadline:
             if client.exists(hb):
                 return self

@@ -32,7 +32,7 @@ def test_opens_at_the_threshold_and_is_shared(breaker: Breaker) -> None:
     assert breaker.view("mac").state == "closed" and breaker.allow("mac")
     breaker.failure("mac", "refused")
     assert breaker.view("mac").state == "open" and not breaker.allow("mac")
-    other_process = Breaker(breaker.r, breaker.config)  # same Redis, another worker
+    other_process = Breaker(breaker.redis, breaker.config)  # same Redis, another worker
     assert not other_process.allow("mac")
     assert "mac" in other_process.open_hosts()
     assert breaker.times_opened("mac") == 1
@@ -75,7 +75,7 @@ def test_health_is_cached_and_a_failed_probe_feeds_the_breaker() -> None:
 
 
 def test_watchdog_fires_only_when_jobs_wait_and_the_node_holds_none() -> None:
-    from tierfleet.worker import Watchdog
+    from tierfleet.heartbeats import Watchdog
 
     w = Watchdog(10.0)
     assert not w.stalled(waiting=5, held=0, done=3, now=0.0)

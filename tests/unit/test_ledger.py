@@ -94,7 +94,7 @@ def snapshot(r: fakeredis.FakeRedis) -> dict[str, Any]:
 def test_record_prices_the_attempt_and_its_baseline(r: fakeredis.FakeRedis, tmp_path: Path) -> None:
     cfg = fleet(tmp_path)
     ledger = Ledger(r, cfg)
-    assert ledger.record(attempt()) is True
+    assert ledger.record(attempt()).new is True
     [got] = ledger.job_attempts("job-1")
     # 1000 x $3/M + 500 x $12/M; the baseline is the same model here
     assert got.cost_usd == pytest.approx(0.009)
@@ -116,10 +116,12 @@ def test_costs_set_by_the_worker_are_kept(r: fakeredis.FakeRedis, tmp_path: Path
 def test_double_delivery_is_billed_once(r: fakeredis.FakeRedis, tmp_path: Path) -> None:
     cfg = fleet(tmp_path)
     ledger = Ledger(r, cfg)
-    assert ledger.record(attempt()) is True
+    assert ledger.record(attempt()).new is True
     before = snapshot(r)
     # Redelivered: same job and attempt, even with different figures.
-    assert ledger.record(attempt(tokens_in=9999, ts=NOW + 5)) is False
+    again = ledger.record(attempt(tokens_in=9999, ts=NOW + 5))
+    assert again.new is False
+    assert again.job_cost_usd == pytest.approx(0.009)  # the first delivery's price, not a second one
     assert snapshot(r) == before
     totals = ledger.totals(1, "total", end=NOW)["all"]
     assert (totals.jobs, totals.attempts, totals.cost_nusd) == (1, 1, to_nanos(0.009))
@@ -135,7 +137,7 @@ def test_concurrent_deliveries_record_once(r: fakeredis.FakeRedis, tmp_path: Pat
 
     def deliver() -> None:
         barrier.wait()
-        results.append(ledger.record(attempt()))
+        results.append(ledger.record(attempt()).new)
 
     threads = [threading.Thread(target=deliver) for _ in range(8)]
     for t in threads:
@@ -239,3 +241,19 @@ def test_errors_are_scrubbed_of_credentials(r: fakeredis.FakeRedis, tmp_path: Pa
     assert "[redacted]" in on_disk
     assert scrub_error("api_key=abc123xyz and x" * 100).startswith("api_key=[redacted]")
     assert len(scrub_error("x" * 10_000) or "") == 300
+
+
+def test_record_returns_the_jobs_running_cost(r: fakeredis.FakeRedis, tmp_path: Path) -> None:
+    ledger = Ledger(r, fleet(tmp_path))
+    first = ledger.record(attempt(attempt=1, outcome="escalated"))
+    second = ledger.record(attempt(attempt=2, ts=NOW + 1))
+    assert first.job_cost_usd == pytest.approx(0.009)
+    assert second.job_cost_usd == pytest.approx(0.018)
+    assert second.job_cost_usd == pytest.approx(sum(a.cost_usd for a in ledger.job_attempts("job-1")))
+
+
+def test_rented_time_is_priced_by_the_seconds_the_host_billed(r: fakeredis.FakeRedis,
+                                                              tmp_path: Path) -> None:
+    ledger = Ledger(r, fleet(tmp_path))
+    rp = attempt(tier="runpod", host="rp", model="coder", latency_s=10.2)
+    assert ledger.record(rp, seconds=3.2).job_cost_usd == pytest.approx(4 * 0.0005)

@@ -8,6 +8,8 @@ an exception message.
 
 from __future__ import annotations
 
+import httpx
+
 from ..config import HostConfig
 from ._http import DEFAULT_HEALTH_TIMEOUT_S, SIMULATED_HEADER, load_api_key
 from .base import (
@@ -30,6 +32,7 @@ from .base import (
 from .ollama import OllamaBackend
 from .openai_compat import OpenAICompatBackend
 from .runpod import RunpodBackend
+from .stub import StubBackend
 
 
 def make_backend(
@@ -38,14 +41,17 @@ def make_backend(
     *,
     external_ids: ExternalIdStore | None = None,
     health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
+    transport: httpx.BaseTransport | None = None,
 ) -> OllamaBackend | OpenAICompatBackend | RunpodBackend:
-    """The client for one configured host. ``external_ids`` matters to Runpod only."""
+    """The client for one configured host. ``external_ids`` matters to Runpod only;
+    ``transport`` (an ``httpx.MockTransport`` in tests) replaces the network."""
     if host.kind == "ollama":
-        return OllamaBackend(name, host, health_timeout_s=health_timeout_s)
+        return OllamaBackend(name, host, health_timeout_s=health_timeout_s, transport=transport)
     if host.kind == "openai":
-        return OpenAICompatBackend(name, host, health_timeout_s=health_timeout_s)
+        return OpenAICompatBackend(name, host, health_timeout_s=health_timeout_s, transport=transport)
     if host.kind == "runpod":
-        return RunpodBackend(name, host, external_ids=external_ids, health_timeout_s=health_timeout_s)
+        return RunpodBackend(name, host, external_ids=external_ids, health_timeout_s=health_timeout_s,
+                             transport=transport)
     raise ValueError(f"hosts.{name}.kind: unknown host kind {host.kind!r}")
 
 
@@ -69,6 +75,7 @@ __all__ = [
     "QuotaExhausted",
     "RateLimited",
     "RunpodBackend",
+    "StubBackend",
     "load_api_key",
     "make_backend",
 ]

@@ -1,6 +1,9 @@
 """The one protocol every model host speaks, and the errors a worker acts on.
 
-Error classes map to what the worker does next (see DESIGN.md, "Fallback"):
+Error classes map to what the worker does next. A host failure moves the job
+on (another host of the tier, then the next tier its privacy allows); a request
+the host rejects fails the job, since any other host would reject it too. The
+whole error tree is drawn in :mod:`tierfleet.errors`.
 
 ================  ==================================================
 HostDown          mark the breaker, fall back to the next tier
@@ -18,6 +21,8 @@ from __future__ import annotations
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
+
+from ..errors import TierfleetError
 
 
 class ChatMessage(BaseModel):
@@ -61,10 +66,14 @@ class HostHealth(BaseModel):
     simulated: bool = False
 
 
-class BackendError(Exception):
-    """A host failed a request. ``host`` names it; the message is the host's own."""
+class BackendError(TierfleetError):
+    """A host failed a request. ``host`` names it; the message is the host's own.
 
-    fallback: bool = True  # whether trying another place may help
+    ``fallback`` says whether trying another place may help; the runner reads it.
+    An error of no known family fails the job, as a request error does.
+    """
+
+    fallback: bool = False
 
     def __init__(self, host: str, message: str, *, status: int | None = None) -> None:
         super().__init__(f"{host}: {message}")
@@ -76,8 +85,14 @@ class BackendError(Exception):
 class HostDown(BackendError):
     """Connection refused, timeout, 5xx, 503 busy."""
 
+    fallback = True
+
 
 class RateLimited(BackendError):
+    """429: wait ``retry_after`` if it fits the budget, else try elsewhere."""
+
+    fallback = True
+
     def __init__(
         self, host: str, message: str, *, retry_after: float | None = None, status: int = 429
     ) -> None:
@@ -88,25 +103,37 @@ class RateLimited(BackendError):
 class QuotaExhausted(BackendError):
     """Billing quota gone: retrying here is pointless until someone pays."""
 
+    fallback = True
+
 
 class ContextTooLong(BackendError):
     """The prompt does not fit this host's window: only a larger window helps."""
 
+    fallback = True
+
 
 class BadRequest(BackendError):
-    fallback = False
+    """The host rejected the request itself: fail the job with the host's message."""
 
 
 class AuthError(BackendError):
-    fallback = False
+    """Missing or wrong API key: a configuration error; fail and alert."""
 
 
 class ModelNotFound(BackendError):
-    fallback = False
+    """The host does not serve the model the config says it does: fail and alert."""
 
 
 @runtime_checkable
 class Backend(Protocol):
+    """A client for one model host, as the runner sees it (``backends/*.py``, ``stub.py``).
+
+    Owns nothing in Redis (a Runpod client keeps remote job ids in an
+    :class:`ExternalIdStore` it is handed). The runner calls :meth:`complete` for
+    each attempt and the health checker calls :meth:`health`; ``complete`` raises
+    only :class:`BackendError` families, so the runner can act on the family.
+    """
+
     name: str
 
     def complete(self, request: CompletionRequest) -> Completion: ...

@@ -1,6 +1,6 @@
 """Ollama's native API: ``POST /api/chat`` and ``GET /api/tags``.
 
-Facts that shape this client (see the notes, part 2a): ``/api/chat`` streams
+Facts of Ollama's API that shape this client: ``/api/chat`` streams
 unless ``"stream": false``; durations are nanoseconds; metric fields are omitted
 when zero or cached, so absent counts stay ``None`` and the caller estimates;
 by default an over-long prompt is silently truncated, so we send

@@ -111,8 +111,6 @@ class RunpodBackend(HttpBackend):
         self.poll_initial_s = poll_initial_s
         self.poll_max_s = poll_max_s
 
-    # -- the job --------------------------------------------------------------------
-
     def complete(self, request: CompletionRequest) -> Completion:
         started = time.monotonic()
         deadline = started + self.host.timeout_s
@@ -256,8 +254,6 @@ class RunpodBackend(HttpBackend):
         if cls is RateLimited:
             return RateLimited(self.name, text)
         return cls(self.name, text, status=status)
-
-    # -- health ---------------------------------------------------------------------
 
     def health(self, model: str | None = None) -> HostHealth:
         """Up when ``/health`` answers. No worker up means *cold* (first job waits), not down."""

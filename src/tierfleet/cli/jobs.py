@@ -179,7 +179,8 @@ def register(app: typer.Typer) -> None:
         for c in ("id", "kind", "workflow", "reason"):
             t.add_column(c)
         for d in dead:
-            t.add_row(d["id"], d["job"].get("kind", ""), d["job"].get("workflow", ""), d.get("reason", ""))
+            job = d["delivery"]["job"]
+            t.add_row(d["id"], job.get("kind", ""), job.get("workflow", ""), d.get("reason", ""))
         console.print(t)
 
     @dlq.command("replay")

@@ -36,12 +36,14 @@ from pathlib import Path
 
 import httpx
 
+from ..errors import TierfleetError
+
 LOCAL_MODEL_NAME = "smollm2:135m"
 DEFAULT_PORT = 8089
 DEFAULT_CTX = 4096
 
 
-class LocalModelError(RuntimeError):
+class LocalModelError(TierfleetError):
     """The local model could not be found or started."""
 
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from ..config import FleetConfig
 from ..errors import NoRoute, TierfleetError
+from ..fleet import FleetView
 from ..jobs import RULES_KINDS, Job, Kind, Reason, Route
-from .fleet import FleetView
 from .keywords import KindGuess
 from .models import Models, Reader, Signals, load_models
 from .stages import DEFAULT_STAGES, Draft, Stage
@@ -40,7 +40,7 @@ class Policy:
     # -- public ---------------------------------------------------------------------------
 
     def route(self, job: Job, state: FleetState | None = None) -> Route:
-        return self._route(job, state or FleetState.idle(), self._read(job))
+        return self._route(job, state or FleetState(), self._read(job))
 
     def _read(self, job: Job) -> Signals:
         # A rules job is decided by its kind alone: no model reads its payload.
@@ -61,7 +61,7 @@ class Policy:
         self, jobs: Sequence[Job], state: FleetState | None = None
     ) -> list[Route | TierfleetError]:
         """Like route_many, but a job that cannot be routed yields its error in place."""
-        st = state or FleetState.idle()
+        st = state or FleetState()
         model_jobs = [j for j in jobs if not j.is_rules]
         read = iter(self.reader.read_many([j.text() for j in model_jobs]))
         signals = [_RULES_SIGNALS[j.kind] if j.is_rules else next(read) for j in jobs]

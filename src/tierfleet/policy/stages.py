@@ -27,8 +27,8 @@ from typing import Protocol
 
 from ..config import FleetConfig
 from ..errors import NoRoute
+from ..fleet import DEFAULT_OUT_TOKENS, FleetView
 from ..jobs import RULES_KINDS, Job, Kind, Privacy, Reason, Risk, UserTier
-from .fleet import DEFAULT_OUT_TOKENS, FleetView
 from .models import Signals
 from .state import FleetState
 
@@ -39,9 +39,10 @@ WEAK_SIGNAL = 0.5
 SMALL_KINDS = frozenset(
     {Kind.CLASSIFICATION, Kind.EXTRACTION, Kind.SUMMARY, Kind.TRANSLATION, Kind.CHAT}
 )
-# Mechanical work the producer named itself: the small model's home ground (DESIGN.md,
-# "Kind"). A low p_small_ok is noted, not acted on; a poor answer is escalated by the
-# worker's quality check instead. Untyped (auto) jobs and chat still move on it.
+# Mechanical work the producer named itself: the small model's home ground, since a
+# producer who typed the job knows it better than a prompt classifier does. A low
+# p_small_ok is noted, not acted on; a poor answer is escalated by the worker's quality
+# check instead. Untyped (auto) jobs and chat still move on it.
 PRODUCER_TYPED_SMALL = frozenset(
     {Kind.CLASSIFICATION, Kind.EXTRACTION, Kind.SUMMARY, Kind.TRANSLATION}
 )
@@ -51,6 +52,14 @@ DOWNGRADABLE_KINDS = frozenset({Kind.CODE, Kind.REASONING})
 
 @dataclass
 class Draft:
+    """The routing decision while the stages build it: where the job may go and why.
+
+    ``Policy.route`` makes one per job and hands it to each stage in turn; a stage
+    narrows ``allowed``, forbids tiers or decides ``tier``, and every change appends a
+    reason, so the finished ``Route`` explains itself. Pure: it holds the config's
+    :class:`FleetView` and the dispatcher's :class:`FleetState` snapshot, never Redis.
+    """
+
     job: Job
     config: FleetConfig
     fleet: FleetView

@@ -17,10 +17,6 @@ class FleetState:
     open_hosts: frozenset[str] = frozenset()  # hosts whose breaker is open
     session_tiers: dict[str, list[str]] = field(default_factory=dict)  # session -> recent kinds/tiers
 
-    @classmethod
-    def idle(cls) -> FleetState:
-        return cls()
-
     def wait_s(self, tier: str) -> float:
         """Estimated queue wait: depth x recent service time / live workers."""
         depth = self.queue_depth.get(tier, 0)

@@ -1,6 +1,7 @@
 """The error taxonomy's mapping from real hosts' error bodies, and keys kept secret.
 
-Bodies are the documented shapes (notes, part 2) and the ones llama.cpp's server sends.
+Bodies are the shapes each provider's API reference documents, and the ones llama.cpp's
+server sends.
 """
 
 from __future__ import annotations

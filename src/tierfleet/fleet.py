@@ -1,16 +1,34 @@
-"""A read-only view of the config shaped for routing questions, built once per policy."""
+"""A read-only view of the fleet config that answers every "where can this go?" question.
+
+The policy (routing), the runner (fallback and escalation), pricing and the
+reports all ask the same questions: which hosts of tier T serve model M, the
+largest window a tier offers, whether a tier can read images, which tiers rank
+above this one, which tiers a job may move to next. They are answered here,
+once, so the worker cannot escalate to a tier the policy would never route to.
+
+"Above" follows the *ladder*, weakest to strongest, built from the policy's
+``spill_order``, never from the order of ``[tiers]`` in the file.
+
+Pure: it reads the config only (no Redis, no Celery, no clock), and the config
+is fixed for a process's life, so answers are memoised.
+"""
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..config import FleetConfig
+from .config import FleetConfig
 
 # Output tokens assumed for a cost estimate when the job sets no max_tokens.
 DEFAULT_OUT_TOKENS = 512
 # Rough generation speed of a rented GPU, to turn a per-second price into a per-job one.
 RENTED_TOKENS_PER_S = 40.0
 RENTED_PREFILL_TOKENS_PER_S = 2000.0
+
+
+_VIEWS: dict[int, tuple[weakref.ref[FleetConfig], FleetView]] = {}
 
 
 @dataclass(frozen=True)
@@ -20,6 +38,8 @@ class HostFit:
 
 
 class FleetView:
+    """Fleet facts derived from one :class:`~tierfleet.config.FleetConfig`; see the module doc."""
+
     def __init__(self, config: FleetConfig) -> None:
         self.config = config
         self.tiers = list(config.tiers)
@@ -47,10 +67,27 @@ class FleetView:
         # The config is fixed for the policy's life: answers are memoised.
         self._host_cache: dict[tuple[str, str | None], list[HostFit]] = {}
 
-    # -- models and hosts ---------------------------------------------------------
-
     def model_for(self, tier: str, kind: str) -> str | None:
         return self.config.tiers[tier].model_for(kind)
+
+    @classmethod
+    def of(cls, config: FleetConfig) -> FleetView:
+        """The view of ``config``, built once per config object (pricing asks per attempt)."""
+        entry = _VIEWS.get(id(config))
+        if entry is not None and entry[0]() is config:
+            return entry[1]
+        view = cls(config)
+        # Drop views of configs gone since (tests build many); a process has one or two.
+        for k in [k for k, (ref, _) in _VIEWS.items() if ref() is None]:
+            del _VIEWS[k]
+        _VIEWS[id(config)] = (weakref.ref(config), view)
+        return view
+
+    def model_on(self, tier: str, kind: str, wanted: str | None = None) -> str | None:
+        """``wanted`` when a host of ``tier`` serves it, else the tier's model for ``kind``."""
+        if wanted and self.serves(tier, wanted):
+            return wanted
+        return self.model_for(tier, kind)
 
     def serves(self, tier: str, model: str) -> bool:
         return any(model in h.models for h in self._hosts[tier].values())
@@ -64,7 +101,10 @@ class FleetView:
         return bool(mc and mc.vision)
 
     def hosts(self, tier: str, model: str | None) -> list[HostFit]:
-        """Hosts of ``tier`` that serve ``model`` (any host when no model), config order."""
+        """Hosts of ``tier`` that serve ``model`` (any host when no model), config order.
+
+        A host that lists no models is taken to serve whatever its tier asks for.
+        """
         key = (tier, model)
         hit = self._host_cache.get(key)
         if hit is None:
@@ -82,12 +122,33 @@ class FleetView:
         """The largest context window a host of ``tier`` offers for ``model`` (0: no host)."""
         return max((h.window for h in self.hosts(tier, model)), default=0)
 
+    def largest_window(self, tier: str) -> int:
+        """The largest window any host of ``tier`` offers, whatever the model."""
+        return self.window(tier, None)
+
     def fits(self, tier: str, model: str | None, need: int) -> bool:
         if self.place[tier] == "rules":
             return True
         return self.window(tier, model) >= need
 
-    # -- cost ---------------------------------------------------------------------
+    def above(self, tier: str) -> list[str]:
+        """Model tiers stronger than ``tier``, nearest first (ladder order)."""
+        r = self.rank.get(tier)
+        return [] if r is None else self.ladder[r + 1:]
+
+    def allowed_next(self, candidates: Iterable[str], privacy: str, kind: str,
+                     exclude: Iterable[str] = ()) -> list[str]:
+        """The ``candidates`` a job may move to, in the order given: configured model
+        tiers its privacy allows, able to read images for a vision job, not in ``exclude``."""
+        seen = set(exclude)
+        return [
+            t for t in candidates
+            if t not in seen
+            and t in self.place
+            and self.place[t] != "rules"
+            and self.config.tier_allowed(t, privacy)
+            and (kind != "vision" or self.is_vision(t))
+        ]
 
     def cost(self, tier: str, model: str | None, tokens_in: int, tokens_out: int) -> float:
         """Estimated US$ of one attempt: token prices, or time on a rented GPU."""
