@@ -138,9 +138,12 @@ def test_chaos_kill9_hosts_redis_and_duplicate_ids(tmp_path: Path) -> None:
             # rest in batches that repeat an id.
             singles, batched = jobs[:120], jobs[120:]
             twice = singles[::8]
-            threads = [threading.Thread(target=lambda js=js: [_submit_retrying(d, j, acked, lock, deadline)
-                                                               for j in js])
-                       for js in (singles, twice)]
+            def produce(js: list[dict[str, Any]]) -> None:
+                for j in js:
+                    _submit_retrying(d, j, acked, lock, deadline)
+                    time.sleep(rng.uniform(0.02, 0.15))  # a day spread over the chaos
+
+            threads = [threading.Thread(target=produce, args=(js,)) for js in (singles, twice)]
             for th in threads:
                 th.start()
             for i in range(0, len(batched), 20):
@@ -158,10 +161,10 @@ def test_chaos_kill9_hosts_redis_and_duplicate_ids(tmp_path: Path) -> None:
                         for j in batch:
                             acked.setdefault(j["id"], time.monotonic())
                     break
-                time.sleep(0.3)
+                time.sleep(1.5)
             for th in threads:
                 th.join()
-            time.sleep(4.0)  # let the chaos run on over the tail of the day
+            time.sleep(6.0)  # let the chaos run on over the tail of the day
             stop.set()
             t.join()
             fleet.sim.clear()
