@@ -22,7 +22,7 @@ from tierfleet.config import FleetConfig, load_config
 from tierfleet.dispatch import Dispatcher
 from tierfleet.health import Breaker
 from tierfleet.jobs import Attempt
-from tierfleet.lab.embedded import free_port
+from tierfleet.lab.processes import free_port
 from tierfleet.metrics import LATENCY_BUCKETS, fleet_registry, record_attempt
 from tierfleet.reaper import write_heartbeat
 from tierfleet.store import Parking

@@ -59,7 +59,6 @@ def test_failed_probe_opens_again(breaker: Breaker) -> None:
 
 def test_health_is_cached_and_a_failed_probe_feeds_the_breaker() -> None:
     from tests.support.sim_fixtures import sim_hosts
-
     from tierfleet.backends import make_backend
 
     with sim_hosts() as sim:

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import httpx
 
+from .processes import ChildProcess, free_port
+
 LOCAL_MODEL_NAME = "smollm2:135m"
 DEFAULT_PORT = 8089
 DEFAULT_CTX = 4096
@@ -117,7 +119,7 @@ def serve(
         del server  # the destructor stops llama.cpp's loop and closes the port
 
 
-class LocalModelServer:
+class LocalModelServer(ChildProcess):
     """The local model server in a child process, for tests and the demo.
 
     >>> with LocalModelServer(port=0) as lm:     # port 0: a free port
@@ -125,6 +127,7 @@ class LocalModelServer:
     """
 
     model = LOCAL_MODEL_NAME
+    stop_grace_s = 10.0  # llama.cpp frees the model's memory on SIGTERM
 
     def __init__(
         self,
@@ -136,8 +139,6 @@ class LocalModelServer:
         start_timeout_s: float = 60.0,
     ) -> None:
         if port == 0:
-            from .embedded import free_port
-
             port = free_port(host)
         self.port = port
         self.host = host
@@ -179,20 +180,6 @@ class LocalModelServer:
                 time.sleep(0.05)
         self.stop()
         raise LocalModelError(f"local model server not answering after {self.start_timeout_s:g}s")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-        self.proc = None
 
     def __enter__(self) -> LocalModelServer:
         return self.start()
