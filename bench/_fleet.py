@@ -26,6 +26,8 @@ import redis
 
 from tierfleet.config import FleetConfig
 from tierfleet.lab.embedded import EmbeddedRedis, redis_server_binary
+from tierfleet.lab.fleets import home_lab
+from tierfleet.lab.processes import CeleryWorker
 from tierfleet.lab.sim import SimFleet
 from tierfleet.lab.sim import write_config as write_sim_config
 
@@ -100,56 +102,18 @@ def client_for(url: str) -> redis.Redis:
 
 def fleet_data(redis_url: str, ledger_dir: Path, *,
                reliability: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The seed's home lab, simulated: a Mac mini with a 4B model, a GPU box with the 30B code,
-    vision and 8B reasoning models, Runpod Serverless and a paid provider.
+    """The home-lab example fleet (:func:`tierfleet.lab.fleets.home_lab`), simulated.
 
     Reliability knobs are the project's defaults unless ``reliability`` says otherwise;
     host timeouts leave room for a 30B answer at full scale (8-12 s).
     """
-    return {
-        "redis_url": redis_url,
-        "key_prefix": KEY_PREFIX,
-        "tiers": {
-            "rules": {"place": "rules"},
-            "local-mac": {"place": "local", "models": {"default": "qwen3:4b"}},
-            "local-gpu": {
-                "place": "local",
-                "models": {
-                    "default": "qwen3-coder:30b",
-                    "reasoning": "deepseek-r1:8b",
-                    "vision": "granite3.2-vision:2b",
-                },
-                "fallback": ["local-mac", "runpod", "paid"],
-            },
-            "runpod": {"place": "rented", "models": {"default": "qwen3-coder:30b"},
-                       "fallback": ["paid"]},
-            "paid": {"place": "paid", "models": {"default": "gpt-5.5"}},
-        },
-        "hosts": {
-            "sim-mac": {"kind": "ollama", "url": "http://127.0.0.1:0", "tier": "local-mac",
-                        "models": ["qwen3:4b"], "context_window": 32768, "connect_timeout_s": 2,
-                        "simulated": True},
-            "sim-gpu": {"kind": "ollama", "url": "http://127.0.0.1:0", "tier": "local-gpu",
-                        "models": ["qwen3-coder:30b", "deepseek-r1:8b", "granite3.2-vision:2b"],
-                        "context_window": 32768, "connect_timeout_s": 2, "simulated": True},
-            "sim-runpod": {"kind": "runpod", "url": "http://127.0.0.1:0/v2/sim-endpoint",
-                           "tier": "runpod", "models": ["qwen3-coder:30b"],
-                           "api_key_env": RUNPOD_KEY_ENV, "context_window": 131072,
-                           "cost_per_second": 0.00044, "connect_timeout_s": 2, "simulated": True},
-            "sim-openai": {"kind": "openai", "url": "http://127.0.0.1:0/v1", "tier": "paid",
-                           "models": ["gpt-5.5"], "api_key_env": OPENAI_KEY_ENV,
-                           "context_window": 400000, "connect_timeout_s": 2, "simulated": True},
-        },
-        "models": {
-            "qwen3:4b": {"input_per_mtok": 0.0, "output_per_mtok": 0.0, "context_window": 32768},
-            "qwen3-coder:30b": {"input_per_mtok": 0.0, "output_per_mtok": 0.0},
-            "deepseek-r1:8b": {"input_per_mtok": 0.0, "output_per_mtok": 0.0},
-            "granite3.2-vision:2b": {"vision": True, "context_window": 16384},
-            "gpt-5.5": {"input_per_mtok": 3.0, "output_per_mtok": 12.0, "context_window": 400000},
-        },
-        "reliability": dict(reliability or {}),
-        "ledger": {"dir": str(ledger_dir)},
-    }
+    return home_lab(
+        names={"mac": "sim-mac", "gpu": "sim-gpu", "runpod": "sim-runpod", "paid": "sim-openai"},
+        key_envs={"runpod": RUNPOD_KEY_ENV, "paid": OPENAI_KEY_ENV},
+        host_defaults={"connect_timeout_s": 2},
+        overrides={"redis_url": redis_url, "key_prefix": KEY_PREFIX,
+                   "reliability": dict(reliability or {}), "ledger": {"dir": str(ledger_dir)}},
+    )
 
 
 # -- worker nodes -----------------------------------------------------------------------------
@@ -173,18 +137,11 @@ class Worker:
         self._token: int | None = None
 
     def start(self) -> Worker:
-        env = {**os.environ, "TIERFLEET_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1",
-               **self.extra_env}
-        env.pop("TIERFLEET_REDIS_URL", None)
-        argv = [sys.executable, "-m", "celery", "-A", self.app, "worker", "-Q", self.queue,
-                "-n", self.name, "-c", str(self.concurrency), "-P", self.pool, "-E",
-                "--without-gossip", "--without-mingle", "-l", "WARNING"]
-        log = self.log_path.open("ab")
-        try:
-            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         cwd=str(self.config_path.parent), start_new_session=True)
-        finally:
-            log.close()
+        worker = CeleryWorker(self.queue, self.config_path, name=self.name,
+                              concurrency=self.concurrency, pool=self.pool, app=self.app,
+                              extra_env=self.extra_env)
+        with self.log_path.open("ab") as log:
+            self.proc = worker.popen(log, cwd=self.config_path.parent, new_session=True)
         self._token = CLEANUP.add(self.stop)
         return self
 
@@ -234,7 +191,7 @@ class Worker:
 class Fleet:
     """A private redis-server, simulated hosts on free ports, a config on disk, and workers.
 
-    ``Fleet(workdir, "seed-routed", scale=1.0).start()``, then ``.worker("local-gpu")``.
+    ``Fleet(workdir, "home-lab-routed", scale=1.0).start()``, then ``.worker("local-gpu")``.
     """
 
     def __init__(self, workdir: Path, name: str, *, scale: float,

@@ -1,4 +1,4 @@
-"""The jobs the benchmarks submit: rules jobs, the seed's day, a mixed day, 1k-token prompts.
+"""The jobs the benchmarks submit: rules jobs, the home-lab day, a mixed day, 1k-token prompts.
 
 Everything is built from a fixed seed, so two runs submit the same jobs. The
 1k-token prompts are cut from the labelled prompts in the shared data folder
@@ -42,18 +42,18 @@ def _email(rng: random.Random, i: int) -> str:
 
 
 def rules_jobs(n: int, start: int = 0) -> list[dict[str, Any]]:
-    """keyword_route jobs: the seed's ticket router, as the rules tier runs it."""
+    """keyword_route jobs: the home lab's ticket router, as the rules tier runs it."""
     words = ["VPN drops every hour", "Outlook asks for my password", "printer jam on floor 3",
              "email bounced from a customer", "cannot reach the vpn gateway", "laptop fan noise"]
     return [{"kind": "keyword_route", "input": {"text": f"ticket {start + i}: {words[i % len(words)]}"},
              "workflow": "helpdesk"} for i in range(n)]
 
 
-# -- the seed's day ---------------------------------------------------------------------------
+# -- the home-lab day ----------------------------------------------------------------------------
 
 
-def seed_day() -> list[dict[str, Any]]:
-    """30 quick questions, 5 code tasks, 2 vision tasks, 1 deep reasoning task (seed 002)."""
+def home_lab_day() -> list[dict[str, Any]]:
+    """30 quick questions, 5 code tasks, 2 vision tasks, 1 deep reasoning task (the home-lab example)."""
     rng = random.Random(SEED)
     jobs: list[dict[str, Any]] = []
     for i in range(30):
@@ -137,7 +137,7 @@ def mixed_day() -> list[dict[str, Any]]:
     for i in range(10):
         jobs.append({"kind": "chat", "workflow": "helpdesk",
                      "prompt": f"What does this error mean? {_ERRORS[i % len(_ERRORS)]}"})
-    code = seed_day()[30:35]
+    code = home_lab_day()[30:35]
     for i in range(10):
         jobs.append({"kind": "code", "workflow": "engineering",
                      "prompt": f"{code[i % len(code)]['prompt']} (variant {i})"})

@@ -4,8 +4,8 @@
 
 Trains both policy models on 70% of the dev data (split per source and task,
 fixed seed) and measures on the other 30%, next to baselines run in the same
-pass: a random router, the home-lab seed's keyword router, the cost-aware
-seed's rule router and its TF-IDF + logistic regression router, and a
+pass: a random router, the home lab's keyword router, a cost-aware
+rule router and its TF-IDF + logistic regression router, and a
 prompt-length router. The dev data is read from ``$TIERFLEET_DATA_DIR`` or
 ``../shared/data/dev``; nothing from it is written out but figures.
 
@@ -219,29 +219,29 @@ EVERYDAY_HELD_OUT: list[tuple[str, Kind]] = [
 ]
 
 
-# -- baselines: the seeds' routers, in our own words --------------------------------------
+# -- baselines: earlier routers, in our own words -------------------------------------------
 
 
-_SEED002_VISION = ("image", "screenshot", "picture", "see this", "what's on")
-_SEED002_CODE = ("function", "class", "debug", "refactor", "implement", "write code", "python",
+_HOME_LAB_VISION = ("image", "screenshot", "picture", "see this", "what's on")
+_HOME_LAB_CODE = ("function", "class", "debug", "refactor", "implement", "write code", "python",
                  "javascript", "typescript", "api endpoint", "sql", "regex")
-_SEED002_REASON = ("prove", "solve", "calculate", "math", "logic", "reason", "analyze",
+_HOME_LAB_REASON = ("prove", "solve", "calculate", "math", "logic", "reason", "analyze",
                    "compare", "evaluate")
 
 
-def seed002_route(prompt: str) -> str:
+def keyword_router_baseline(prompt: str) -> str:
     """The home-lab router: substring keywords -> vision, code, reasoning, else quick."""
     p = prompt.lower()
-    if any(w in p for w in _SEED002_VISION):
+    if any(w in p for w in _HOME_LAB_VISION):
         return "vision"
-    if any(w in p for w in _SEED002_CODE):
+    if any(w in p for w in _HOME_LAB_CODE):
         return "code"
-    if any(w in p for w in _SEED002_REASON):
+    if any(w in p for w in _HOME_LAB_REASON):
         return "reasoning"
     return "quick"
 
 
-def seed004_rules(prompt: str) -> str:
+def rule_router_baseline(prompt: str) -> str:
     """The cost-aware rule router with no task type and a standard user: small or large."""
     if len(prompt.split()) < 30 and "?" not in prompt:
         return "small"
@@ -300,8 +300,8 @@ def pooled(scores: dict[str, float], group: Sequence[str]) -> float:
     return float(np.mean(vals)) if vals else 0.0
 
 
-def seed004_learned(train: Sequence[OkRow], test: Sequence[OkRow]) -> np.ndarray:
-    """The cost-aware seed's learned router: word 1-2 gram TF-IDF + logistic regression."""
+def tfidf_router_baseline(train: Sequence[OkRow], test: Sequence[OkRow]) -> np.ndarray:
+    """The cost-aware router's learned variant: word 1-2 gram TF-IDF + logistic regression."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -367,15 +367,15 @@ def routing_cuts(fit: dict[str, Any]) -> dict[str, Any]:
     reader = Reader("keyword", Models(kind=None, small_ok=model))
     p_ok = np.array([s.p_small_ok for s in reader.read_many([r.prompt for r in test])])
     ntok = np.array(tokens.count_many([r.prompt for r in test]), dtype=float)
-    s002 = np.array([seed002_route(r.prompt) != "quick" for r in test], dtype=float)
-    s004 = np.array([seed004_rules(r.prompt) == "large" for r in test], dtype=float)
-    s004_lr = seed004_learned(train, test)
+    keywords = np.array([keyword_router_baseline(r.prompt) != "quick" for r in test], dtype=float)
+    rules_only = np.array([rule_router_baseline(r.prompt) == "large" for r in test], dtype=float)
+    tfidf_lr = tfidf_router_baseline(train, test)
     routers: dict[str, np.ndarray] = {
         "learned p_small_ok": 1.0 - p_ok,
         "prompt length": ntok,
-        "seed 002 keywords": s002,
-        "seed 004 rules": s004,
-        "seed 004 tfidf+LR": s004_lr,
+        "home-lab keywords": keywords,
+        "cost-aware rules": rules_only,
+        "cost-aware tfidf+LR": tfidf_lr,
         "random": np.zeros(len(test)),  # all tied: the expected random router
     }
     results: dict[str, Any] = {"train_rows": len(train), "test_rows": len(test)}

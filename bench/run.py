@@ -1,6 +1,6 @@
 """tierfleet's benchmark: what the fleet costs and saves, against baselines run in the same pass.
 
-    python bench/run.py            # about 9 minutes: the seed's day at full latency (scale 1.0)
+    python bench/run.py            # about 9 minutes: the home-lab day at full latency (scale 1.0)
     python bench/run.py --quick    # about 2 minutes: simulated latencies x 0.1, fewer messages
     python bench/run.py --only dispatch,route --tiny --out /tmp/r.json
 
@@ -20,13 +20,13 @@ subprocesses started as operators start them. Figures:
 4. failover: a code job is running on the GPU box's host when the host is
    killed; seconds from the kill to the first job completed by its fallback
    tier (the ledger's time of that attempt), median of several trials.
-5. the seed's day (30 quick, 5 code, 2 vision, 1 reasoning) routed through the
+5. the home-lab day (30 quick, 5 code, 2 vision, 1 reasoning) routed through the
    fleet vs every job pinned to the 30B model on the GPU box; one worker process
-   per tier, because the seed's GPU box runs one model at a time.
+   per tier, because the home lab's GPU box runs one model at a time.
 6. cost: a mixed day routed vs the same day sent to the paid model, spend from
    the ledger; the ledger report's own savings estimate alongside.
 
-The seed's day, the failover trials and the cost day are mostly waiting on
+The home-lab day, the failover trials and the cost day are mostly waiting on
 simulated hosts, so they run side by side, each on its own Redis and workers,
 after the CPU-bound figures are done.
 """
@@ -80,7 +80,7 @@ OUT = BENCH_DIR / "results.json"
 console = Console()
 STOP = threading.Event()
 FINAL = (Status.SUCCEEDED, Status.FAILED, Status.DEAD)
-PARTS = ("dispatch", "route", "throughput", "failover", "seed_day", "cost")
+PARTS = ("dispatch", "route", "throughput", "failover", "home_lab_day", "cost")
 
 
 @dataclass(frozen=True)
@@ -500,18 +500,18 @@ def bench_failover(workdir: Path, scale: float, trials: int) -> dict[str, Any]:
         fleet.stop()
 
 
-# -- 5. the seed's day -----------------------------------------------------------------------
+# -- 5. the home-lab day -----------------------------------------------------------------------
 
 
-def bench_seed_day(workdir: Path, scale: float, routed: bool) -> dict[str, Any]:
-    name = "seed-routed" if routed else "seed-unrouted"
-    # One request at a time per host: the seed's GPU box runs one model at a time.
+def bench_home_lab_day(workdir: Path, scale: float, routed: bool) -> dict[str, Any]:
+    name = "home-lab-routed" if routed else "home-lab-unrouted"
+    # One request at a time per host: the home lab's GPU box runs one model at a time.
     fleet = Fleet(workdir, name, scale=scale, host_parallel=1).start()
     try:
         for tier in ("local-mac", "local-gpu", "runpod", "paid"):
             fleet.worker(tier)  # runpod and paid only in case a job falls back or escalates
         d = Dispatcher(fleet.config)
-        jobs = _jobs.seed_day()
+        jobs = _jobs.home_lab_day()
         if not routed:
             jobs = _jobs.pinned(jobs, "local-gpu", "qwen3-coder:30b", "all30b")
         t0 = time.time()
@@ -535,7 +535,7 @@ def bench_seed_day(workdir: Path, scale: float, routed: bool) -> dict[str, Any]:
 
 
 def bench_cost(workdir: Path, scale: float, runpod_scale: float) -> dict[str, Any]:
-    # Runpod bills by the second: its host answers at the seed's latency whatever the scale.
+    # Runpod bills by the second: its host answers at the profiled latency whatever the scale.
     fleet = Fleet(workdir, "cost", scale=scale, host_scale={"sim-runpod": runpod_scale}).start()
     try:
         fleet.worker("rules", concurrency=2)
@@ -604,7 +604,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="simulated latencies x 0.1, fewer messages")
     ap.add_argument("--tiny", action="store_true", help="smallest sizes (smoke test)")
     ap.add_argument("--scale", type=float, default=None,
-                    help="simulated latency factor for the seed's day and failover (default 1.0, "
+                    help="simulated latency factor for the home-lab day and failover (default 1.0, "
                          "--quick 0.1)")
     ap.add_argument("--cost-scale", type=float, default=0.05,
                     help="latency factor of the cost day's hosts (cost does not depend on it, "
@@ -648,9 +648,9 @@ def main(argv: list[str] | None = None) -> int:
                     traceback.print_exc()
         # Then the waiting-bound ones side by side, each with its own Redis and workers.
         tasks: dict[str, Callable[[], dict[str, Any]]] = {}
-        if "seed_day" in args.parts:
-            tasks["seed_day_routed"] = lambda: bench_seed_day(workdir, args.scale, True)
-            tasks["seed_day_unrouted"] = lambda: bench_seed_day(workdir, args.scale, False)
+        if "home_lab_day" in args.parts:
+            tasks["home_lab_day_routed"] = lambda: bench_home_lab_day(workdir, args.scale, True)
+            tasks["home_lab_day_unrouted"] = lambda: bench_home_lab_day(workdir, args.scale, False)
         if "failover" in args.parts:
             tasks["failover"] = lambda: bench_failover(workdir, args.scale, sz.failover_trials)
         if "cost" in args.parts:
@@ -677,20 +677,20 @@ def assemble(results: dict[str, Any], errors: dict[str, str], args: argparse.Nam
     out: dict[str, Any] = {}
     for part in ("dispatch", "throughput", "route", "failover", "cost"):
         out.update(results.get(part, {}))
-    routed, unrouted = results.get("seed_day_routed"), results.get("seed_day_unrouted")
+    routed, unrouted = results.get("home_lab_day_routed"), results.get("home_lab_day_unrouted")
     if routed and unrouted:
-        out["seed_day_routed_s"] = routed["wall_s"]
-        out["seed_day_unrouted_s"] = unrouted["wall_s"]
-        out["seed_day_speedup"] = rounded(unrouted["wall_s"] / routed["wall_s"], 2)
-        out["seed_day_scale"] = args.scale
-        out["seed_day_detail"] = {
-            "jobs": "30 quick, 5 code, 2 vision, 1 reasoning (seed 002)",
+        out["home_lab_day_routed_s"] = routed["wall_s"]
+        out["home_lab_day_unrouted_s"] = unrouted["wall_s"]
+        out["home_lab_day_speedup"] = rounded(unrouted["wall_s"] / routed["wall_s"], 2)
+        out["home_lab_day_scale"] = args.scale
+        out["home_lab_day_detail"] = {
+            "jobs": "30 quick, 5 code, 2 vision, 1 reasoning (the home-lab example day)",
             "workers": "one worker process per tier; simulated hosts answer one request at a time",
             "scale": args.scale, "routed": routed, "unrouted": unrouted,
             "unrouted_means": "every job pinned to tier local-gpu, model qwen3-coder:30b",
         }
     order = ["dispatch_ratio", "dispatch_batch_ratio", "throughput_ratio", "route_p50_us",
-             "route_p99_us", "failover_s", "seed_day_routed_s", "seed_day_unrouted_s", "day_cost_cut"]
+             "route_p99_us", "failover_s", "home_lab_day_routed_s", "home_lab_day_unrouted_s", "day_cost_cut"]
     ordered = {k: out.pop(k) for k in order if k in out}
     return {
         **ordered, **out, "scale": args.scale,
@@ -724,10 +724,10 @@ def print_table(out: dict[str, Any]) -> None:
     if "failover_s" in out:
         trials = [x["failover_s"] for x in out["failover_detail"]["trials"]]
         row("failover_s", ".3f", f"median of {len(trials)}: {trials}")
-    if "seed_day_routed_s" in out:
-        det = out["seed_day_detail"]
-        row("seed_day_routed_s", ".1f", f"38 jobs routed, first tiers {det['routed']['first_tier']}")
-        row("seed_day_unrouted_s", ".1f", f"38 jobs on the 30B; {out['seed_day_speedup']}x slower "
+    if "home_lab_day_routed_s" in out:
+        det = out["home_lab_day_detail"]
+        row("home_lab_day_routed_s", ".1f", f"38 jobs routed, first tiers {det['routed']['first_tier']}")
+        row("home_lab_day_unrouted_s", ".1f", f"38 jobs on the 30B; {out['home_lab_day_speedup']}x slower "
             f"than routed")
     if "day_cost_cut" in out:
         row("day_cost_cut", ".3f", f"${out['day_cost_routed_usd']:.4f} routed vs "

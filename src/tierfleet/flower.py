@@ -39,7 +39,7 @@ DEFAULT_MAX_TASKS = 10_000  # Flower keeps tasks in memory: bound it
 
 
 def _is_loopback(address: str) -> bool:
-    from .api import is_loopback
+    from .api.auth import is_loopback
 
     return is_loopback(address)
 

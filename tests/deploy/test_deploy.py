@@ -29,7 +29,8 @@ from tierfleet.config import FleetConfig, load_config
 from tierfleet.errors import ConfigError
 from tierfleet.flower import flower_command
 from tierfleet.jobs import MODEL_KINDS, Job, Kind, Privacy, Risk
-from tierfleet.lab.embedded import free_port, redis_server_binary
+from tierfleet.lab.embedded import redis_server_binary
+from tierfleet.lab.processes import free_port
 from tierfleet.policy import build_policy
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from tierfleet.lab.embedded import EmbeddedRedis, free_port
+from tierfleet.lab.embedded import EmbeddedRedis
+from tierfleet.lab.processes import free_port
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

@@ -34,7 +34,8 @@ from tests.support.harness import Worker, every_kind_on, write_config
 from tierfleet.api import create_app, is_loopback, load_tokens, serve
 from tierfleet.config import ApiConfig, FleetConfig, load_config
 from tierfleet.errors import ConfigError
-from tierfleet.lab.embedded import EmbeddedRedis, free_port
+from tierfleet.lab.embedded import EmbeddedRedis
+from tierfleet.lab.processes import free_port
 from tierfleet.lab.sim.fleet import SimFleet
 
 pytestmark = pytest.mark.integration

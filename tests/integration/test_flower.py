@@ -22,7 +22,8 @@ from tierfleet.config import load_config
 from tierfleet.dispatch import Dispatcher
 from tierfleet.errors import ConfigError
 from tierfleet.flower import flower_command, validate_basic_auth
-from tierfleet.lab.embedded import EmbeddedRedis, free_port
+from tierfleet.lab.embedded import EmbeddedRedis
+from tierfleet.lab.processes import free_port
 
 T = TypeVar("T")
 

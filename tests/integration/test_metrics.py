@@ -23,7 +23,7 @@ from tierfleet.dispatch import Dispatcher
 from tierfleet.health import Breaker
 from tierfleet.heartbeats import write_heartbeat
 from tierfleet.jobs import Attempt
-from tierfleet.lab.embedded import free_port
+from tierfleet.lab.processes import free_port
 from tierfleet.metrics import LATENCY_BUCKETS, fleet_registry, record_attempt
 from tierfleet.store import Parking
 

@@ -17,6 +17,7 @@ import redis
 
 from tierfleet.config import load_config
 from tierfleet.heartbeats import heartbeat_key
+from tierfleet.lab.processes import CeleryWorker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,15 +123,10 @@ class Worker:
         self.restarts = 0
 
     def start(self, client: redis.Redis, timeout: float = 30.0) -> Worker:
-        env = {**os.environ, "TIERFLEET_CONFIG": str(self.config), "PYTHONUNBUFFERED": "1",
-               **self.env}
-        env.pop("TIERFLEET_REDIS_URL", None)
-        argv = [sys.executable, "-m", "celery", "-A", "tierfleet.worker", "worker",
-                "-Q", self.tier, "-n", self.name, "-c", str(self.concurrency), "-P", self.pool,
-                "-E", "--without-gossip", "--without-mingle", "-l", "INFO"]
+        worker = CeleryWorker(self.tier, self.config, name=self.name, concurrency=self.concurrency,
+                              pool=self.pool, loglevel="INFO", extra_env=self.env)
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=str(self.config.parent), start_new_session=True)
+        self.proc = worker.popen(self._log, cwd=self.config.parent, new_session=True)
         deadline = time.monotonic() + timeout
         hb = heartbeat_key(load_config(self.config), self.name)
         while time.monotonic() < deadline:

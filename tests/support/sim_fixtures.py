@@ -22,92 +22,23 @@ from typing import Any
 import pytest
 
 from tierfleet.config import FleetConfig
+from tierfleet.lab.fleets import home_lab
 from tierfleet.lab.sim import SimFleet
 
 RUNPOD_KEY_ENV = "TIERFLEET_TEST_RUNPOD_KEY"
 OPENAI_KEY_ENV = "TIERFLEET_TEST_OPENAI_KEY"
 SIM_KEYS = {RUNPOD_KEY_ENV: "test-runpod-key", OPENAI_KEY_ENV: "test-openai-key"}
-SCALE = 0.01  # the seed's latencies x 0.01: a 30B answer in ~0.1 s
+SCALE = 0.01  # the profiles' latencies x 0.01: a 30B answer in ~0.1 s
+HOST_NAMES = {"mac": "sim-ollama", "gpu": "sim-gpu", "runpod": "sim-runpod", "paid": "sim-openai"}
 
 
 def sim_config_data() -> dict[str, Any]:
-    """A fleet like the seed's: a Mac mini, a GPU box, Runpod and a paid provider, all simulated.
+    """The home-lab example fleet (:func:`tierfleet.lab.fleets.home_lab`), all simulated.
 
     Port 0 in a URL means "any free port"; ``SimFleet.config`` gives the real ones.
     """
-    return {
-        "tiers": {
-            "rules": {"place": "rules"},
-            "local-mac": {"place": "local", "models": {"default": "qwen3:4b"}},
-            "local-gpu": {
-                "place": "local",
-                "models": {
-                    "default": "qwen3-coder:30b",
-                    "reasoning": "deepseek-r1:8b",
-                    "vision": "granite3.2-vision:2b",
-                },
-                "fallback": ["local-mac", "runpod", "paid"],
-            },
-            "runpod": {
-                "place": "rented",
-                "models": {"default": "qwen3-coder:30b"},
-                "fallback": ["paid"],
-            },
-            "paid": {"place": "paid", "models": {"default": "gpt-5.5"}},
-        },
-        "hosts": {
-            "sim-ollama": {
-                "kind": "ollama",
-                "url": "http://127.0.0.1:0",
-                "tier": "local-mac",
-                "models": ["qwen3:4b"],
-                "context_window": 32768,
-                "timeout_s": 10,
-                "connect_timeout_s": 1,
-                "simulated": True,
-            },
-            "sim-gpu": {
-                "kind": "ollama",
-                "url": "http://127.0.0.1:0",
-                "tier": "local-gpu",
-                "models": ["qwen3-coder:30b", "deepseek-r1:8b", "granite3.2-vision:2b"],
-                "context_window": 32768,
-                "timeout_s": 10,
-                "connect_timeout_s": 1,
-                "simulated": True,
-            },
-            "sim-runpod": {
-                "kind": "runpod",
-                "url": "http://127.0.0.1:0/v2/sim-endpoint",
-                "tier": "runpod",
-                "models": ["qwen3-coder:30b"],
-                "api_key_env": RUNPOD_KEY_ENV,
-                "context_window": 131072,
-                "cost_per_second": 0.00044,
-                "timeout_s": 10,
-                "connect_timeout_s": 1,
-                "simulated": True,
-            },
-            "sim-openai": {
-                "kind": "openai",
-                "url": "http://127.0.0.1:0/v1",
-                "tier": "paid",
-                "models": ["gpt-5.5"],
-                "api_key_env": OPENAI_KEY_ENV,
-                "context_window": 400000,
-                "timeout_s": 10,
-                "connect_timeout_s": 1,
-                "simulated": True,
-            },
-        },
-        "models": {
-            "qwen3:4b": {"input_per_mtok": 0.0, "output_per_mtok": 0.0, "context_window": 32768},
-            "qwen3-coder:30b": {"input_per_mtok": 0.0, "output_per_mtok": 0.0},
-            "deepseek-r1:8b": {"input_per_mtok": 0.0, "output_per_mtok": 0.0},
-            "granite3.2-vision:2b": {"vision": True, "context_window": 16384},
-            "gpt-5.5": {"input_per_mtok": 3.0, "output_per_mtok": 12.0, "context_window": 400000},
-        },
-    }
+    return home_lab(names=HOST_NAMES, key_envs={"runpod": RUNPOD_KEY_ENV, "paid": OPENAI_KEY_ENV},
+                    host_defaults={"timeout_s": 10, "connect_timeout_s": 1})
 
 
 def sim_config(**host_overrides: dict[str, Any]) -> FleetConfig:

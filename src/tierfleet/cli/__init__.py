@@ -3,7 +3,7 @@
     jobs     submit, result, status, dlq, worker, reaper
     route    route, train                  (routing policy)
     money    report, inventory              (ledger and projections)
-    hosts    sim, local-model               (model hosts)
+    lab      sim, local-model               (simulated hosts, a real small model)
     ops      api, flower, demo              (operating the fleet)
 """
 
@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-_AREAS = ("jobs", "route", "money", "hosts", "ops")
+_AREAS = ("jobs", "route", "money", "lab", "ops")
 
 
 def _register() -> None:

@@ -220,10 +220,11 @@ def register(app: typer.Typer) -> None:
             fail(f"unknown tier {', '.join(unknown)}; known: {', '.join(cfg.tiers)}")
         if config:
             os.environ["TIERFLEET_CONFIG"] = str(Path(config).resolve())
+        # Standard library only: a worker machine needs no lab extra for this.
+        from ..lab.processes import CeleryWorker
+
         conc = concurrency or max(cfg.tiers[t].concurrency for t in tiers)
-        argv = [sys.executable, "-m", "celery", "-A", "tierfleet.worker", "worker",
-                "-Q", tier, "-n", name or f"{tiers[0]}@%h", "-c", str(conc), "-P", pool,
-                "-E", "--without-gossip", "--without-mingle", "-l", loglevel]
+        argv = CeleryWorker(tier, name=name, concurrency=conc, pool=pool, loglevel=loglevel).argv()
         sys.stdout.flush()
         os.execv(sys.executable, argv)
 

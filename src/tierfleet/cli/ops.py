@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from ..extras import require
 from ._common import clear_errors, config_option, console, get
 
 
@@ -27,6 +28,8 @@ def register(app: typer.Typer) -> None:
         Producer tokens come from the environment variable named by api.tokens_env
         (default TIERFLEET_API_TOKENS, comma separated).
         """
+        with clear_errors():
+            require("api")
         from ..api import load_tokens, serve
 
         cfg = get(config)
@@ -49,6 +52,7 @@ def register(app: typer.Typer) -> None:
         from ..flower import flower_command, run_flower
 
         with clear_errors():
+            require("flower")
             cmd = flower_command(config, port=port, address=address, basic_auth=basic_auth,
                                  max_tasks=max_tasks)
         access = "basic auth" if cmd.authenticated else "open API on loopback"
@@ -81,10 +85,12 @@ def register(app: typer.Typer) -> None:
         folder: Path = typer.Option(Path(".demo"), help="where the demo keeps its files"),
         redis_url: str = typer.Option(None, help="use this Redis instead of a private embedded one"),
         real_model: bool = typer.Option(True, help="run the local-mac tier on a real SmolLM2"),
-        scale: float = typer.Option(0.05, help="simulated latency scale (1.0 = the seeds' timings)"),
+        scale: float = typer.Option(0.05, help="simulated latency scale (1.0 = the profiled real timings)"),
         keep: bool = typer.Option(False, help="keep the fleet running at the end (Ctrl-C stops)"),
     ) -> None:
         """The story in a few minutes: inventory, fleet up, a day of jobs, a host down, the bill."""
+        with clear_errors():
+            require("lab")
         from ..lab.demo import run
 
         with clear_errors():

@@ -1,7 +1,7 @@
 """``make demo``: the whole story on one machine, in a few minutes, with nothing installed.
 
 1. the prompt inventory projected: monthly cost before and after routing;
-2. the fleet up: a private Redis, a worker per tier, model hosts (the seeds' home lab,
+2. the fleet up: a private Redis, a worker per tier, model hosts (the home-lab example fleet,
    SIMULATED on loopback, plus a REAL SmolLM2 on llama.cpp for the local-mac tier);
 3. a day of jobs, with a progress bar;
 4. the GPU box taken down halfway: the breaker opens and its jobs fall back
@@ -17,7 +17,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -31,7 +30,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..config import FleetConfig
-from .embedded import EmbeddedRedis, free_port
+from .embedded import EmbeddedRedis
+from .fleets import home_lab
+from .processes import CeleryWorker, free_port
 
 console = Console()
 
@@ -39,59 +40,47 @@ DEMO_KEYS = {"TIERFLEET_DEMO_RUNPOD_KEY": "demo-runpod-key", "TIERFLEET_DEMO_OPE
 
 
 def demo_config(redis_url: str, folder: Path, local_model_url: str | None) -> FleetConfig:
-    """The seeds' home lab: a Mac mini, an RTX 3060 box, Runpod Serverless and a paid provider."""
+    """The home-lab example fleet: a Mac mini, an RTX 3060 box, Runpod Serverless and a paid
+    provider (Claude models), with a real SmolLM2 as the Mac mini when it could start."""
     local_model = "smollm2:135m" if local_model_url else "qwen3:4b"
     mac_host: dict[str, Any] = (
-        {"kind": "openai", "url": local_model_url, "tier": "local-mac", "models": [local_model],
-         "context_window": 4096, "timeout_s": 120}
-        if local_model_url else
-        {"kind": "ollama", "url": "http://127.0.0.1:0", "tier": "local-mac",
-         "models": [local_model], "context_window": 32768, "timeout_s": 30, "simulated": True}
+        {"kind": "openai", "url": local_model_url, "models": [local_model],
+         "context_window": 4096, "timeout_s": 120, "simulated": None}
+        if local_model_url else {"timeout_s": 30}
     )
-    data: dict[str, Any] = {
-        "redis_url": redis_url,
-        "key_prefix": "tierfleet-demo",
-        "tiers": {
-            "rules": {"place": "rules", "concurrency": 2},
-            "local-mac": {"place": "local", "models": {"default": local_model}},
-            "local-gpu": {"place": "local", "models": {
-                "default": "qwen3-coder:30b", "reasoning": "deepseek-r1:8b",
-                "vision": "granite3.2-vision:2b"},
-                "fallback": ["local-mac", "runpod", "paid"]},
-            "runpod": {"place": "rented", "models": {"default": "qwen3-coder:30b"},
-                       "fallback": ["paid"]},
-            "paid": {"place": "paid", "models": {"default": "claude-sonnet-4-6"}},
+    data = home_lab(
+        names={"mac": "mac-mini", "gpu": "rtx-3060", "runpod": "runpod-serverless",
+               "paid": "provider"},
+        key_envs={"runpod": "TIERFLEET_DEMO_RUNPOD_KEY", "paid": "TIERFLEET_DEMO_OPENAI_KEY"},
+        overrides={
+            "redis_url": redis_url,
+            "key_prefix": "tierfleet-demo",
+            "tiers": {
+                "rules": {"concurrency": 2},
+                "local-mac": {"models": {"default": local_model}},
+                "paid": {"models": {"default": "claude-sonnet-4-6"}},
+            },
+            "hosts": {
+                "mac-mini": mac_host,
+                "rtx-3060": {"timeout_s": 30, "connect_timeout_s": 1},
+                "runpod-serverless": {"url": "http://127.0.0.1:0/v2/demo-endpoint", "timeout_s": 60},
+                "provider": {"models": ["claude-sonnet-4-6", "claude-opus-4-7"],
+                             "context_window": 200000, "timeout_s": 60},
+            },
+            "models": {
+                "qwen3:4b": None, "gpt-5.5": None,
+                "granite3.2-vision:2b": {"context_window": None},  # the GPU box's 32k
+                local_model: {"input_per_mtok": 0.0, "output_per_mtok": 0.0,
+                              "context_window": 4096 if local_model_url else 32768},
+                "claude-sonnet-4-6": {"input_per_mtok": 3.0, "output_per_mtok": 15.0},
+                "claude-opus-4-7": {"input_per_mtok": 5.0, "output_per_mtok": 25.0},
+            },
+            "reliability": {"heartbeat_s": 1.0, "dead_after_s": 6.0, "breaker_open_s": 20.0,
+                            "breaker_failures": 1, "health_cache_s": 1.0, "max_attempts": 10,
+                            "park_backoff_s": [2, 4, 8, 15]},
+            "ledger": {"dir": str(folder / "ledger")},
         },
-        "hosts": {
-            "mac-mini": mac_host,
-            "rtx-3060": {"kind": "ollama", "url": "http://127.0.0.1:0", "tier": "local-gpu",
-                         "models": ["qwen3-coder:30b", "deepseek-r1:8b", "granite3.2-vision:2b"],
-                         "context_window": 32768, "timeout_s": 30, "connect_timeout_s": 1,
-                         "simulated": True},
-            "runpod-serverless": {"kind": "runpod", "url": "http://127.0.0.1:0/v2/demo-endpoint",
-                                  "tier": "runpod", "models": ["qwen3-coder:30b"],
-                                  "api_key_env": "TIERFLEET_DEMO_RUNPOD_KEY",
-                                  "context_window": 131072, "cost_per_second": 0.00044,
-                                  "timeout_s": 60, "simulated": True},
-            "provider": {"kind": "openai", "url": "http://127.0.0.1:0/v1", "tier": "paid",
-                         "models": ["claude-sonnet-4-6", "claude-opus-4-7"],
-                         "api_key_env": "TIERFLEET_DEMO_OPENAI_KEY", "context_window": 200000,
-                         "timeout_s": 60, "simulated": True},
-        },
-        "models": {
-            local_model: {"input_per_mtok": 0.0, "output_per_mtok": 0.0,
-                          "context_window": 4096 if local_model_url else 32768},
-            "qwen3-coder:30b": {"input_per_mtok": 0.0, "output_per_mtok": 0.0},
-            "deepseek-r1:8b": {"input_per_mtok": 0.0, "output_per_mtok": 0.0},
-            "granite3.2-vision:2b": {"vision": True},
-            "claude-sonnet-4-6": {"input_per_mtok": 3.0, "output_per_mtok": 15.0},
-            "claude-opus-4-7": {"input_per_mtok": 5.0, "output_per_mtok": 25.0},
-        },
-        "reliability": {"heartbeat_s": 1.0, "dead_after_s": 6.0, "breaker_open_s": 20.0,
-                        "breaker_failures": 1, "health_cache_s": 1.0, "max_attempts": 10,
-                        "park_backoff_s": [2, 4, 8, 15]},
-        "ledger": {"dir": str(folder / "ledger")},
-    }
+    )
     return FleetConfig(**data)
 
 
@@ -170,13 +159,11 @@ def _processes() -> Iterator[list[subprocess.Popen[bytes]]]:
                 p.kill()
 
 
-def _start_worker(tier: str, concurrency: int, env: dict[str, str], folder: Path,
+def _start_worker(tier: str, concurrency: int, config_path: Path, folder: Path,
                   procs: list[subprocess.Popen[bytes]]) -> None:
-    argv = [sys.executable, "-m", "celery", "-A", "tierfleet.worker", "worker", "-Q", tier,
-            "-n", f"{tier}@demo", "-c", str(concurrency), "-E", "--without-gossip",
-            "--without-mingle", "-l", "WARNING"]
-    log = (folder / f"worker-{tier}.log").open("ab")
-    procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+    worker = CeleryWorker(tier, config_path, name=f"{tier}@demo", concurrency=concurrency)
+    with (folder / f"worker-{tier}.log").open("ab") as log:
+        procs.append(worker.popen(log))
 
 
 def _wait_for_workers(client: Any, config: FleetConfig, tiers: list[str], timeout: float = 60) -> None:
@@ -222,7 +209,7 @@ def run(*, folder: Path, redis_url: str | None = None, real_model: bool = True,
     t_start = time.monotonic()
     console.print(Panel(
         "Rules first, a small local model second, a rented GPU when local is not enough, a paid "
-        "model for quality and risk. Hosts marked SIMULATED answer on loopback with the seeds' "
+        "model for quality and risk. Hosts marked SIMULATED answer on loopback with the profiled "
         "latencies; the local-mac tier runs a REAL SmolLM2-135M on this CPU.",
         title="tierfleet demo"))
     shutil.rmtree(folder / "redis", ignore_errors=True)  # each run starts from an empty day
@@ -249,10 +236,8 @@ def run(*, folder: Path, redis_url: str | None = None, real_model: bool = True,
         sim = stack.enter_context(SimFleet.from_config(base, scale=scale, free_ports=True))
         config = sim.config
         cfg_path = write_sim_config(config, folder / "fleet.toml")
-        env = {**os.environ, "TIERFLEET_CONFIG": str(cfg_path)}
-        env.pop("TIERFLEET_REDIS_URL", None)
         for tier, tc in config.tiers.items():
-            _start_worker(tier, tc.concurrency, env, folder, procs)
+            _start_worker(tier, tc.concurrency, cfg_path, folder, procs)
         flower_port = free_port()
         from ..flower import flower_command
 

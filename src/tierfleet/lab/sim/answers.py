@@ -3,7 +3,7 @@
 Everything is derived from a hash of (model, messages), so the same request
 always gets the same answer, token counts and latency. Latency is
 ``base + per_token * tokens_out``, times a global scale factor, with the
-defaults taken from the seed's measurements on real machines: a 4B model
+defaults taken from measurements on real machines: a 4B model
 answers a short summary in ~0.3 s, a 30B code model in 8-12 s, a vision model
 in 4-13 s, an 8B reasoning model in 5-8 s.
 """

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+
+from ..processes import ChildProcess
 
 
 class SimAdmin:
@@ -71,7 +72,7 @@ class SimAdmin:
         return dict(self._get(f"/hosts/{name}" if name else "/hosts"))
 
 
-class SimProcess:
+class SimProcess(ChildProcess):
     """``python -m tierfleet.lab.sim`` as a child process; ``start()`` returns once every host listens.
 
     ``hosts`` maps host name to URL and ``admin`` is a :class:`SimAdmin`, both read from
@@ -147,19 +148,7 @@ class SimProcess:
         if self._admin is not None:
             self._admin.close()
             self._admin = None
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-        self.proc = None
+        super().stop()
 
     def __enter__(self) -> SimProcess:
         return self.start()

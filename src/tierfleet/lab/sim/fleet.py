@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,7 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 from ... import tokens
 from ...backends import SIMULATED_HEADER
 from ...config import FleetConfig, HostConfig
-from .host import ModelInfo, SimHost
+from .server import SimHost
+from .wire import ModelInfo
 
 SCALE_ENV = "TIERFLEET_SIM_SCALE"
 
@@ -38,13 +38,6 @@ def default_scale() -> float:
     if value < 0:
         raise ValueError(f"{SCALE_ENV} must be >= 0")
     return value
-
-
-def free_port(bind: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((bind, 0))
-        return int(s.getsockname()[1])
 
 
 def _port_of(url: str) -> int:

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
         config: str = config_option(),
         scale: float = typer.Option(
             None,
-            help="latency factor: 1 = the seed's real timings, 0.01 for tests "
+            help="latency factor: 1 = the profiled real timings, 0.01 for tests "
             "(default: $TIERFLEET_SIM_SCALE or 1)",
         ),
         admin_port: int = typer.Option(0, help="port of the fault-injection admin API (0: free)"),

@@ -1,0 +1,403 @@
+"""The OpenAI-compatible endpoint: ``POST /v1/chat/completions`` routed through the fleet.
+
+Chat completions. ``model`` picks the place:
+
+- ``"auto"`` (or ``"tierfleet"``): the routing policy chooses, as for any job;
+- a model named in the config's ``[models]`` (``"qwen3:4b"``): a tier serving
+  it that the job's privacy allows (the policy picks among several);
+- a tier: ``"tier:local-gpu"``, or the bare tier name when no model has that name.
+
+A model or tier the job's privacy forbids (a confidential job asking for the
+paid tier) is refused with 422 ``privacy_forbids`` rather than silently moved;
+unknown names get OpenAI's 404 ``model_not_found``. Job tags go in a
+``tierfleet`` object in the body (``extra_body={"tierfleet": {"privacy":
+"confidential", "workflow": "support", "risk": "high"}}`` in the OpenAI SDK) or
+in ``X-Tierfleet-Privacy``/``-Risk``/``-Workflow``/``-Kind``/``-Session``/
+``-User-Tier``/``-Job-Id`` headers; the body wins over a header. OpenAI
+parameters the fleet has no use for (temperature, top_p, seed, ...) are
+accepted and ignored; ``max_tokens``/``max_completion_tokens`` and
+``response_format`` (JSON) are honoured; ``stream: true`` is answered as a
+server-sent-event stream once the job has finished. The call waits up to
+``api.wait_timeout_s`` (or ``tierfleet.wait_s``, never longer); on timeout it
+answers 504 with the job id (``error.job_id`` and ``x-tierfleet-job-id``) so
+the caller can poll ``GET /v1/jobs/{id}``. A request naming a job id
+(``tierfleet.id`` or ``X-Tierfleet-Job-Id``) that has already finished gets
+the stored answer instead of a second run, so a client may retry safely.
+Answers carry ``x-tierfleet-tier``, ``x-tierfleet-route`` (the tiers tried,
+``a->b``), ``x-tierfleet-job-id`` and, for simulated hosts,
+``x-tierfleet-simulated: 1``; the body adds a ``tierfleet`` object (job id,
+tier, host, trail, cost) that OpenAI clients ignore.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, FastAPI, Header
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from ..config import FleetConfig
+from ..dispatch import Dispatcher, parse_job
+from ..jobs import MODEL_KINDS, TERMINAL, Job, Kind, Privacy, Result, Risk, Status, UserTier
+from .errors import ERROR_RESPONSES, ApiError, ErrorResponse
+
+__all__ = ["ChatCompletion", "ChatCompletionRequest", "add_chat_route", "resolve_target"]
+
+JOB_ID_PATTERN = r"^[\w.:-]+$"
+AUTO_MODELS = frozenset({"auto", "tierfleet", "tierfleet/auto"})
+_DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,(?P<b64>.*)$", re.DOTALL)
+
+# Shown in /docs, and tried first by schemathesis (its "explicit" phase).
+CHAT_EXAMPLES: dict[str, Any] = {
+    "auto": {"summary": "The policy chooses", "value": {
+        "model": "auto", "messages": [{"role": "user", "content": "Say hello."}]}},
+    "tagged": {"summary": "Job tags in the tierfleet object", "value": {
+        "model": "auto", "temperature": 0.2,
+        "messages": [{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": "Classify: printer out of toner"}],
+        "tierfleet": {"workflow": "support", "privacy": "confidential", "kind": "classification"}}},
+}
+
+class ImageUrl(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    url: str
+    detail: str | None = None
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+    image_url: ImageUrl | None = None
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    # Tool and function messages are not supported: the schema says so, and so does a 422.
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class TierfleetOptions(BaseModel):
+    """Job tags for a chat completion (``extra_body={"tierfleet": {...}}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, min_length=1, max_length=128, pattern=JOB_ID_PATTERN)
+    kind: Kind | None = None
+    privacy: Privacy | None = None
+    risk: Risk | None = None
+    workflow: str | None = Field(default=None, min_length=1, max_length=128)
+    user_tier: UserTier | None = None
+    session: str | None = Field(default=None, max_length=128)
+    latency_budget_s: float | None = Field(default=None, gt=0)
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    cache: bool | None = None
+    metadata: dict[str, str] | None = None
+    wait_s: float | None = Field(default=None, gt=0,
+                                 description="wait less than api.wait_timeout_s")
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat request; parameters the fleet has no use for are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(default="auto", max_length=256,
+                       description='"auto", a configured model, or a tier ("tier:NAME")')
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+    response_format: ResponseFormat | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(default=None, ge=1, le=1, description="only 1 is supported")
+    tools: list[Any] | None = None
+    tierfleet: TierfleetOptions | None = None
+
+
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: ChatMessageOut
+    finish_reason: str = "stop"
+    logprobs: None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TierfleetInfo(BaseModel):
+    job_id: str
+    tier: str | None
+    host: str | None
+    trail: list[str]
+    cost_usd: float
+    cache_hit: bool
+    simulated: bool
+    tokens_estimated: bool
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    system_fingerprint: str | None = None
+    tierfleet: TierfleetInfo
+
+
+
+def resolve_target(config: FleetConfig, model: str, privacy: str) -> tuple[str | None, str | None]:
+    """(tier, model) a chat request's ``model`` asks for; (None, None) lets the policy choose."""
+    name = model.strip()
+    if name.lower() in AUTO_MODELS or not name:
+        return None, None
+    tier: str | None = None
+    if name.startswith("tier:"):
+        tier = name.removeprefix("tier:")
+        if tier not in config.tiers:
+            raise ApiError(404, f"unknown tier {tier!r}; known: {', '.join(config.tiers)}",
+                           code="model_not_found", param="model")
+    elif name in config.models:
+        serving = [t for t in config.tiers
+                   if any(name in h.models for h in config.hosts_for(t).values())]
+        if not serving:
+            raise ApiError(404, f"no host in the fleet serves model {name!r}",
+                           code="model_not_found", param="model")
+        if not any(config.tier_allowed(t, privacy) for t in serving):
+            raise ApiError(422, f"model {name!r} runs only on {', '.join(serving)}, which "
+                           f"privacy={privacy} does not allow", code="privacy_forbids",
+                           param="model")
+        # The policy picks among the allowed tiers serving it (load, cost) and says why.
+        return None, name
+    elif name in config.tiers:
+        tier = name
+    else:
+        raise ApiError(404, f"The model {name!r} does not exist in this fleet; use \"auto\", a "
+                       "configured model or \"tier:NAME\"", code="model_not_found", param="model")
+    if config.tiers[tier].place == "rules":
+        raise ApiError(422, f"tier {tier!r} runs rules, not a model: it cannot answer a chat",
+                       code="invalid_value", param="model")
+    if not config.tier_allowed(tier, privacy):
+        raise ApiError(422, f"privacy={privacy} does not allow tier {tier!r}",
+                       code="privacy_forbids", param="model")
+    return tier, None
+
+
+def _convert_messages(messages: list[ChatMessageIn]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
+        role = "system" if m.role == "developer" else m.role
+        texts: list[str] = []
+        images: list[str] = []
+        if isinstance(m.content, str):
+            texts.append(m.content)
+        elif m.content is None:
+            raise ApiError(422, "message content is missing", code="invalid_value",
+                           param=f"messages.{i}.content")
+        else:
+            for j, part in enumerate(m.content):
+                where = f"messages.{i}.content.{j}"
+                if part.type == "text" and part.text is not None:
+                    texts.append(part.text)
+                elif part.type == "image_url" and part.image_url is not None:
+                    images.append(_image_b64(part.image_url.url, where))
+                else:
+                    raise ApiError(422, f"unsupported content part {part.type!r} (text and "
+                                   "image_url are)", code="unsupported_value", param=where)
+        out.append({"role": role, "content": "\n".join(texts), "images": images})
+    if not any(m["content"].strip() or m["images"] for m in out):
+        raise ApiError(422, "every message is empty: nothing to answer", code="invalid_value",
+                       param="messages")
+    return out
+
+
+def _image_b64(url: str, where: str) -> str:
+    match = _DATA_URL.match(url)
+    if match is None:
+        # Fetching a URL from here would let callers probe the network behind the API.
+        raise ApiError(422, "images must be data: URLs (data:image/png;base64,...)",
+                       code="unsupported_value", param=f"{where}.image_url.url")
+    b64 = re.sub(r"\s+", "", match["b64"])
+    try:
+        base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "image data is not valid base64", code="invalid_value",
+                       param=f"{where}.image_url.url") from None
+    if not b64:
+        raise ApiError(422, "image data is empty", code="invalid_value",
+                       param=f"{where}.image_url.url")
+    return b64
+
+
+def _chat_job(config: FleetConfig, body: ChatCompletionRequest,
+              headers: Mapping[str, str | None]) -> tuple[Job, float | None]:
+    """The Job a chat request stands for, and the wait the caller asked for."""
+    opts = body.tierfleet.model_dump(exclude_none=True) if body.tierfleet else {}
+    wait_s = opts.pop("wait_s", None)
+    for name, value in headers.items():
+        if value is not None and name not in opts:
+            opts[name] = value
+    if body.tools:
+        raise ApiError(422, "tool calls are not supported", code="unsupported_value",
+                       param="tools")
+    kind = Kind(opts.pop("kind", Kind.AUTO))
+    if kind not in MODEL_KINDS and kind is not Kind.AUTO:
+        raise ApiError(422, f"kind {kind.value!r} is a rules kind: submit it to POST /v1/jobs",
+                       code="invalid_value", param="tierfleet.kind")
+    privacy = str(opts.get("privacy", Privacy.INTERNAL.value))
+    tier, model = resolve_target(config, body.model, privacy)
+    data: dict[str, Any] = {
+        **opts,
+        "kind": kind.value,
+        "messages": _convert_messages(body.messages),
+        "tier": tier,
+        "model": model,
+        "max_tokens": body.max_completion_tokens or body.max_tokens,
+        "json_output": bool(body.response_format
+                            and body.response_format.type in ("json_object", "json_schema")),
+    }
+    return parse_job(data), wait_s
+
+
+def _result_headers(result: Result) -> dict[str, str]:
+    h = {"x-tierfleet-job-id": result.job_id}
+    if result.tier:
+        h["x-tierfleet-tier"] = result.tier
+    if result.trail:
+        h["x-tierfleet-route"] = "->".join(result.trail)
+    if result.model:
+        h["x-tierfleet-model"] = result.model
+    if result.simulated:
+        h["x-tierfleet-simulated"] = "1"
+    return h
+
+
+def _completion(result: Result, requested: str) -> ChatCompletion:
+    text = result.text if result.text is not None else (
+        result.output if isinstance(result.output, str) else json.dumps(result.output))
+    return ChatCompletion(
+        id=f"chatcmpl-{result.job_id}",
+        created=int(time.time()),
+        model=result.model or (f"tier:{result.tier}" if result.tier else requested),
+        choices=[Choice(message=ChatMessageOut(content=text or ""))],
+        usage=Usage(prompt_tokens=result.tokens_in, completion_tokens=result.tokens_out,
+                    total_tokens=result.tokens_in + result.tokens_out),
+        tierfleet=TierfleetInfo(
+            job_id=result.job_id, tier=result.tier, host=result.host, trail=result.trail,
+            cost_usd=result.cost_usd, cache_hit=result.cache_hit, simulated=result.simulated,
+            tokens_estimated=result.tokens_estimated,
+        ),
+    )
+
+
+def _sse(completion: ChatCompletion, include_usage: bool) -> list[str]:
+    base = {"id": completion.id, "object": "chat.completion.chunk", "created": completion.created,
+            "model": completion.model}
+    content = completion.choices[0].message.content
+    chunks: list[dict[str, Any]] = [
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": content},
+                              "finish_reason": None}]},
+        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]
+    if include_usage:
+        chunks.append({**base, "choices": [], "usage": completion.usage.model_dump()})
+    return [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
+
+
+def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
+                   auth: list[Any],
+                   wait_final: Callable[[str, float], Awaitable[Result | None]]) -> None:
+    """Mount ``POST /v1/chat/completions`` on ``app``; ``wait_final`` is the app's result wait."""
+    cfg, d = config, dispatcher
+
+    @app.post(
+        "/v1/chat/completions", response_model=ChatCompletion, dependencies=auth, tags=["openai"],
+        summary="OpenAI-compatible chat completion routed through the fleet",
+        responses={
+            **ERROR_RESPONSES,
+            200: {"content": {"text/event-stream": {}},
+                  "description": "chat.completion, or an event stream when stream=true"},
+            404: {"model": ErrorResponse, "description": "unknown model or tier"},
+            502: {"model": ErrorResponse, "description": "the job failed at its host"},
+            504: {"model": ErrorResponse,
+                  "description": "not finished in time; poll GET /v1/jobs/{error.job_id}"},
+        },
+    )
+    async def chat_completions(
+        body: Annotated[ChatCompletionRequest, Body(openapi_examples=CHAT_EXAMPLES)],
+        x_tierfleet_privacy: Annotated[Privacy | None, Header()] = None,
+        x_tierfleet_risk: Annotated[Risk | None, Header()] = None,
+        x_tierfleet_workflow: Annotated[str | None, Header(max_length=128)] = None,
+        x_tierfleet_kind: Annotated[Kind | None, Header()] = None,
+        x_tierfleet_session: Annotated[str | None, Header(max_length=128)] = None,
+        x_tierfleet_user_tier: Annotated[UserTier | None, Header()] = None,
+        x_tierfleet_job_id: Annotated[str | None, Header(max_length=128)] = None,
+    ) -> Response:
+        headers = {
+            "privacy": x_tierfleet_privacy, "risk": x_tierfleet_risk,
+            "workflow": x_tierfleet_workflow, "kind": x_tierfleet_kind,
+            "session": x_tierfleet_session, "user_tier": x_tierfleet_user_tier,
+            "id": x_tierfleet_job_id,
+        }
+        job, wait_s = _chat_job(cfg, body, {k: (v.value if hasattr(v, "value") else v)
+                                            for k, v in headers.items()})
+        limit = min(wait_s or cfg.api.wait_timeout_s, cfg.api.wait_timeout_s)
+        stored = await run_in_threadpool(d.results.get, job.id)
+        if stored is None or stored.status not in TERMINAL:
+            # A repeated request with the same job id gets the stored answer, not a second run.
+            await run_in_threadpool(d.submit, job)
+        res = await wait_final(job.id, limit)
+        if res is None or res.status not in TERMINAL:
+            raise ApiError(504, f"job {job.id} not finished after {limit:g}s; poll "
+                           f"GET /v1/jobs/{job.id}", code="timeout", job_id=job.id,
+                           headers={"x-tierfleet-job-id": job.id})
+        extra = _result_headers(res)
+        if res.status is Status.FAILED:
+            raise ApiError(502, f"job {job.id} failed: {res.error or 'unknown error'}",
+                           code="job_failed", job_id=job.id, headers=extra)
+        if res.status is Status.DEAD:
+            raise ApiError(503, f"job {job.id} was given up on: {res.error or 'no tier up'}",
+                           code="job_dead", job_id=job.id, headers=extra)
+        completion = _completion(res, body.model)
+        if body.stream:
+            include = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(iter(_sse(completion, include)),
+                                     media_type="text/event-stream", headers=extra)
+        return JSONResponse(completion.model_dump(mode="json"), headers=extra)
