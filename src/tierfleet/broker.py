@@ -14,6 +14,7 @@ from celery import Celery
 from kombu import Queue
 
 from .config import FleetConfig
+from .kombu_fixes import transport_for
 
 TASK_NAME = "tierfleet.run_job"
 
@@ -21,7 +22,7 @@ TASK_NAME = "tierfleet.run_job"
 def celery_settings(config: FleetConfig) -> dict[str, object]:
     rel = config.reliability
     vt = rel.visibility_timeout_s
-    return {
+    settings: dict[str, object] = {
         "broker_url": config.redis_url,
         "result_backend": config.results_url,
         "broker_transport_options": {
@@ -75,6 +76,12 @@ def celery_settings(config: FleetConfig) -> dict[str, object]:
             "interval_max": 3.0,
         },
     }
+    # kombu's Redis transports with the Redis-blink fix (see kombu_fixes): without it a
+    # worker exits "Unrecoverable error: AttributeError(... 'hostname')" on a restart.
+    transport = transport_for(config.redis_url)
+    if transport:
+        settings["broker_transport"] = transport
+    return settings
 
 
 def make_celery(config: FleetConfig) -> Celery:
