@@ -13,6 +13,7 @@ import redis
 from celery import Celery
 from kombu import Queue
 
+from . import connections
 from .config import FleetConfig
 from .kombu_fixes import transport_for
 
@@ -23,8 +24,8 @@ def celery_settings(config: FleetConfig) -> dict[str, object]:
     rel = config.reliability
     vt = rel.visibility_timeout_s
     settings: dict[str, object] = {
-        "broker_url": config.redis_url,
-        "result_backend": config.results_url,
+        "broker_url": connections.celery_url(config.redis_url),
+        "result_backend": connections.celery_url(config.results_url),
         "broker_transport_options": {
             "visibility_timeout": vt,
             # kombu >= 5.7: sweep for expired unacked messages every ~10 s, not ~100 s.
@@ -81,6 +82,16 @@ def celery_settings(config: FleetConfig) -> dict[str, object]:
     transport = transport_for(config.redis_url)
     if transport:
         settings["broker_transport"] = transport
+    # Sentinel: kombu (broker) and Celery (results) find the primary by this name and
+    # ask the sentinels again after every connection error, i.e. after a failover.
+    if connections.is_sentinel(config.redis_url):
+        settings["broker_transport_options"] = {
+            **settings["broker_transport_options"],  # type: ignore[dict-item]
+            **connections.sentinel_transport_options(config)}
+    if connections.is_sentinel(config.results_url):
+        settings["result_backend_transport_options"] = {
+            **settings["result_backend_transport_options"],  # type: ignore[dict-item]
+            **connections.sentinel_transport_options(config)}
     return settings
 
 
@@ -109,14 +120,8 @@ def send(app: Celery, msg: dict[str, Any], tier: str, *, producer: Any = None) -
 
 
 def redis_client(config: FleetConfig, url: str | None = None) -> redis.Redis:
-    return redis.Redis.from_url(
-        url or config.redis_url,
-        decode_responses=True,
-        socket_connect_timeout=5,
-        socket_timeout=30,
-        health_check_interval=25,
-        retry_on_timeout=True,
-    )
+    """The fleet's store client (plain URL or Sentinel primary): see connections.py."""
+    return connections.redis_client(config, url)
 
 
 def key(config: FleetConfig, *parts: str) -> str:

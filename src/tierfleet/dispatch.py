@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from . import rules
 from .broker import key, make_celery, redis_client, send
 from .config import FleetConfig, get_config
+from .durability import DurableSubmit
 from .errors import JobRejected, ResultTimeout
 from .health import Breaker
 from .jobs import Job, Result, Route, Status
@@ -97,6 +98,7 @@ class Dispatcher:
         self.policy = policy or build_policy(self.config)
         self.results = ResultStore(self.r, self.config)
         self.breaker = Breaker(self.r, self.config)
+        self.durable = DurableSubmit(self.config, self.r)
         self._state: tuple[float, FleetState] | None = None
         self._lock = threading.Lock()
 
@@ -162,6 +164,7 @@ class Dispatcher:
         job, route = self.prepare(data)
         self.results.mark_pending(job.id, route.tier)
         send(self.app, message(job, route, [], 1), route.tier)
+        self.durable.after_publish(1)  # reliability.durable_submit: on disk/replicas first
         if job.session:
             pipe = self.r.pipeline(transaction=False)
             self._remember_session(pipe, job, route)
@@ -190,6 +193,7 @@ class Dispatcher:
         with self.app.producer_or_acquire() as producer, producer.batch():
             for job, route in zip(jobs, routes, strict=True):
                 send(self.app, message(job, route, [], 1), route.tier, producer=producer)
+        self.durable.after_publish(len(jobs))  # reliability.durable_submit
         pipe = self.r.pipeline(transaction=False)
         for job, route in zip(jobs, routes, strict=True):
             self._remember_session(pipe, job, route)
