@@ -13,8 +13,13 @@ import redis
 from celery import Celery
 from kombu import Queue
 
+from . import connections
 from .config import FleetConfig
+<<<<<<< HEAD
 from .envelope import Delivery
+=======
+from .kombu_fixes import transport_for
+>>>>>>> redis
 
 TASK_NAME = "tierfleet.run_job"
 
@@ -22,9 +27,9 @@ TASK_NAME = "tierfleet.run_job"
 def celery_settings(config: FleetConfig) -> dict[str, object]:
     rel = config.reliability
     vt = rel.visibility_timeout_s
-    return {
-        "broker_url": config.redis_url,
-        "result_backend": config.results_url,
+    settings: dict[str, object] = {
+        "broker_url": connections.celery_url(config.redis_url),
+        "result_backend": connections.celery_url(config.results_url),
         "broker_transport_options": {
             "visibility_timeout": vt,
             # kombu >= 5.7: sweep for expired unacked messages every ~10 s, not ~100 s.
@@ -76,6 +81,22 @@ def celery_settings(config: FleetConfig) -> dict[str, object]:
             "interval_max": 3.0,
         },
     }
+    # kombu's Redis transports with the Redis-blink fix (see kombu_fixes): without it a
+    # worker exits "Unrecoverable error: AttributeError(... 'hostname')" on a restart.
+    transport = transport_for(config.redis_url)
+    if transport:
+        settings["broker_transport"] = transport
+    # Sentinel: kombu (broker) and Celery (results) find the primary by this name and
+    # ask the sentinels again after every connection error, i.e. after a failover.
+    if connections.is_sentinel(config.redis_url):
+        settings["broker_transport_options"] = {
+            **settings["broker_transport_options"],  # type: ignore[dict-item]
+            **connections.sentinel_transport_options(config)}
+    if connections.is_sentinel(config.results_url):
+        settings["result_backend_transport_options"] = {
+            **settings["result_backend_transport_options"],  # type: ignore[dict-item]
+            **connections.sentinel_transport_options(config)}
+    return settings
 
 
 def make_celery(config: FleetConfig) -> Celery:
@@ -104,12 +125,6 @@ def send(app: Celery, delivery: Delivery, *, producer: Any = None) -> None:
 
 
 def redis_client(config: FleetConfig, url: str | None = None) -> redis.Redis:
-    return redis.Redis.from_url(
-        url or config.redis_url,
-        decode_responses=True,
-        socket_connect_timeout=5,
-        socket_timeout=30,
-        health_check_interval=25,
-        retry_on_timeout=True,
-    )
+    """The fleet's store client (plain URL or Sentinel primary): see connections.py."""
+    return connections.redis_client(config, url)
 

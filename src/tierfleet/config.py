@@ -118,6 +118,14 @@ class ReliabilityConfig(_Strict):
     # manager restarts it. 0 turns the watchdog off.
     stall_restart_s: float = Field(default=120.0, ge=0)
     result_expires_s: int = Field(default=7 * 24 * 3600, gt=0)
+    # What an acknowledged submit promises (deploy/redis.conf says what each costs):
+    # "none": in Redis's memory (appendfsync everysec may lose the last ~1 s of them);
+    # "aof_local": fsynced to the primary's AOF (WAITAOF 1 0, Redis >= 7.2, or a server
+    #   already running appendfsync always); "replicas": on durable_replicas replicas
+    #   (WAITAOF 0 N on >= 7.2: in their AOF; WAIT N before: in their memory).
+    durable_submit: Literal["none", "aof_local", "replicas"] = "none"
+    durable_replicas: int = Field(default=1, ge=1)
+    durable_timeout_ms: int = Field(default=1000, gt=0)
 
     @model_validator(mode="after")
     def _time_limit_below_visibility(self) -> ReliabilityConfig:
@@ -166,6 +174,18 @@ class ApiConfig(_Strict):
     wait_timeout_s: float = Field(default=120.0, gt=0)
 
 
+class RedisConfig(_Strict):
+    """How to reach Redis when ``redis_url``/``result_url`` name Sentinels:
+    ``redis_url = "sentinel://h1:26379;sentinel://h2:26379;sentinel://h3:26379/0"``
+    (every sentinel, the database once at the end; a password as in
+    ``sentinel://:PASSWORD@h1:26379;...`` is the Redis primary's)."""
+
+    sentinel_master: str | None = Field(default=None, description="Sentinel's name of the primary")
+    # Sentinels that answer to a different password than the primary's (rare).
+    sentinel_password_env: str | None = None
+    sentinel_socket_timeout_s: float = Field(default=1.0, gt=0)
+
+
 class FleetConfig(BaseSettings):
     """The whole fleet as one validated object: tiers, hosts, models, policy and limits.
 
@@ -195,6 +215,7 @@ class FleetConfig(BaseSettings):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     rules: RulesConfig = Field(default_factory=RulesConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
     source: str = Field(default="<built-in>", description="where this config was read from")
 
     @classmethod
@@ -246,6 +267,19 @@ class FleetConfig(BaseSettings):
             raise ValueError("; ".join(sorted(set(problems))))
         return self
 
+<<<<<<< HEAD
+=======
+    @model_validator(mode="after")
+    def _sentinel_needs_a_master(self) -> FleetConfig:
+        for field, url in (("redis_url", self.redis_url), ("result_url", self.result_url or "")):
+            if url.lower().startswith("sentinel://") and not self.redis.sentinel_master:
+                raise ValueError(f"{field}: a sentinel:// URL needs redis.sentinel_master "
+                                 "(the name the sentinels monitor, e.g. \"mymaster\")")
+        return self
+
+    # -- derived views -------------------------------------------------------------
+
+>>>>>>> redis
     @property
     def results_url(self) -> str:
         return self.result_url or self.redis_url

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from . import keys, rules
 from .broker import make_celery, redis_client, send
 from .config import FleetConfig, get_config
+from .durability import DurableSubmit
 from .envelope import Delivery
 from .errors import JobRejected
 from .health import Breaker, breaker_table
@@ -97,6 +98,7 @@ class Dispatcher:
         self.policy = policy or build_policy(self.config)
         self.results = ResultStore(self.redis, self.config)
         self.breaker = Breaker(self.redis, self.config)
+        self.durable = DurableSubmit(self.config, self.redis)
         self._state: tuple[float, FleetState] | None = None
         self._lock = threading.Lock()
 
@@ -163,6 +165,7 @@ class Dispatcher:
         job, route = self.prepare(data)
         self.results.mark_pending(job.id, route.tier)
         send(self.app, Delivery(job=job, route=route))
+        self.durable.after_publish(1)  # reliability.durable_submit: on disk/replicas first
         if job.session:
             pipe = self.redis.pipeline(transaction=False)
             self._remember_session(pipe, job, route)
@@ -191,6 +194,7 @@ class Dispatcher:
         with self.app.producer_or_acquire() as producer, producer.batch():
             for job, route in zip(jobs, routes, strict=True):
                 send(self.app, Delivery(job=job, route=route), producer=producer)
+        self.durable.after_publish(len(jobs))  # reliability.durable_submit
         pipe = self.redis.pipeline(transaction=False)
         for job, route in zip(jobs, routes, strict=True):
             self._remember_session(pipe, job, route)
