@@ -179,8 +179,10 @@ def _execute(kind: Kind | str, payload: Any, config: FleetConfig) -> dict[str, A
         ) from exc
     except RecursionError as exc:
         raise RuleFailed("input nested too deeply to process", kind=name) from exc
-    # MemoryError is left to the bound (rules._bounds): it names limits.rules.memory_mb
-    # and replaces the helper process whose heap ran out.
+    except MemoryError:
+        # Left to the bound (rules._bounds): it names limits.rules.memory_mb and
+        # replaces the helper process whose heap ran out.
+        raise
     except Exception as exc:
         # A bug or a case nobody foresaw: still a failed job, not a dead worker.
         raise RuleFailed(
