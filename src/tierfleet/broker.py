@@ -15,11 +15,8 @@ from kombu import Queue
 
 from . import connections
 from .config import FleetConfig
-<<<<<<< HEAD
 from .envelope import Delivery
-=======
 from .kombu_fixes import transport_for
->>>>>>> redis
 
 TASK_NAME = "tierfleet.run_job"
 

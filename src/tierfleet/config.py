@@ -91,14 +91,73 @@ class PolicyConfig(_Strict):
     short_chat_tokens: int = Field(default=400, gt=0)
 
 
+class RuleBounds(_Strict):
+    """One rules kind's own bounds (``[limits.rules.KIND]``); unset fields take ``[limits.rules]``."""
+
+    cpu_s: float | None = Field(default=None, gt=0)
+    memory_mb: int | None = Field(default=None, gt=0)
+    output_bytes: int | None = Field(default=None, gt=0)
+
+
+class ResolvedBounds(BaseModel):
+    kind: str
+    cpu_s: float
+    memory_mb: int
+    output_bytes: int
+    isolation: Literal["fork", "inline"]
+
+
+class RulesLimits(_Strict):
+    """What one rules job may spend when it runs (``[limits.rules]``), with per-kind overrides.
+
+    ``isolation = "fork"`` runs each job in a forked child under ``RLIMIT_AS`` (memory)
+    and a CPU-time timer (with ``RLIMIT_CPU`` as the backstop for C code that never
+    returns to Python), so a blow-up costs the child, never the worker. ``inline``
+    runs in the worker itself: a CPU timer on the main thread only, and no memory bound.
+    """
+
+    cpu_s: float = Field(default=5.0, gt=0)
+    memory_mb: int = Field(default=512, gt=0)
+    output_bytes: int = Field(default=4_000_000, gt=0)
+    isolation: Literal["fork", "inline"] = "fork"
+    # Submit-time bounds of a json_validate schema: its own size, and how many
+    # subschema visits one pass makes once every $ref and allOf/anyOf/... is expanded.
+    max_schema_nodes: int = Field(default=10_000, gt=0)
+    max_schema_expansion: int = Field(default=100_000, gt=0)
+    dedupe: RuleBounds = Field(default_factory=RuleBounds)
+    json_validate: RuleBounds = Field(default_factory=RuleBounds)
+    regex_extract: RuleBounds = Field(default_factory=RuleBounds)
+    log_slice: RuleBounds = Field(default_factory=RuleBounds)
+    keyword_route: RuleBounds = Field(default_factory=RuleBounds)
+
+    def for_kind(self, kind: str) -> ResolvedBounds:
+        own = getattr(self, kind, None)
+        own = own if isinstance(own, RuleBounds) else RuleBounds()
+        return ResolvedBounds(
+            kind=kind,
+            cpu_s=own.cpu_s if own.cpu_s is not None else self.cpu_s,
+            memory_mb=own.memory_mb if own.memory_mb is not None else self.memory_mb,
+            output_bytes=own.output_bytes if own.output_bytes is not None else self.output_bytes,
+            isolation=self.isolation,
+        )
+
+
 class LimitsConfig(_Strict):
     max_prompt_chars: int = Field(default=400_000, gt=0)
     max_payload_bytes: int = Field(default=2_000_000, gt=0)
     max_messages: int = Field(default=200, gt=0)
     max_images: int = Field(default=8, ge=0)
+    # One decoded image; it also counts (as base64) against max_payload_bytes.
+    max_image_bytes: int = Field(default=2_000_000, gt=0)
     max_batch: int = Field(default=100_000, gt=0)
+    # All of one submit_many batch, as JSON: what one call may put on the queues.
+    max_batch_bytes: int = Field(default=64_000_000, gt=0)
+    # Containers nested deeper than this anywhere in a job are rejected before any
+    # recursive code (pydantic, json, jsonschema) sees them; real documents nest a few deep.
+    max_json_depth: int = Field(default=64, gt=0, le=500)
     regex_timeout_s: float = Field(default=1.0, gt=0)
     max_regex_chars: int = Field(default=2_000, gt=0)
+    rules: RulesLimits = Field(default_factory=RulesLimits)
 
 
 class ReliabilityConfig(_Strict):
@@ -267,8 +326,6 @@ class FleetConfig(BaseSettings):
             raise ValueError("; ".join(sorted(set(problems))))
         return self
 
-<<<<<<< HEAD
-=======
     @model_validator(mode="after")
     def _sentinel_needs_a_master(self) -> FleetConfig:
         for field, url in (("redis_url", self.redis_url), ("result_url", self.result_url or "")):
@@ -277,9 +334,6 @@ class FleetConfig(BaseSettings):
                                  "(the name the sentinels monitor, e.g. \"mymaster\")")
         return self
 
-    # -- derived views -------------------------------------------------------------
-
->>>>>>> redis
     @property
     def results_url(self) -> str:
         return self.result_url or self.redis_url

@@ -22,12 +22,13 @@ from pydantic import BaseModel, ValidationError
 
 from . import keys, rules
 from .broker import make_celery, redis_client, send
-from .config import FleetConfig, get_config
+from .config import FleetConfig, LimitsConfig, get_config
 from .durability import DurableSubmit
 from .envelope import Delivery
 from .errors import JobRejected
 from .health import Breaker, breaker_table
 from .heartbeats import live_workers
+from .inputs import check_image, safe_text, scan
 from .jobs import Job, Result, Route
 from .policy import FleetState, Policy, build_policy
 from .store import Parking, ResultStore
@@ -38,16 +39,36 @@ class Handle(BaseModel):
     route: Route
 
 
-def parse_job(data: Job | Mapping[str, Any]) -> Job:
-    """A Job from a mapping, with pydantic's errors turned into one clear JobRejected."""
+def _as_mapping(data: Any) -> Mapping[str, Any]:
+    """The raw fields of whatever the caller handed in, or a rejection saying what it was."""
     if isinstance(data, Job):
+        # Re-validated like any mapping: a Job may have been built with model_construct,
+        # or mutated after construction, and its input/metadata were never scanned.
+        raw: dict[str, Any] = {}
+        for name in Job.model_fields:
+            value = getattr(data, name, None)
+            if name == "messages" and value is not None:
+                value = [m.model_dump() if isinstance(m, BaseModel) else m for m in value]
+            raw[name] = getattr(value, "value", value) if name != "input" else value
+        return raw
+    if isinstance(data, Mapping):
         return data
+    if data is None:
+        raise JobRejected("job", "no job given: pass a dict of job fields or a Job")
+    raise JobRejected("job", f"a job is a dict of fields or a Job, not {type(data).__name__}")
+
+
+def _parse(data: Any, limits: LimitsConfig) -> Job:
+    raw = _as_mapping(data)
+    # Total before pydantic: depth, surrogates, NaN/Infinity, non-JSON types and size,
+    # each named by field, so nothing below can raise anything but a ValidationError.
+    scan(raw, "", max_depth=limits.max_json_depth, max_bytes=limits.max_payload_bytes, start_depth=-1)
     try:
-        return Job.model_validate(dict(data))
+        return Job.model_validate(dict(raw))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(safe_text(str(p)) for p in first["loc"])
+        msg = safe_text(str(first["msg"])).removeprefix("Value error, ")
         if not field:
             # Whole-job checks word their message "field: why".
             field, _, msg = msg.partition(": ") if ": " in msg else ("job", "", msg)
@@ -55,7 +76,24 @@ def parse_job(data: Job | Mapping[str, Any]) -> Job:
         raise JobRejected(field, msg + more) from None
 
 
-def check_limits(job: Job, config: FleetConfig) -> None:
+def parse_job(data: Job | Mapping[str, Any] | Any, limits: LimitsConfig | None = None) -> Job:
+    """A Job from a mapping (or a Job), or one clear JobRejected naming the field.
+
+    Total: whatever ``data`` is, the only exception out of here is JobRejected.
+    """
+    lim = limits if limits is not None else LimitsConfig()
+    try:
+        return _parse(data, lim)
+    except JobRejected:
+        raise
+    except RecursionError:
+        raise JobRejected("job", "nested too deeply to read") from None
+    except Exception as exc:
+        # A case the scan did not foresee must still be a rejection, never a 500.
+        raise JobRejected("job", f"could not be read ({type(exc).__name__})") from None
+
+
+def _check_limits(job: Job, config: FleetConfig) -> None:
     lim = config.limits
     if job.prompt is not None and len(job.prompt) > lim.max_prompt_chars:
         raise JobRejected("prompt", f"{len(job.prompt)} characters, limit {lim.max_prompt_chars}")
@@ -68,6 +106,12 @@ def check_limits(job: Job, config: FleetConfig) -> None:
     n_images = len(job.images) + sum(len(m.images) for m in job.messages or [])
     if n_images > lim.max_images:
         raise JobRejected("images", f"{n_images} images, limit {lim.max_images}")
+    for i, img in enumerate(job.images):
+        check_image(img, f"images[{i}]", lim.max_image_bytes)
+    for i, m in enumerate(job.messages or []):
+        for j, img in enumerate(m.images):
+            check_image(img, f"messages[{i}].images[{j}]", lim.max_image_bytes)
+    # The job was scanned (parse_job), so this cannot meet a surrogate, NaN or deep nesting.
     size = len(json.dumps(job.model_dump(mode="json"), ensure_ascii=False).encode())
     if size > lim.max_payload_bytes:
         raise JobRejected("input", f"job is {size} bytes, limit {lim.max_payload_bytes}")
@@ -77,6 +121,56 @@ def check_limits(job: Job, config: FleetConfig) -> None:
         raise JobRejected("model", f"unknown model {job.model!r}")
     if job.is_rules:
         rules.validate(job.kind, job.input or {}, lim)
+
+
+def check_limits(job: Job, config: FleetConfig) -> None:
+    """The config's limits on a parsed job; total like parse_job (only JobRejected)."""
+    try:
+        _check_limits(job, config)
+    except JobRejected:
+        raise
+    except RecursionError:
+        raise JobRejected("input", "nested too deeply to check") from None
+    except Exception as exc:
+        raise JobRejected("job", f"could not be checked ({type(exc).__name__})") from None
+
+
+def validate_batch(items: Any, config: FleetConfig) -> list[Job]:
+    """Every job of a batch parsed and checked, or JobRejected naming ``[i].field``.
+
+    Bounded by count (``limits.max_batch``) and by total size (``limits.max_batch_bytes``),
+    both checked as the batch is read, so a huge generator is never drained into memory.
+    """
+    lim = config.limits
+    if isinstance(items, str | bytes | Mapping | Job) or not isinstance(items, Iterable):
+        raise JobRejected("jobs", f"a batch is a list of jobs, not {type(items).__name__}")
+    jobs: list[Job] = []
+    total = 0
+    it = iter(items)
+    i = 0
+    while True:
+        try:
+            data = next(it)
+        except StopIteration:
+            break
+        except Exception as exc:
+            raise JobRejected("jobs", f"the batch could not be read ({type(exc).__name__})") from None
+        if i >= lim.max_batch:
+            raise JobRejected("jobs", f"more than {lim.max_batch} jobs in one batch (limits.max_batch)")
+        try:
+            job = parse_job(data, lim)
+            check_limits(job, config)
+            # Scanned, so dumping cannot fail; counted like the single-job payload limit.
+            total += len(job.model_dump_json())
+        except JobRejected as exc:
+            raise JobRejected(f"[{i}].{exc.field}", exc.message) from None
+        if total > lim.max_batch_bytes:
+            raise JobRejected(
+                "jobs", f"batch is over {lim.max_batch_bytes:,} bytes (limits.max_batch_bytes)"
+            )
+        jobs.append(job)
+        i += 1
+    return jobs
 
 
 class Dispatcher:
@@ -153,7 +247,7 @@ class Dispatcher:
             pipe.expire(k, 24 * 3600)
 
     def prepare(self, data: Job | Mapping[str, Any]) -> tuple[Job, Route]:
-        job = parse_job(data)
+        job = parse_job(data, self.config.limits)
         check_limits(job, self.config)
         route = self.policy.route(job, self._with_session(self.fleet_state(), job))
         return job, route
@@ -175,16 +269,7 @@ class Dispatcher:
     def submit_many(self, items: Iterable[Job | Mapping[str, Any]]) -> list[Handle]:
         """Validate and route everything first (so a bad job rejects the batch before
         anything is enqueued), then publish in one pipelined batch."""
-        jobs: list[Job] = []
-        for i, data in enumerate(items):
-            try:
-                job = parse_job(data)
-                check_limits(job, self.config)
-            except JobRejected as exc:
-                raise JobRejected(f"[{i}].{exc.field}", exc.message) from None
-            jobs.append(job)
-            if len(jobs) > self.config.limits.max_batch:
-                raise JobRejected("jobs", f"more than {self.config.limits.max_batch} jobs in one batch")
+        jobs = validate_batch(items, self.config)
         state = self.fleet_state()
         if any(j.session for j in jobs):
             routes = [self.policy.route(j, self._with_session(state, j)) for j in jobs]

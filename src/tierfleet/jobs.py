@@ -74,7 +74,8 @@ def _new_id() -> str:
 class Job(BaseModel):
     """One unit of work. Unknown fields are rejected so a typo never routes silently."""
 
-    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+    # No NaN/Infinity in a float field, even spelled as a string: RFC 8259 has neither.
+    model_config = ConfigDict(extra="forbid", use_enum_values=False, allow_inf_nan=False)
 
     id: str = Field(default_factory=_new_id, min_length=1, max_length=128, pattern=r"^[\w.:-]+$")
     kind: Kind = Kind.AUTO

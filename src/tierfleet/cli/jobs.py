@@ -7,14 +7,16 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..errors import JobRejected
-from ._common import clear_errors, config_option, console, fail, get
+from ..inputs import loads_strict, safe_text
+from ._common import clear_errors, config_option, console, err_console, fail, get
 
 
 def _dispatcher(config_path: str | None) -> Any:
@@ -23,20 +25,44 @@ def _dispatcher(config_path: str | None) -> Any:
     return Dispatcher(get(config_path))
 
 
+def _reject(message: str) -> NoReturn:
+    """One line on stderr, exit 2. The text may quote user input: make it printable
+    (no unpaired surrogates) and inert (no rich markup in a field name like ``[/x]``)."""
+    err_console.print("[bold red]error:[/] " + escape(safe_text(message)), soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _parse_json(text: str | bytes, where: str) -> Any:
+    try:
+        return loads_strict(text)
+    except json.JSONDecodeError as exc:
+        _reject(f"{where}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})")
+    except RecursionError:
+        _reject(f"{where}: nested too deeply to read")
+    except ValueError as exc:  # NaN / Infinity
+        _reject(f"{where}: not JSON ({exc})")
+
+
 def _read_jobs(path: Path) -> list[dict[str, Any]]:
     jobs: list[dict[str, Any]] = []
-    stream = sys.stdin if str(path) == "-" else path.open(encoding="utf-8")
+    try:
+        stream = sys.stdin.buffer if str(path) == "-" else path.open("rb")
+    except OSError as exc:
+        _reject(f"--file: cannot read {path}: {exc.strerror}")
     with stream:
-        for n, line in enumerate(stream, 1):
-            if not line.strip():
+        for n, raw in enumerate(stream, 1):
+            if not raw.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                fail(f"{path}:{n}: not JSON ({exc.msg})")
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                _reject(f"{path}:{n}: not UTF-8 text (byte {exc.start + 1})")
+            obj = _parse_json(line, f"{path}:{n}")
             if not isinstance(obj, dict):
-                fail(f"{path}:{n}: each line must be a JSON object")
+                _reject(f"{path}:{n}: each line must be a JSON object")
             jobs.append(obj)
+    if not jobs:
+        _reject(f"--file: {path} holds no jobs")
     return jobs
 
 
@@ -70,10 +96,7 @@ def register(app: typer.Typer) -> None:
             if prompt is not None:
                 job["prompt"] = prompt
             if input_json is not None:
-                try:
-                    job["input"] = json.loads(input_json)
-                except json.JSONDecodeError as exc:
-                    fail(f"--input: not JSON ({exc.msg})")
+                job["input"] = _parse_json(input_json, "--input")
             for k, v in (("tier", tier), ("model", model), ("session", session)):
                 if v is not None:
                     job[k] = v
@@ -85,7 +108,7 @@ def register(app: typer.Typer) -> None:
             try:
                 handles = d.submit_many(jobs) if len(jobs) > 1 else [d.submit(jobs[0])]
             except JobRejected as exc:
-                fail(f"job rejected: {exc}")
+                _reject(f"job rejected: {exc.field}: {exc.message}")
             if not wait:
                 for h in handles:
                     if as_json:

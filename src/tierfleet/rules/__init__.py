@@ -30,9 +30,11 @@ from pydantic import BaseModel, ValidationError
 
 from ..config import FleetConfig, LimitsConfig
 from ..errors import JobRejected
+from ..inputs import safe_text, scan
 from ..jobs import RULES_KINDS, Kind
 from . import dedupe, json_validate, keyword_route, log_slice, regex_extract
-from ._common import MAX_JSON_DEPTH, RuleFailed, RuleInput, field_path, json_depth_over
+from ._bounds import Sandbox, run_bounded
+from ._common import RuleFailed, RuleInput, field_path
 
 __all__ = ["EXECUTORS", "Executor", "RuleFailed", "execute", "input_schema", "validate"]
 
@@ -87,7 +89,7 @@ def _describe(errors: list[Any]) -> tuple[str, str]:
     """The first pydantic error as (field, message), with a count of the rest."""
     def text(e: dict[str, Any]) -> str:
         known = {"missing": "field required", "extra_forbidden": "unknown field"}
-        return known.get(e["type"]) or str(e["msg"]).removeprefix("Value error, ")
+        return safe_text(known.get(e["type"]) or str(e["msg"]).removeprefix("Value error, "))
 
     first = errors[0]
     field = field_path("input", first["loc"])
@@ -106,12 +108,10 @@ def validate(kind: Kind | str, payload: Any, limits: LimitsConfig) -> BaseModel:
         raise JobRejected("input", f"a {ex.kind.value} job needs an 'input' object")
     if not isinstance(payload, Mapping):
         raise JobRejected("input", f"must be a JSON object, not {type(payload).__name__}")
-    if json_depth_over(payload, MAX_JSON_DEPTH + 2):
-        raise JobRejected("input", f"nested deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        size = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
-    except (TypeError, ValueError) as exc:
-        raise JobRejected("input", f"not JSON-serialisable: {exc}") from exc
+    # Plain JSON only, before anything recursive sees it (a message may have been
+    # enqueued by hand, so the worker runs this too).
+    scan(payload, "input", max_depth=limits.max_json_depth, max_bytes=limits.max_payload_bytes)
+    size = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
     if size > limits.max_payload_bytes:
         raise JobRejected(
             "input",
@@ -136,7 +136,34 @@ def validate(kind: Kind | str, payload: Any, limits: LimitsConfig) -> BaseModel:
 
 
 def execute(kind: Kind | str, payload: Any, config: FleetConfig) -> dict[str, Any]:
-    """Run a rules job and return its JSON-ready output; every failure is a RuleFailed."""
+    """Run a rules job and return its JSON-ready output; every failure is a RuleFailed.
+
+    The run is bounded in CPU time, memory and output bytes by ``[limits.rules]``
+    (see :mod:`tierfleet.rules._bounds`); past a bound it fails naming the limit.
+    """
+    name = str(getattr(kind, "value", kind))
+    try:
+        ex = _executor(kind)
+    except JobRejected as exc:
+        raise RuleFailed(f"rejected input: {exc}", kind=name) from exc
+    bounds = config.limits.rules.for_kind(ex.kind.value)
+    try:
+        # Plain JSON before it crosses to the helper (the scan is bounded by the size limit).
+        scan(payload, "input", max_depth=config.limits.max_json_depth,
+             max_bytes=config.limits.max_payload_bytes)
+        return run_bounded(
+            lambda: _execute(kind, payload, config), bounds, _SANDBOX,
+            ex.kind.value, payload, config,
+        )
+    except JobRejected as exc:
+        raise RuleFailed(f"rejected input: {exc}", kind=name) from exc
+    except RuleFailed as exc:
+        exc.kind = exc.kind or name
+        raise
+
+
+def _execute(kind: Kind | str, payload: Any, config: FleetConfig) -> dict[str, Any]:
+    """The unbounded run: validate again (a message may have been enqueued by hand), then run."""
     name = str(getattr(kind, "value", kind))
     try:
         model = validate(kind, payload, config.limits)
@@ -152,13 +179,19 @@ def execute(kind: Kind | str, payload: Any, config: FleetConfig) -> dict[str, An
         ) from exc
     except RecursionError as exc:
         raise RuleFailed("input nested too deeply to process", kind=name) from exc
-    except MemoryError as exc:
-        raise RuleFailed("input too large to process in memory", kind=name) from exc
+    except MemoryError:
+        # Left to the bound (rules._bounds): it names limits.rules.memory_mb and
+        # replaces the helper process whose heap ran out.
+        raise
     except Exception as exc:
         # A bug or a case nobody foresaw: still a failed job, not a dead worker.
         raise RuleFailed(
             f"{name} failed unexpectedly: {type(exc).__name__}: {exc}", kind=name
         ) from exc
+
+
+# One per process; its helpers are forked on first use (after any pool fork).
+_SANDBOX = Sandbox(_execute)
 
 
 def input_schema(kind: Kind | str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Input::
 
 - ``items`` (list of strings, required): the texts, in order. The payload size
   limit (``limits.max_payload_bytes``) bounds the list.
+- ``max_duplicates`` (optional): how many duplicates to list (see below).
 - ``normalise`` (bool, default true): also treat texts as duplicates when they
   differ only in case, whitespace, punctuation, invisible format characters or
   Unicode compatibility forms (NFKC: full-width letters, ligatures, ...). Hyphens
@@ -16,15 +17,19 @@ Input::
 Output::
 
     {"unique": ["Reset my VPN", "Printer jam"],
-     "duplicates": [{"item": "reset my vpn!", "duplicate_of": "Reset my VPN",
-                     "index": 1, "of_index": 0, "how": "normalised"}],
+     "duplicates": [{"index": 1, "of_index": 0, "how": "normalised"}],
+     "duplicate_count": 1, "truncated": false,
      "count_in": 3, "count_out": 2}
 
-``unique`` keeps input order. Each duplicate points at the kept item (``of_index``
-is its position in ``items``); ``how`` is ``exact`` when the texts are identical
-and ``normalised`` otherwise. A text that normalises to nothing (only punctuation
-or spaces) is compared exactly, so ``"?"`` and ``"!!"`` stay distinct. Running
-dedupe on its own ``unique`` output returns it unchanged.
+``unique`` keeps input order. Each duplicate names its position in ``items``
+(``index``) and the kept item's (``of_index``), not copies of the texts: the answer
+stays no bigger than the input however many repeats there are. ``how`` is
+``exact`` when the texts are identical and ``normalised`` otherwise. At most
+``max_duplicates`` (1..100,000, default 10,000) are listed, in order;
+``duplicate_count`` counts them all and ``truncated`` says some were left out. A
+text that normalises to nothing (only punctuation or spaces) is compared exactly,
+so ``"?"`` and ``"!!"`` stay distinct. Running dedupe on its own ``unique`` output
+returns it unchanged.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import unicodedata
 from typing import Any
 
 import regex
-from pydantic import Field, StrictBool, StrictStr
+from pydantic import Field, StrictBool, StrictInt, StrictStr
 
 from ..config import FleetConfig, LimitsConfig
 from ._common import RuleInput
@@ -49,6 +54,7 @@ _PUNCT = regex.compile(r"\p{P}+")
 class DedupeInput(RuleInput):
     items: list[StrictStr] = Field(description="texts to deduplicate, in order")
     normalise: StrictBool = Field(default=True, description="also catch near-duplicates")
+    max_duplicates: StrictInt = Field(default=10_000, ge=1, le=100_000)
 
 
 def normalise(text: str) -> str:
@@ -68,6 +74,7 @@ def check(inp: DedupeInput, limits: LimitsConfig) -> None:
 def run(inp: DedupeInput, config: FleetConfig) -> dict[str, Any]:
     unique: list[str] = []
     duplicates: list[dict[str, Any]] = []
+    count = 0
     # key -> index (in items) of the first text with that key
     seen_exact: dict[str, int] = {}
     seen_norm: dict[str, int] = {}
@@ -83,19 +90,15 @@ def run(inp: DedupeInput, config: FleetConfig) -> dict[str, Any]:
             seen_exact[item] = index
             unique.append(item)
             continue
-        kept = inp.items[first]
-        duplicates.append(
-            {
-                "item": item,
-                "duplicate_of": kept,
-                "index": index,
-                "of_index": first,
-                "how": "exact" if item == kept else "normalised",
-            }
-        )
+        count += 1
+        if len(duplicates) < inp.max_duplicates:
+            how = "exact" if item == inp.items[first] else "normalised"
+            duplicates.append({"index": index, "of_index": first, "how": how})
     return {
         "unique": unique,
         "duplicates": duplicates,
+        "duplicate_count": count,
+        "truncated": count > len(duplicates),
         "count_in": len(inp.items),
         "count_out": len(unique),
     }

@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import contextvars
 import importlib
-import json
 import re
+import reprlib
 from collections.abc import Iterator, Mapping
 from types import ModuleType
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import regex
 from jsonschema import validators
@@ -58,13 +59,12 @@ from referencing.exceptions import Unresolvable
 
 from ..config import FleetConfig, LimitsConfig
 from ..errors import JobRejected
+from ..inputs import loads_strict, scan
 from ._common import (
-    MAX_JSON_DEPTH,
     RegexBudget,
     RuleFailed,
     RuleInput,
     compile_pattern,
-    json_depth_over,
 )
 
 DEFAULT_DIALECT = validators.Draft202012Validator
@@ -156,6 +156,185 @@ def _walk_schema(node: Any, path: str) -> Iterator[tuple[str, Mapping[str, Any]]
             stack.extend((f"{p}[{i}]", v) for i, v in enumerate(value))
 
 
+# -- static complexity ------------------------------------------------------------------
+
+
+def _unescape(token: str) -> str:
+    return unquote(token).replace("~1", "/").replace("~0", "~")
+
+
+def _local_target(root: Any, ref: str, anchors: Mapping[str, Any]) -> Any:
+    """What a same-document ``$ref`` points at, or None when it is not one we can follow."""
+    if ref == "#":
+        return root
+    if ref.startswith("#/"):
+        node = root
+        for token in ref[2:].split("/"):
+            key = _unescape(token)
+            if isinstance(node, Mapping) and key in node:
+                node = node[key]
+            elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+            else:
+                return None
+        return node
+    if ref.startswith("#"):
+        return anchors.get(ref[1:])
+    return None
+
+
+_END = object()
+
+
+def schema_expansion(schema: Any, limit: int) -> int:
+    """How many schema objects one validation pass may visit once every same-document
+    ``$ref`` is followed where it stands (so ``allOf: [$ref d1, $ref d1]`` chains double
+    per level), counted without expanding: memoised per node, a cycle counted once.
+    Stops early and returns ``limit + 1`` once the count is past ``limit``.
+    """
+    anchors = {
+        node["$anchor"]: node
+        for _, node in _walk_schema(schema, "")
+        if isinstance(node.get("$anchor"), str)
+    }
+
+    def children(node: Any) -> Iterator[Any]:
+        if isinstance(node, list):
+            yield from (v for v in node if isinstance(v, Mapping | list))
+            return
+        for k, v in node.items():
+            if k in _DATA_KEYWORDS:
+                continue
+            if k in ("$ref", "$dynamicRef", "$recursiveRef") and isinstance(v, str):
+                target = _local_target(schema, v, anchors)
+                if isinstance(target, Mapping | list):
+                    yield target
+            elif isinstance(v, Mapping | list):
+                yield v
+
+    if not isinstance(schema, Mapping):
+        return 1
+    memo: dict[int, int] = {}
+    on_path: set[int] = {id(schema)}
+    stack: list[tuple[Any, Iterator[Any], list[int]]] = [(schema, children(schema), [1])]
+    while stack:
+        node, kids, acc = stack[-1]
+        child = next(kids, _END)
+        if child is _END:
+            stack.pop()
+            on_path.discard(id(node))
+            memo[id(node)] = acc[0]
+            if not stack:
+                break
+            stack[-1][2][0] += acc[0]
+            if stack[-1][2][0] > limit:
+                return limit + 1
+            continue
+        cid = id(child)
+        if cid in memo:
+            acc[0] += memo[cid]
+        elif cid in on_path:
+            acc[0] += 1  # recursion: bounded by the document's depth, not the schema's
+        else:
+            on_path.add(cid)
+            stack.append((child, children(child), [1]))
+            continue
+        if acc[0] > limit:
+            return limit + 1
+    return memo.get(id(schema), 1)
+
+
+def check_complexity(schema: Any, limits: LimitsConfig) -> None:
+    """Refuse a schema that is too big, or small but exponential once expanded."""
+    if isinstance(schema, bool):
+        return
+    bounds = limits.rules
+    for nodes, _ in enumerate(_walk_schema(schema, ""), 1):
+        if nodes > bounds.max_schema_nodes:
+            raise JobRejected(
+                "input.schema",
+                f"more than {bounds.max_schema_nodes:,} schema objects "
+                "(limits.rules.max_schema_nodes)",
+            )
+    cost = schema_expansion(schema, bounds.max_schema_expansion)
+    if cost > bounds.max_schema_expansion:
+        raise JobRejected(
+            "input.schema",
+            f"expands to more than {bounds.max_schema_expansion:,} subschema checks per value "
+            "once $ref/allOf/anyOf/oneOf are followed (limits.rules.max_schema_expansion)",
+        )
+
+
+def _known_ids(schema: Any) -> set[str]:
+    ids: set[str] = set()
+    for _, node in _walk_schema(schema, ""):
+        for word in ("$id", "id"):
+            v = node.get(word)
+            if isinstance(v, str):
+                ids.add(v.rstrip("#"))
+    return ids
+
+
+def _no_remote(ref: str, where: str, schema: Any) -> None:
+    """Only same-document references and the standard meta-schemas: nothing is fetched."""
+    base = ref.split("#", 1)[0]
+    if not base:
+        return
+    ids = _known_ids(schema)
+    if base in META_SCHEMAS or base.rstrip("#") in ids:
+        return
+    if not urlsplit(base).scheme and not base.startswith("//") and ids:
+        return  # relative to a nested $id: resolved (or failed cleanly) at run time
+    raise JobRejected(
+        where,
+        f"reference {ref!r} is outside this schema; remote references are not fetched "
+        "(use #/$defs/... or a standard meta-schema)",
+    )
+
+
+# -- uniqueItems in linear time ---------------------------------------------------------
+
+
+def _canonical(value: Any) -> Any:
+    """A hashable key equal for values jsonschema calls equal (1 == 1.0, True != 1)."""
+    if isinstance(value, str):
+        return ("s", value)
+    if isinstance(value, bool) or value is None:
+        return ("b", value)
+    if isinstance(value, int):
+        return ("n", value)
+    if isinstance(value, float):
+        return ("n", int(value)) if value.is_integer() else ("n", value)
+    if isinstance(value, Mapping):
+        return ("o", frozenset((k, _canonical(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return ("a", tuple(_canonical(v) for v in value))
+    return ("?", repr(value))
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    # jsonschema's own check compares objects pairwise: 30,000 of them is 450 million
+    # comparisons. Hashing canonical forms gives the same verdict in one pass.
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    seen: set[Any] = set()
+    for item in instance:
+        key = _canonical(item)
+        if key in seen:
+            yield ValidationError(f"{reprlib.repr(instance)} has non-unique elements")
+            return
+        seen.add(key)
+
+
+_FAST: dict[type[Validator], type[Validator]] = {}
+
+
+def _fast(cls: type[Validator]) -> type[Validator]:
+    if cls not in _FAST:
+        _FAST[cls] = validators.extend(cls, {"uniqueItems": _unique_items})
+    return _FAST[cls]
+
+
 def validator_class(
     schema: Mapping[str, Any] | bool, field: str = "input.schema"
 ) -> type[Validator]:
@@ -172,7 +351,7 @@ def validator_class(
 
 
 def _build(inp: JsonValidateInput) -> Validator:
-    cls = validator_class(inp.schema_)
+    cls = _fast(validator_class(inp.schema_))
     checker = cls.FORMAT_CHECKER if inp.formats else None
     # The meta-schema registry only: a $ref to an outside URL fails instead of fetching it.
     return cls(inp.schema_, registry=META_SCHEMAS, format_checker=checker)
@@ -180,10 +359,9 @@ def _build(inp: JsonValidateInput) -> Validator:
 
 def check(inp: JsonValidateInput, limits: LimitsConfig) -> None:
     schema = inp.schema_
-    if json_depth_over(schema):
-        raise JobRejected("input.schema", f"nested deeper than {MAX_JSON_DEPTH} levels")
-    if not (isinstance(inp.document, str) and inp.parse) and json_depth_over(inp.document):
-        raise JobRejected("input.document", f"nested deeper than {MAX_JSON_DEPTH} levels")
+    # Depth, NaN and surrogates were refused for the whole input (rules.validate);
+    # size and expansion are this kind's own, checked before the meta-schema runs.
+    check_complexity(schema, limits)
     cls = validator_class(schema)
     try:
         cls.check_schema(schema)
@@ -202,9 +380,12 @@ def check(inp: JsonValidateInput, limits: LimitsConfig) -> None:
         if isinstance(props, Mapping):
             for key in props:
                 compile_pattern(str(key), 0, f"{path}.patternProperties", limits)
-        ref = node.get("$ref")
-        if isinstance(ref, str):
-            refs.append((f"{path}.$ref", ref))
+        for word in ("$ref", "$dynamicRef", "$recursiveRef"):
+            ref = node.get(word)
+            if isinstance(ref, str):
+                _no_remote(ref, f"{path}.{word}", schema)
+                if word == "$ref":
+                    refs.append((f"{path}.$ref", ref))
         if path != "input.schema" and isinstance(node.get("$id") or node.get("id"), str):
             nested_ids = True
     # A reference into this same document can be checked now; with nested $id the
@@ -240,7 +421,7 @@ def run(inp: JsonValidateInput, config: FleetConfig) -> dict[str, Any]:
     document = inp.document
     if isinstance(document, str) and inp.parse:
         try:
-            document = json.loads(document)
+            document = loads_strict(document)
         except RecursionError as exc:
             raise RuleFailed(f"document nested deeper than Python can read ({exc})") from exc
         except ValueError as exc:
@@ -258,8 +439,11 @@ def run(inp: JsonValidateInput, config: FleetConfig) -> dict[str, Any]:
                 "truncated": False,
                 "dialect": dialect,
             }
-        if json_depth_over(document):
-            raise RuleFailed(f"document nested deeper than {MAX_JSON_DEPTH} levels")
+        # The parsed text gets the same checks as a document given inline.
+        try:
+            scan(document, "input.document", max_depth=config.limits.max_json_depth)
+        except JobRejected as exc:
+            raise RuleFailed(f"document {exc.message}") from None
 
     _install_guard()
     budget = RegexBudget(config.limits.regex_timeout_s)

@@ -60,19 +60,32 @@ def run(inp: RegexExtractInput, config: FleetConfig) -> dict[str, Any]:
     names = list(compiled.groupindex)
     matches: list[dict[str, Any]] = []
     truncated = False
+    # Groups may capture overlapping text (``(?=(.*))`` copies the rest of the text at
+    # every position), so the answer's size is counted as it grows, not after.
+    budget = limits.rules.for_kind("regex_extract").output_bytes
+    size = 0
     try:
         # One timeout for the whole scan: regex counts it across the iterator.
         for m in compiled.finditer(inp.text, timeout=limits.regex_timeout_s, concurrent=True):
             if len(matches) >= inp.max_matches:
                 truncated = True
                 break
+            numbered = list(m.groups())
+            size += 60 + len(m.group(0)) + sum(len(g) + 8 for g in numbered if g is not None)
+            size += sum(len(n) + 8 + len(m.group(n) or "") for n in names)
+            if size > budget:
+                raise RuleFailed(
+                    f"output is over {budget:,} bytes after {len(matches):,} matches, over the "
+                    "output limit: limits.rules.output_bytes for regex_extract; "
+                    "lower max_matches or capture less"
+                )
             matches.append(
                 {
                     "match": m.group(0),
                     "start": m.start(),
                     "end": m.end(),
                     "groups": {name: m.group(name) for name in names},
-                    "numbered": list(m.groups()),
+                    "numbered": numbered,
                 }
             )
     except TimeoutError as exc:

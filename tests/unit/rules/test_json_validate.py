@@ -108,9 +108,12 @@ def test_boolean_schemas() -> None:
 
 
 def test_remote_reference_is_not_fetched() -> None:
+    # Refused at submit, naming the reference; a hand-enqueued one fails the same way.
     schema = {"$ref": "https://schemas.example.invalid/ticket.json"}
-    rules.validate(Kind.JSON_VALIDATE, {"document": 1, "schema": schema}, CONFIG.limits)
-    with pytest.raises(RuleFailed, match="cannot be resolved"):
+    with pytest.raises(JobRejected) as info:
+        rules.validate(Kind.JSON_VALIDATE, {"document": 1, "schema": schema}, CONFIG.limits)
+    assert info.value.field == "input.schema.$ref"
+    with pytest.raises(RuleFailed, match="remote references are not fetched"):
         check(1, schema)
 
 
@@ -171,7 +174,7 @@ def test_deep_nesting_is_rejected_not_a_recursion_crash() -> None:
         doc = [doc]
     with pytest.raises(JobRejected) as info:
         rules.validate(Kind.JSON_VALIDATE, {"document": doc, "schema": {}}, CONFIG.limits)
-    assert info.value.field == "input"
+    assert info.value.field == "input.document"
     deep_text = "[" * 5000 + "]" * 5000
     with pytest.raises(RuleFailed, match="nested"):
         check(deep_text, {})

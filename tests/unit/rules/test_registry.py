@@ -58,7 +58,7 @@ def test_validate_parses_into_the_model() -> None:
         ("telepathy", {}, "kind"),
         (Kind.DEDUPE, None, "input"),
         (Kind.DEDUPE, ["a", "b"], "input"),
-        (Kind.DEDUPE, {"items": [{1, 2}]}, "input"),  # a set is not JSON
+        (Kind.DEDUPE, {"items": [{1, 2}]}, "input.items[0]"),  # a set is not JSON
         (Kind.KEYWORD_ROUTE, {"text": "x", "rules": None, "colour": "red"}, "input.colour"),
     ],
 )
