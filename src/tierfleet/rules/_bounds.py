@@ -25,7 +25,6 @@ without fork, or when the per-job fork is not wanted.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import math
 import os
@@ -73,12 +72,21 @@ def encode_output(out: dict[str, Any], b: ResolvedBounds) -> bytes:
 
 @contextlib.contextmanager
 def _cpu_timer(seconds: float) -> Iterator[None]:
-    """CPU-time alarm on this (main) thread, restoring what was there before."""
+    """CPU-time alarm on this (main) thread, restoring what was there before.
+
+    The alarm repeats every 50 ms once due, and the job counts as over even if it
+    returns: C code that checks signals (the ``regex`` engine does) may swallow the
+    first CpuLimit, so one shot is not enough.
+    """
+    fired = False
+
     def on_alarm(signum: int, frame: Any) -> None:
+        nonlocal fired
+        fired = True
         raise CpuLimit
 
     previous = signal.signal(signal.SIGPROF, on_alarm)
-    old_timer = signal.setitimer(signal.ITIMER_PROF, seconds)
+    old_timer = signal.setitimer(signal.ITIMER_PROF, seconds, 0.05)
     try:
         yield
     finally:
@@ -86,6 +94,8 @@ def _cpu_timer(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGPROF, previous)
         if old_timer[0] > 0:
             signal.setitimer(signal.ITIMER_PROF, *old_timer)
+    if fired:
+        raise CpuLimit
 
 
 def run_inline(fn: Callable[[], dict[str, Any]], b: ResolvedBounds) -> dict[str, Any]:
@@ -114,13 +124,6 @@ def run_inline(fn: Callable[[], dict[str, Any]], b: ResolvedBounds) -> dict[str,
 
 _OK, _FAILED, _LIMIT = b"O", b"F", b"L"
 _HEADER = struct.Struct("!Q")
-
-
-def _die_with_parent() -> None:
-    """Linux: the helper gets SIGKILL if the worker dies first (no orphan left spinning)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _address_space() -> int:
@@ -177,11 +180,16 @@ def _serve(run: JobFn, config: Any, rfd: int, wfd: int) -> None:  # pragma: no c
     code = 0
     try:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
-                    signal.SIGALRM, signal.SIGUSR1, signal.SIGHUP):
+                    signal.SIGALRM, signal.SIGUSR1, signal.SIGHUP, signal.SIGXCPU):
             with contextlib.suppress(Exception):
                 signal.signal(sig, signal.SIG_DFL)
+        # The forking thread's signal mask is inherited: a pool thread that blocks signals
+        # would leave SIGPROF (the CPU timer) and SIGXCPU (its backstop) never delivered.
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         signal.setitimer(signal.ITIMER_REAL, 0)
-        _die_with_parent()
+        # No PR_SET_PDEATHSIG: it fires when the forking *thread* exits, which kills
+        # helpers a thread pool hands between threads. A helper outlives its worker only
+        # until it next reads its request pipe (EOF) or, mid-job, until RLIMIT_CPU.
         _close_inherited({rfd, wfd})
         while True:
             head = _read_exact(rfd, _HEADER.size)
