@@ -177,6 +177,11 @@ class ReliabilityConfig(_Strict):
     # manager restarts it. 0 turns the watchdog off.
     stall_restart_s: float = Field(default=120.0, ge=0)
     result_expires_s: int = Field(default=7 * 24 * 3600, gt=0)
+    # The repair sweep: an open (non-final) job unchanged for repair_after_s with no
+    # message in any queue, unacked or parked, in two sweeps repair_every_s apart, is
+    # sent again from its kept delivery (or dead-lettered when none was kept).
+    repair_after_s: float = Field(default=60.0, gt=0)
+    repair_every_s: float = Field(default=10.0, gt=0)
     # What an acknowledged submit promises (deploy/redis.conf says what each costs):
     # "none": in Redis's memory (appendfsync everysec may lose the last ~1 s of them);
     # "aof_local": fsynced to the primary's AOF (WAITAOF 1 0, Redis >= 7.2, or a server

@@ -31,7 +31,7 @@ from .heartbeats import live_workers
 from .inputs import check_image, safe_text, scan
 from .jobs import Job, Result, Route
 from .policy import FleetState, Policy, build_policy
-from .store import Parking, ResultStore
+from .store import OpenJobs, Parking, ResultStore
 
 
 class Handle(BaseModel):
@@ -193,6 +193,7 @@ class Dispatcher:
         self.results = ResultStore(self.redis, self.config)
         self.breaker = Breaker(self.redis, self.config)
         self.durable = DurableSubmit(self.config, self.redis)
+        self.open = OpenJobs(self.redis, self.config)
         self._state: tuple[float, FleetState] | None = None
         self._lock = threading.Lock()
 
@@ -256,10 +257,20 @@ class Dispatcher:
         return self.prepare(data)[1]
 
     def submit(self, data: Job | Mapping[str, Any]) -> Handle:
+        """Validate, route, admit and publish one job; returns once it is enqueued.
+
+        The same id submitted again with the same body is the same job: nothing new is
+        published, and the handle names the job already in the fleet. The same id with
+        another body is refused (``JobRejected("id", ...)``).
+        """
         job, route = self.prepare(data)
-        self.results.mark_pending(job.id, route.tier)
-        send(self.app, Delivery(job=job, route=route))
-        self.durable.after_publish(1)  # reliability.durable_submit: on disk/replicas first
+        delivery = Delivery(job=job, route=route)
+        [verdict] = self.open.admit([delivery])
+        if verdict == "conflict":
+            raise _conflict(job.id)
+        if verdict == "new":
+            send(self.app, delivery)
+            self.durable.after_publish(1)  # reliability.durable_submit: on disk/replicas first
         if job.session:
             pipe = self.redis.pipeline(transaction=False)
             self._remember_session(pipe, job, route)
@@ -275,11 +286,28 @@ class Dispatcher:
             routes = [self.policy.route(j, self._with_session(state, j)) for j in jobs]
         else:
             routes = self.policy.route_many(jobs, state)
-        self.results.mark_pending_many((j.id, r.tier) for j, r in zip(jobs, routes, strict=True))
+        # One job per id: a repeat with the same body is collapsed, another body refused.
+        first: dict[str, int] = {}
+        unique: list[Delivery] = []
+        for i, (job, route) in enumerate(zip(jobs, routes, strict=True)):
+            seen = first.get(job.id)
+            if seen is None:
+                first[job.id] = len(unique)
+                unique.append(Delivery(job=job, route=route))
+            elif OpenJobs.digest(unique[seen].job) != OpenJobs.digest(job):
+                raise JobRejected(f"[{i}].id", f"job id {job.id!r} appears twice in the batch "
+                                                "with different bodies")
+        verdicts = self.open.admit(unique)
+        for d, verdict in zip(unique, verdicts, strict=True):
+            if verdict == "conflict":
+                # Admitted siblings stay open and are sent by the repair sweep if nobody
+                # publishes them; the caller learns which id was refused.
+                raise _conflict(d.job.id)
+        fresh = [d for d, v in zip(unique, verdicts, strict=True) if v == "new"]
         with self.app.producer_or_acquire() as producer, producer.batch():
-            for job, route in zip(jobs, routes, strict=True):
-                send(self.app, Delivery(job=job, route=route), producer=producer)
-        self.durable.after_publish(len(jobs))  # reliability.durable_submit
+            for d in fresh:
+                send(self.app, d, producer=producer)
+        self.durable.after_publish(len(fresh))  # reliability.durable_submit
         pipe = self.redis.pipeline(transaction=False)
         for job, route in zip(jobs, routes, strict=True):
             self._remember_session(pipe, job, route)
@@ -312,7 +340,15 @@ class Dispatcher:
             "hosts": breaker_table(self.breaker),
             "parked": parking.parked(),
             "dead_letters": [{"id": d["id"], "reason": d.get("reason")} for d in parking.dead()],
+            "open_jobs": self.open.count(),
+            "repaired": int(self.redis.get(keys.stats(self.config, "repaired")) or 0),
+            "repaired_dead": int(self.redis.get(keys.stats(self.config, "repaired_dead")) or 0),
         }
+
+
+def _conflict(job_id: str) -> JobRejected:
+    return JobRejected("id", f"job {job_id!r} already exists with a different body: "
+                             "give the new job its own id")
 
 
 _default: Dispatcher | None = None

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from .jobs import Job, Route
+from .jobs import Job, Reason, Route
 
 __all__ = ["Delivery"]
 
@@ -36,6 +36,9 @@ class Delivery(BaseModel):
     attempt: int = 1  # the ledger bills (job id, attempt) once
     parks: int = 0  # times parked so far; dead letter after reliability.max_attempts
     escalated: bool = False  # one escalation per job
+    # The route the dispatcher chose: a parked job re-enters the fleet on it, with its own
+    # privacy-filtered chain, wherever it was when it parked.
+    origin: Route | None = None
 
     @property
     def tier(self) -> str:
@@ -53,6 +56,8 @@ class Delivery(BaseModel):
         # Sent only when set, as before: the body of an ordinary job stays as it always was.
         if self.escalated:
             body["escalated"] = True
+        if self.origin is not None and self.origin != self.route:
+            body["origin"] = self.origin.model_dump(mode="json")
         return body
 
     @classmethod
@@ -65,7 +70,13 @@ class Delivery(BaseModel):
             attempt=int(kwargs.get("attempt") or 1),
             parks=int(kwargs.get("parks") or 0),
             escalated=bool(kwargs.get("escalated")),
+            origin=kwargs.get("origin"),
         )
+
+    @property
+    def first_route(self) -> Route:
+        """The dispatcher's route: ``origin`` once the job has moved, else its route."""
+        return self.origin if self.origin is not None else self.route
 
     def moved(self, route: Route, *, escalated: bool = False) -> Delivery:
         """The next delivery after this tier handed the job on to ``route.tier``."""
@@ -74,15 +85,26 @@ class Delivery(BaseModel):
             "trail": (*self.trail, self.route.tier),
             "attempt": self.attempt + 1,
             "escalated": self.escalated or escalated,
+            "origin": self.first_route,
         })
 
-    def restarted(self, route: Route) -> Delivery:
-        """The delivery a parked job re-enters with: its first tier, an empty trail, one more park.
+    def restarted(self, why: str) -> Delivery:
+        """The delivery a parked job re-enters with: the dispatcher's route (its first tier
+        and its own privacy-filtered chain), an empty trail, one more park.
 
-        The escalation flag is not carried over, as before: a parked job starts its chain afresh.
+        The escalation flag is kept: one escalation per job, parked or not.
         """
+        first = self.first_route
+        route = first.model_copy(update={
+            "host": None,
+            "reasons": [*first.reasons, Reason(stage="worker", text=f"parked: {why}")],
+        })
         return Delivery(job=self.job, route=route, trail=(), attempt=self.attempt + 1,
-                        parks=self.parks + 1)
+                        parks=self.parks + 1, escalated=self.escalated)
+
+    def repaired(self) -> Delivery:
+        """Sent again by the repair sweep: the same delivery (its message was lost)."""
+        return self
 
     def replayed(self) -> Delivery:
         """A dead letter sent again: same job and route, a fresh retry budget."""

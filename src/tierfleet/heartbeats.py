@@ -24,7 +24,7 @@ import redis
 from . import keys
 from .config import FleetConfig
 
-__all__ = ["Watchdog", "heartbeat_key", "live_workers", "write_heartbeat"]
+__all__ = ["Watchdog", "heartbeat_key", "is_alive", "live_workers", "write_heartbeat"]
 
 
 def heartbeat_key(config: FleetConfig, node: str) -> str:
@@ -32,11 +32,16 @@ def heartbeat_key(config: FleetConfig, node: str) -> str:
 
 
 def write_heartbeat(client: redis.Redis, config: FleetConfig, node: str, queues: list[str],
-                    tags: Iterable[str], concurrency: int) -> None:
+                    tags: Iterable[str], concurrency: int,
+                    pids: Iterable[int] | None = None) -> None:
+    """``pids``: the node's live processes (main and pool children), so a lease held by a
+    pool child that died can be taken over while the node itself lives on."""
     body = {
         "node": node, "queues": queues, "tags": sorted(set(tags)), "pid": os.getpid(),
         "host": socket.gethostname(), "concurrency": concurrency, "ts": time.time(),
     }
+    if pids is not None:
+        body["pids"] = sorted({os.getpid(), *pids})
     ttl_ms = int(config.reliability.dead_after_s * 1000)
     client.set(heartbeat_key(config, node), json.dumps(body), px=ttl_ms)
 
@@ -46,6 +51,15 @@ def live_workers(client: redis.Redis, config: FleetConfig) -> list[dict[str, Any
     if not found:
         return []
     return [json.loads(v) for v in client.mget(found) if v]
+
+
+def is_alive(client: redis.Redis, config: FleetConfig, node: str, pid: int | None) -> bool:
+    """Whether ``node`` beats, and (when its heartbeat lists them) ``pid`` is one of its processes."""
+    raw = client.get(heartbeat_key(config, node))
+    if not raw:
+        return False
+    pids = json.loads(raw).get("pids")
+    return pid is None or pids is None or pid in pids
 
 
 class Watchdog:

@@ -166,6 +166,8 @@ class Status(StrEnum):
     FAILED = "failed"
     PARKED = "parked"
     DEAD = "dead"
+    # Not a state a job is in: the answer for an id Redis has no record of at all.
+    UNKNOWN = "unknown"
 
 
 # A job in one of these states is finished: nothing will change its stored result.
@@ -188,7 +190,12 @@ class Attempt(BaseModel):
     latency_s: float = 0.0
     cost_usd: float = 0.0
     baseline_cost_usd: float = 0.0
-    outcome: Literal["ok", "fallback", "escalated", "failed", "cached"] = "ok"
+    # host_error: the host was called and answered an error (or timed out); lost_call: the
+    # host was called and the worker died before it could record what came back.
+    outcome: Literal["ok", "fallback", "escalated", "failed", "cached", "host_error",
+                     "lost_call"] = "ok"
+    # One id per host call: the ledger keeps one record per call a provider may bill.
+    call: str | None = None
     cache_hit: bool = False
     fallbacks: int = 0
     error: str | None = None

@@ -10,6 +10,11 @@ keys kombu writes.
 key                            type         owner (writer)
 =============================  ===========  =========================================
 P:result:{job_id}              string JSON  store.ResultStore
+P:digest:{job_id}              string       store.OpenJobs (the job's body digest)
+P:open                         zset (time)  store.OpenJobs (non-final jobs, last change)
+P:open:body                    hash         store.OpenJobs (id -> latest delivery)
+P:open:suspect                 hash         reaper.Reaper (id -> first seen with no message)
+P:lease:{job_id}               string JSON  runner.Leases (who is calling a host now)
 P:parked                       zset (due)   store.Parking
 P:parked:msg                   hash         store.Parking (id -> parked entry)
 P:dlq                          zset (time)  store.Parking (dead letters)
@@ -19,6 +24,10 @@ P:external:{job_id}            string       runner.RedisExternalIds (Runpod job 
 P:breaker:{host}[:probe]       hash         health.Breaker
 P:breaker_opened:{host}        counter      health.Breaker
 P:ledger:job|day|agg:...       see ledger   ledger.Ledger
+P:ledger:inflight              hash         runner (host calls not yet recorded)
+P:ledger:log                   stream       ledger.Ledger (records to export as JSONL)
+P:ledger:log:cursor            string       ledger.LedgerExport (last exported id)
+P:ledger:export:lock           string       ledger.LedgerExport (one exporter at a time)
 P:cache:{privacy}:{digest}     string JSON  cache.AnswerCache
 P:metrics:{name}               hash         metrics
 P:stats:{name}                 counter      reaper (jobs restored from dead nodes)
@@ -105,3 +114,48 @@ def session(config: FleetConfig, session_id: str) -> str:
 
 def service_times(config: FleetConfig) -> str:
     return key(config, "svc")
+
+
+def digest(config: FleetConfig, job_id: str) -> str:
+    return key(config, "digest", job_id)
+
+
+def open_index(config: FleetConfig) -> str:
+    return key(config, "open")
+
+
+def open_bodies(config: FleetConfig) -> str:
+    return key(config, "open", "body")
+
+
+def open_suspects(config: FleetConfig) -> str:
+    return key(config, "open", "suspect")
+
+
+def lease(config: FleetConfig, job_id: str) -> str:
+    return key(config, "lease", job_id)
+
+
+def inflight(config: FleetConfig) -> str:
+    return key(config, "ledger", "inflight")
+
+
+def ledger_log(config: FleetConfig) -> str:
+    return key(config, "ledger", "log")
+
+
+def ledger_log_cursor(config: FleetConfig) -> str:
+    return key(config, "ledger", "log", "cursor")
+
+
+def ledger_export_lock(config: FleetConfig) -> str:
+    return key(config, "ledger", "export", "lock")
+
+
+def queue_lists(config: FleetConfig) -> list[str]:
+    """Every Redis list kombu keeps a tier's messages in: one per priority step.
+
+    With ``queue_order_strategy = "priority"`` kombu files priority p under
+    ``tier + "\\x06\\x16" + p`` for p in its steps (0 is the bare name).
+    """
+    return [t if p == 0 else f"{t}\x06\x16{p}" for t in config.tiers for p in (0, 3, 6, 9)]

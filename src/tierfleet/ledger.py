@@ -16,14 +16,23 @@ retention period):
   ``{value}|{metric}``, for ``dim`` in total/workflow/tier/model/kind. Money is
   counted in nano-dollars so the counters add up exactly.
 
-Each new record is also appended to ``{ledger.dir}/token-usage-YYYY-MM-DD.jsonl``
-on the machine that recorded it. Redis is the shared source of truth; the file
-is the local, greppable trail.
+Each new record also goes, in the same transaction, to the stream
+``P:ledger:log``; :class:`LedgerExport` (a thread in every worker, one at a time
+fleet-wide) appends the stream to ``{ledger.dir}/token-usage-YYYY-MM-DD.jsonl``
+and trims what it wrote. So a worker killed right after a record, or a disk that
+hangs, costs no line and blocks no job; a crash between the append and the trim
+may write a line twice, which readers drop by its key (:func:`read_jsonl`).
+Redis is the shared source of truth; the files are the greppable trail.
+
+Records are per host call: a job whose host was called twice (a worker killed
+after the call, a 429 waited out) has two records, as the provider's invoice
+does. ``job_final`` marks the record that ends the job (its first final one).
 
 Which attempt carries what:
 
-- ``jobs`` counts final attempts (outcome ok, failed or cached); an attempt that
-  fell back or escalated is followed by another one for the same job.
+- ``jobs`` counts records that end their job (``job_final``: the first record of
+  the job with outcome ok, failed or cached); an attempt that fell back or
+  escalated is followed by another one for the same job.
 - The baseline (what the job would have cost on the baseline model) is counted
   once per job, on its final attempt, so a job that took three attempts is not
   compared with three baseline calls.
@@ -116,8 +125,18 @@ class Totals(BaseModel):
         return from_nanos(self.baseline_nusd)
 
 
+def is_job_final(rec: dict[str, Any]) -> bool:
+    """Whether a record ends its job (records written before ``job_final`` existed: by outcome)."""
+    return bool(rec.get("job_final", rec["outcome"] in FINAL_OUTCOMES))
+
+
+def record_field(attempt: Attempt) -> str:
+    """A record's key within its job: the attempt, and the host call when there is one."""
+    return f"{attempt.attempt}:{attempt.call}" if attempt.call else str(attempt.attempt)
+
+
 def _counters(rec: dict[str, Any]) -> dict[str, int]:
-    final = rec["outcome"] in FINAL_OUTCOMES
+    final = is_job_final(rec)
     return {
         "attempts": 1,
         "jobs": int(final),
@@ -179,6 +198,7 @@ class Ledger:
         self.retention_s = int(retention_days * 86400)
         self.write_jsonl = write_jsonl
         self._p = keys.ledger_prefix(config)
+        self._log_key = keys.ledger_log(config)
 
     def _job_key(self, job_id: str) -> str:
         return f"{self._p}:job:{job_id}"
@@ -234,7 +254,7 @@ class Ledger:
         """
         attempt = self.price(attempt, seconds=seconds)
         job_key = self._job_key(attempt.job_id)
-        field = str(attempt.attempt)
+        field = record_field(attempt)
         day = day_of(attempt.ts)
         with self.redis.pipeline() as pipe:
             while True:
@@ -259,6 +279,10 @@ class Ledger:
                             if n:
                                 pipe.hincrby(key, f"{value}|{metric}", n)
                         pipe.expire(key, self.retention_s)
+                    if self.write_jsonl:
+                        # The JSONL copy is exported from this stream (LedgerExport), so a
+                        # worker dying after this transaction, or a hung disk, costs no line.
+                        pipe.xadd(self._log_key, {"day": day, "rec": line})
                     if also is not None:
                         also(pipe, attempt)
                     pipe.execute()
@@ -266,8 +290,6 @@ class Ledger:
                 except redis.WatchError:
                     # Another delivery of this job wrote first: look again.
                     continue
-        if self.write_jsonl:
-            self._append_jsonl(day, line)
         return Recorded(True, round(spent + attempt.cost_usd, 8))
 
     def _record_dict(self, attempt: Attempt, earlier: Any) -> dict[str, Any]:
@@ -278,21 +300,14 @@ class Ledger:
         # when no earlier attempt was recorded.
         rec["job_fallback"] = "fallback" in outcomes or (not outcomes and attempt.fallbacks > 0)
         rec["job_escalated"] = "escalated" in outcomes
+        # The record that ends the job: its first final one. A host call repeated after a
+        # crash is billed (the provider charged it) but the job is still one job.
+        rec["job_final"] = attempt.outcome in FINAL_OUTCOMES and not any(
+            o in FINAL_OUTCOMES for o in outcomes)
+        if not rec["job_final"]:
+            rec["baseline_cost_usd"] = 0.0
         return rec
 
-    def _append_jsonl(self, day: str, line: str) -> None:
-        folder = Path(self.config.ledger.dir)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            # One write() on an O_APPEND descriptor: concurrent workers' lines do not interleave.
-            fd = os.open(folder / f"token-usage-{day}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            try:
-                os.write(fd, (line + "\n").encode())
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            # Redis already holds the record; a full disk must not fail the job.
-            log.warning("ledger: could not append to %s: %s", folder, exc)
 
     @staticmethod
     def _days(start: float, end: float) -> list[str]:
@@ -322,7 +337,7 @@ class Ledger:
     def job_attempts(self, job_id: str) -> list[Attempt]:
         raw = self.redis.hgetall(self._job_key(job_id))
         recs = [Attempt.model_validate_json(_str(v)) for v in raw.values()]
-        return sorted(recs, key=lambda a: a.attempt)
+        return sorted(recs, key=lambda a: (a.attempt, a.ts))
 
     def totals(
         self, since_days: float = 30, by: str = "total", *, end: float | None = None
@@ -341,3 +356,151 @@ class Ledger:
                 value, metric = _str(k).rsplit("|", 1)
                 acc[value][metric] += int(v)
         return {value: Totals(**counts) for value, counts in acc.items()}
+
+
+class InFlight:
+    """Host calls announced but not yet recorded: ``P:ledger:inflight`` (call id -> note).
+
+    The runner announces each host call here before making it and ends the note in
+    the same transaction as the call's ledger record. A note left behind means the
+    worker died between the call and its record: the reaper (:meth:`settle`) records
+    such a call as ``lost_call`` once its owner is gone (node not beating, or its pid
+    no longer in the node's heartbeat) or its deadline has passed, pricing the input
+    tokens it sent, so the ledger still holds every call a provider may bill.
+    """
+
+    def __init__(self, client: redis.Redis, config: FleetConfig) -> None:
+        self.redis = client
+        self.config = config
+        self.key = keys.inflight(config)
+
+    def begin(self, delivery: Any, host: str, model: str, owner: str) -> str:
+        call = os.urandom(6).hex()
+        job = delivery.job
+        hc = self.config.hosts.get(host)
+        limit = float(getattr(hc, "timeout_s", 0) or 0) + self.config.reliability.task_time_limit_s
+        note = {
+            "job_id": job.id, "attempt": delivery.attempt, "workflow": job.workflow,
+            "kind": delivery.route.kind.value, "tier": delivery.tier, "host": host,
+            "model": model, "privacy": job.privacy.value, "owner": owner,
+            "tokens_in": delivery.route.tokens_in or 0, "fallbacks": len(delivery.trail),
+            "ts": time.time(), "deadline": time.time() + limit,
+        }
+        self.redis.hset(self.key, call, json.dumps(note))
+        return call
+
+    def end(self, call: str, pipe: Any) -> None:
+        pipe.hdel(self.key, call)
+
+    def forget(self, call: str | None) -> None:
+        """The call never reached its host (connection refused): nothing to record."""
+        if call:
+            self.redis.hdel(self.key, call)
+
+    def settle(self, ledger: Ledger, now: float | None = None) -> int:
+        """Record the calls whose worker died before recording them; returns how many."""
+        from .heartbeats import is_alive
+
+        now = time.time() if now is None else now
+        settled = 0
+        for call, raw in self.redis.hgetall(self.key).items():
+            note = json.loads(raw)
+            node, _, rest = str(note.get("owner", "")).partition("|")
+            pid = rest.partition("|")[0]
+            grace = self.config.reliability.dead_after_s
+            if now - float(note["ts"]) < grace:
+                continue
+            alive = is_alive(self.redis, self.config, node, int(pid) if pid.isdigit() else None)
+            if alive and now < float(note["deadline"]):
+                continue
+            att = Attempt(
+                job_id=note["job_id"], attempt=int(note["attempt"]), workflow=note["workflow"],
+                kind=note["kind"], tier=note["tier"], host=note["host"], model=note["model"],
+                tokens_in=int(note["tokens_in"]), tokens_estimated=True, outcome="lost_call",
+                fallbacks=int(note["fallbacks"]), privacy=note["privacy"], ts=float(note["ts"]),
+                error="the worker died before recording this call's answer", call=_str(call),
+            )
+            ledger.record(att, also=lambda pipe, a, c=call: pipe.hdel(self.key, c))
+            self.redis.hdel(self.key, call)
+            settled += 1
+        return settled
+
+
+class LedgerExport:
+    """Appends the ledger's record stream to the JSONL files, then trims the stream.
+
+    Owns ``P:ledger:log:cursor`` (the last exported stream id) and
+    ``P:ledger:export:lock``. Every worker runs :meth:`run_forever` in its own thread
+    (never the reaper's, so a hung disk stalls only this); the lock lets one export
+    at a time. Guarantee: every record reaches a file at least once; a line written
+    twice (a crash between the append and the cursor update) has the same ``key``
+    and :func:`read_jsonl` keeps one.
+    """
+
+    def __init__(self, client: redis.Redis, config: FleetConfig) -> None:
+        self.redis = client
+        self.config = config
+        self.stream = keys.ledger_log(config)
+        self.cursor_key = keys.ledger_log_cursor(config)
+        self.lock_key = keys.ledger_export_lock(config)
+
+    def drain(self, batch: int = 1000) -> int:
+        """Export what the stream holds now; returns the number of lines written."""
+        if not self.redis.set(self.lock_key, str(os.getpid()), nx=True, ex=60):
+            return 0
+        written = 0
+        try:
+            while True:
+                cursor = _str(self.redis.get(self.cursor_key) or "0-0")
+                entries = self.redis.xrange(self.stream, min=f"({cursor}", count=batch)
+                if not entries:
+                    return written
+                by_day: dict[str, list[str]] = defaultdict(list)
+                for _, fields in entries:
+                    f = {_str(k): _str(v) for k, v in fields.items()}
+                    by_day[f["day"]].append(f["rec"])
+                folder = Path(self.config.ledger.dir)
+                folder.mkdir(parents=True, exist_ok=True)
+                for day, lines in by_day.items():
+                    path = folder / f"token-usage-{day}.jsonl"
+                    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                    try:
+                        os.write(fd, ("\n".join(lines) + "\n").encode())
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                last = _str(entries[-1][0])
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.set(self.cursor_key, last)
+                pipe.xtrim(self.stream, minid=last)
+                pipe.execute()
+                # XTRIM MINID keeps the entry equal to ``last``; the cursor skips it.
+                written += len(entries)
+        finally:
+            self.redis.delete(self.lock_key)
+
+    def run_forever(self, stop: Any, interval: float = 1.0) -> None:
+        while not stop.is_set():
+            try:
+                self.drain()
+            except redis.RedisError as exc:
+                log.warning("ledger export: redis unavailable (%s); retrying", exc)
+            except OSError as exc:
+                # The record stays in the stream; the next round tries again.
+                log.warning("ledger export: could not write %s: %s", self.config.ledger.dir, exc)
+            except Exception:
+                log.exception("ledger export failed; retrying")
+            stop.wait(interval)
+
+
+def read_jsonl(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every record in a ledger folder's JSONL files, once each (by job, attempt and call)."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted(Path(folder).glob("token-usage-*.jsonl")):
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            key = (rec["job_id"], f"{rec['attempt']}:{rec.get('call') or ''}")
+            seen.setdefault(key, rec)
+    return list(seen.values())

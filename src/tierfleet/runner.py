@@ -22,8 +22,11 @@ the job-id keyed result store and ledger.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -50,11 +53,11 @@ from .envelope import Delivery
 from .fleet import FleetView
 from .health import Breaker, HealthChecker
 from .jobs import Attempt, Job, Reason, Result, Status
-from .ledger import Ledger, Recorded
+from .ledger import InFlight, Ledger, Recorded
 from .quality import check
-from .store import Parking, ResultStore
+from .store import Leases, OpenJobs, Parking, ResultStore
 
-__all__ = ["Moved", "Outcome", "Parked", "Publish", "RedisExternalIds", "Runner", "Stored"]
+__all__ = ["Duplicate", "Moved", "Outcome", "Parked", "Publish", "RedisExternalIds", "Runner", "Stored"]
 
 log = logging.getLogger("tierfleet.worker")
 
@@ -86,7 +89,15 @@ class Parked:
     due: float
 
 
-Outcome = Stored | Moved | Parked
+@dataclass(frozen=True)
+class Duplicate:
+    """Another live delivery of this job holds its lease (is calling a host): this copy
+    stores nothing and is acknowledged; the holder's own message carries the job."""
+
+    why: str
+
+
+Outcome = Stored | Moved | Parked | Duplicate
 
 
 class RedisExternalIds(ExternalIdStore):
@@ -133,6 +144,10 @@ class Runner:
         self.fleet = FleetView(config)
         self.results = ResultStore(client, config)
         self.parking = Parking(client, config)
+        self.open = OpenJobs(client, config)
+        self.leases = Leases(client, config)
+        self.inflight = InFlight(client, config)
+        self._owner = f"local|{os.getpid()}|{threading.get_ident()}"
         self.ledger = Ledger(client, config)
         self.cache = AnswerCache(client, config)
         self.breaker = Breaker(client, config)
@@ -151,7 +166,10 @@ class Runner:
             b = self._backends[host] = self._backend_for(host)
         return b
 
-    def run(self, d: Delivery) -> Outcome:
+    def run(self, d: Delivery, *, owner: str | None = None) -> Outcome:
+        """Carry out one delivery. ``owner`` names this worker process for the job's lease
+        (``node|pid|thread``; the worker passes it, tests may leave the default)."""
+        self._owner = owner or f"local|{os.getpid()}|{threading.get_ident()}"
         stored = self.results.get(d.job.id)
         if stored is not None and stored.finished:
             log.info("job %s already %s; redelivery ignored", d.job.id, stored.status.value)
@@ -221,6 +239,18 @@ class Runner:
         cached = self._from_cache(d, model)
         if cached is not None:
             return cached
+        token = self.leases.acquire(d.job.id, self._owner, d.attempt)
+        if token is None:
+            return Duplicate("another live delivery of this job is calling a host")
+        try:
+            return self._try_hosts(d, model)
+        finally:
+            # On a Redis blink the lease expires; a takeover checks the owner's heartbeat.
+            with contextlib.suppress(redis.RedisError):
+                self.leases.release(d.job.id, token)
+
+    def _try_hosts(self, d: Delivery, model: str) -> Outcome:
+        route = d.route
         request = self._request(d.job, model)
         problems: list[str] = []
         need_window = 0
@@ -233,19 +263,25 @@ class Runner:
                 problems.append(f"{host}: {why}")
                 continue
             try:
-                completion = self._complete(host, request)
+                completion, call = self._complete(d, host, model, request)
             except BackendError as exc:
                 if not exc.fallback:
                     # Bad request, auth, model missing: every other host would say the same.
-                    self._record(d, host, model, None, outcome="failed", error=str(exc))
+                    self._record(d, host, model, None, outcome="failed", error=str(exc),
+                                 call=getattr(exc, "call", None))
                     return self._fail(d, str(exc), host=host, model=model)
+                if exc.reached:
+                    self._record(d, host, model, None, outcome="host_error", error=str(exc),
+                                 call=getattr(exc, "call", None))
+                else:
+                    self.inflight.forget(getattr(exc, "call", None))
                 problems.append(self._host_failed(host, exc))
                 if isinstance(exc, ContextTooLong):
                     # Our count said it fits, the host says not: only a larger window helps.
                     need_window = max(need_window, window, route.tokens_in or 1)
                 continue
             self.breaker.success(host)
-            return self._accept(d, host, model, completion)
+            return self._accept(d, host, model, completion, call)
         return self._fall_back(d, "; ".join(problems) or f"no host of {d.tier} serves {model}",
                                need_window=need_window)
 
@@ -261,18 +297,37 @@ class Runner:
         self.health.forget(host)
         return f"{host}: {type(exc).__name__}: {exc.message}"
 
-    def _complete(self, host: str, request: CompletionRequest) -> Completion:
+    def _complete(self, d: Delivery, host: str, model: str,
+                  request: CompletionRequest) -> tuple[Completion, str]:
+        """Call ``host`` (waiting out one short Retry-After); every call is in the ledger.
+
+        Each call is announced first (``P:ledger:inflight``): if this worker dies before
+        recording what came back, the reaper records the call as ``lost_call``, so the
+        ledger holds every call a provider may bill. A failing call's exception carries
+        its call id (``exc.call``) for the caller's record.
+        """
         backend = self.backend(host)
+        call = self.inflight.begin(d, host, model, self._owner)
         try:
-            return backend.complete(request)
+            return backend.complete(request), call
         except RateLimited as exc:
+            exc.call = call  # type: ignore[attr-defined]
             wait = exc.retry_after if exc.retry_after is not None else 1.0
             if wait > self.config.reliability.retry_after_budget_s:
                 raise
-            time.sleep(wait)
-            return backend.complete(request)
+            self._record(d, host, model, None, outcome="host_error", error=str(exc), call=call)
+        except BackendError as exc:
+            exc.call = call  # type: ignore[attr-defined]
+            raise
+        time.sleep(wait)
+        call = self.inflight.begin(d, host, model, self._owner)
+        try:
+            return backend.complete(request), call
+        except BackendError as exc:
+            exc.call = call  # type: ignore[attr-defined]
+            raise
 
-    def _accept(self, d: Delivery, host: str, model: str, c: Completion) -> Outcome:
+    def _accept(self, d: Delivery, host: str, model: str, c: Completion, call: str) -> Outcome:
         job, route = d.job, d.route
         verdict = check(job, c)
         # One escalation per job: a second poor answer is still the best we have.
@@ -281,7 +336,7 @@ class Runner:
         higher = (None if verdict.ok or d.escalated
                   else next(iter(self._next_tiers(d, self.fleet.above(d.tier))), None))
         att, spent = self._record(d, host, model, c, outcome="escalated" if higher else "ok",
-                                  error=None if verdict.ok else verdict.reason)
+                                  error=None if verdict.ok else verdict.reason, call=call)
         if higher is not None:
             return self._move(d, higher, f"escalated: {verdict.reason}", escalated=True)
         result = Result(
@@ -340,13 +395,18 @@ class Runner:
         tc = self.config.tiers[tier]
         new_trail = [*d.trail, d.tier]
         rest = [t for t in route.fallbacks if t not in {*new_trail, tier}]
+        # Privacy-filtered here too, so no screen that shows the route (Flower, dead
+        # letters) lists a tier this job may never reach.
+        chain = self.fleet.allowed_next(rest or list(tc.fallback), d.job.privacy.value,
+                                        route.kind.value, exclude={*new_trail, tier})
         new_route = route.model_copy(update={
             "tier": tier, "model": self.fleet.model_on(tier, route.kind.value, d.job.model),
             "host": None,
-            "fallbacks": rest or [t for t in tc.fallback if t not in new_trail],
+            "fallbacks": chain,
             "reasons": [*route.reasons, Reason(stage="worker", text=f"{d.tier} -> {tier}: {why}")],
         })
         moved = d.moved(new_route, escalated=escalated)
+        self.open.update(moved)  # the kept copy first: a lost publish is then repairable
         self.publish(moved)
         log.warning("job %s moved %s -> %s: %s", d.job.id, d.tier, tier, why)
         return Moved(tier, why, moved)
@@ -358,12 +418,13 @@ class Runner:
             result = Result(job_id=d.job.id, status=Status.DEAD, kind=kind.value,
                             attempts=d.attempt, trail=[*d.trail, d.tier], error=why)
             return Stored(self.results.save(result))
-        # Re-enter at the job's first tier, so the whole privacy-filtered chain is tried again.
-        first = (d.trail or (d.tier,))[0]
-        update: dict[str, Any] = {"tier": first, "host": None}
-        if first != d.tier:
-            update["model"] = self.fleet.model_for(first, kind.value)
-        due = self.parking.park(d.restarted(d.route.model_copy(update=update)), d.parks, why)
+        # Re-enter on the dispatcher's route, so the job's own privacy-filtered chain is
+        # tried again from its first tier, whichever tier it parked on.
+        back = d.restarted(why)
+        if back.route.model is None:
+            model = self.fleet.model_for(back.tier, kind.value)
+            back = back.model_copy(update={"route": back.route.model_copy(update={"model": model})})
+        due = self.parking.park(back, d.parks, why)
         result = Result(job_id=d.job.id, status=Status.PARKED, kind=kind.value,
                         attempts=d.attempt, trail=[*d.trail, d.tier],
                         error=f"parked until {time.strftime('%H:%M:%S', time.localtime(due))}: {why}")
@@ -371,7 +432,7 @@ class Runner:
         return Parked(result, due)
 
     def _record(self, d: Delivery, host: str | None, model: str | None, c: Completion | None, *,
-                outcome: str, error: str | None) -> tuple[Attempt, float]:
+                outcome: str, error: str | None, call: str | None = None) -> tuple[Attempt, float]:
         """Bill one model attempt; returns it and the job's cost so far (this attempt included)."""
         job = d.job
         estimated = c is None or c.tokens_in is None or c.tokens_out is None
@@ -387,17 +448,22 @@ class Runner:
             latency_s=c.latency_s if c else 0.0,
             outcome=outcome,  # type: ignore[arg-type]
             fallbacks=len(d.trail), error=error, privacy=job.privacy.value,
-            simulated=bool(c and c.simulated), ts=time.time(),
+            simulated=bool(c and c.simulated), ts=time.time(), call=call,
         )
         # Rented hosts bill the time they report (Runpod's executionTime), not our latency.
         recorded = self._bill(att, seconds=c.billed_seconds if c is not None else None)
         return att, recorded.job_cost_usd
 
     def _bill(self, att: Attempt, *, seconds: float | None = None) -> Recorded:
-        """Ledger and metrics in one transaction, only for a new record: a redelivery
-        is billed and counted once. The ledger prices the attempt."""
-        return self.ledger.record(att, seconds=seconds,
-                                  also=lambda pipe, a: metrics.add_attempt(pipe, self.config, a))
+        """Ledger, metrics and the end of the call's in-flight note in one transaction,
+        only for a new record: a redelivery is billed and counted once. The ledger prices
+        the attempt."""
+        def also(pipe: Any, a: Attempt) -> None:
+            metrics.add_attempt(pipe, self.config, a)
+            if a.call:
+                self.inflight.end(a.call, pipe)
+
+        return self.ledger.record(att, seconds=seconds, also=also)
 
     def _fail(self, d: Delivery, error: str, host: str | None = None,
               model: str | None = None) -> Stored:

@@ -9,7 +9,9 @@ timeout passes.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -23,6 +25,8 @@ from .errors import ResultTimeout
 from .jobs import Result, Status
 
 # Returns the stored result if it is final (jobs.TERMINAL; nothing written), else writes.
+# A final write also closes the job in the open-jobs record (KEYS[2], KEYS[3]), in the
+# same script: a job is open exactly until its final result exists.
 _SAVE = """
 local cur = redis.call('GET', KEYS[1])
 if cur then
@@ -32,7 +36,30 @@ if cur then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if ARGV[3] == '1' then
+  redis.call('ZREM', KEYS[2], ARGV[4])
+  redis.call('HDEL', KEYS[3], ARGV[4])
+end
 return false
+"""
+
+# Admission of one job, atomically: the same id with the same body is the same job
+# ('same': nothing written, nothing to publish); with another body it is refused
+# ('conflict'); a new id is marked pending and opened with its first delivery ('new').
+_ADMIT = """
+local d = redis.call('GET', KEYS[2])
+if d then
+  if d == ARGV[2] then return 'same' end
+  return 'conflict'
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 'same'
+end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[5])
+redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
+return 'new'
 """
 
 
@@ -71,7 +98,9 @@ class ResultStore:
         One round trip: the check and the write run as one script inside Redis.
         """
         k = self._key(result.job_id)
-        kept = self._save(keys=[k], args=[result.model_dump_json(), self.ttl])
+        final = "1" if result.finished else "0"
+        kept = self._save(keys=[k, keys.open_index(self.config), keys.open_bodies(self.config)],
+                          args=[result.model_dump_json(), self.ttl, final, result.job_id])
         return result if kept is None else Result.model_validate_json(kept)
 
     def forget(self, job_id: str) -> None:
@@ -96,7 +125,10 @@ class ResultStore:
         """The final result of each job, in the order given, polling until ``deadline``.
 
         ``deadline`` is a ``clock()`` time (monotonic by default); ``None`` looks once
-        and answers a PENDING placeholder for every job not finished (or unknown).
+        and answers the current (non-final) result of every job not finished. A job
+        Redis has no record of answers :func:`unknown` at once: it was never submitted,
+        its result expired, or Redis lost it (a crash inside the fsync window), and the
+        producer should resubmit it under the same id.
         Raises :class:`~tierfleet.errors.ResultTimeout` when the deadline passes first.
         Polling backs off from 20 ms to 250 ms: short jobs answer fast, long waits cost
         a few Redis reads a second.
@@ -113,10 +145,18 @@ class ResultStore:
                 on_progress(len(done), len(job_ids))
             if not pending:
                 return [done[j] for j in job_ids]
+            current = self.get_many(pending)
+            for jid, res in zip(pending, current, strict=True):
+                if res is None:
+                    # Nothing about this id at all: waiting cannot help, so say so now.
+                    done[jid] = unknown(jid)
+            pending = [j for j in pending if j not in done]
+            if not pending:
+                return [done[j] for j in job_ids]
             if deadline is None:
-                for jid, res in zip(pending, self.get_many(pending), strict=True):
-                    done[jid] = res or Result(job_id=jid, status=Status.PENDING,
-                                              error="unknown job id or not finished")
+                for jid, res in zip(pending, current, strict=True):
+                    if jid not in done:
+                        done[jid] = res or unknown(jid)
                 return [done[j] for j in job_ids]
             if clock() >= deadline:
                 raise ResultTimeout(
@@ -125,6 +165,151 @@ class ResultStore:
                 )
             sleep(delay)
             delay = min(delay * 1.5, 0.25)
+
+
+def unknown(job_id: str) -> Result:
+    """The answer for an id Redis has no record of (see :meth:`ResultStore.wait`)."""
+    return Result(job_id=job_id, status=Status.UNKNOWN,
+                  error="no record of this job: never submitted, expired, or lost by Redis "
+                        "(a crash inside its fsync window); resubmit it with the same id")
+
+
+class OpenJobs:
+    """Every job that is not final yet, with the delivery that would carry it on.
+
+    Owns ``P:open`` (zset: job id -> time of its last change), ``P:open:body`` (hash:
+    job id -> the latest delivery's kwargs) and ``P:digest:{id}`` (the body digest the
+    id was admitted with). The dispatcher admits jobs here before publishing them; the
+    runner and the reaper keep the body current when a job moves or parks; the final
+    result closes it (in :class:`ResultStore`'s save script). The reaper's repair
+    sweep reads it to find open jobs that have no message anywhere (a worker killed
+    between kombu's pop and its ``unacked`` write, a publish lost with Redis) and
+    sends them again from the body kept here. Guarantee: an admitted job is either
+    final, or open with a copy of its delivery, from the moment ``submit`` returns.
+    """
+
+    def __init__(self, client: redis.Redis, config: FleetConfig) -> None:
+        self.redis = client
+        self.config = config
+        self.index = keys.open_index(config)
+        self.bodies = keys.open_bodies(config)
+        self._admit = client.register_script(_ADMIT)
+
+    @staticmethod
+    def digest(job: Any) -> str:
+        """What makes two submissions the same job: every field but the id."""
+        body = job.model_dump(mode="json", exclude={"id"})
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def admit(self, deliveries: list[Delivery]) -> list[str]:
+        """Admit each delivery's job: ``new`` (publish it), ``same`` or ``conflict``."""
+        now = time.time()
+        ttl = self.config.reliability.result_expires_s
+        pipe = self.redis.pipeline(transaction=False)
+        for d in deliveries:
+            pending = Result(job_id=d.job.id, status=Status.PENDING, tier=d.tier)
+            self._admit(
+                keys=[keys.result(self.config, d.job.id), keys.digest(self.config, d.job.id),
+                      self.index, self.bodies],
+                args=[d.job.id, self.digest(d.job), pending.model_dump_json(),
+                      json.dumps(d.to_kwargs()), ttl, now],
+                client=pipe,
+            )
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in pipe.execute()]
+
+    def update(self, delivery: Delivery, pipe: Any = None) -> None:
+        """The job goes on as ``delivery`` (moved, parked, repaired): keep that copy."""
+        p = pipe if pipe is not None else self.redis.pipeline(transaction=False)
+        p.hset(self.bodies, delivery.job.id, json.dumps(delivery.to_kwargs()))
+        p.zadd(self.index, {delivery.job.id: time.time()})
+        if pipe is None:
+            p.execute()
+
+    def older_than(self, age_s: float, limit: int = 1000) -> list[str]:
+        return list(self.redis.zrangebyscore(self.index, 0, time.time() - age_s, start=0, num=limit))
+
+    def body(self, job_id: str) -> Delivery | None:
+        raw = self.redis.hget(self.bodies, job_id)
+        return Delivery.from_kwargs(json.loads(raw)) if raw else None
+
+    def close(self, job_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(self.index, job_id)
+        pipe.hdel(self.bodies, job_id)
+        pipe.execute()
+
+    def count(self) -> int:
+        return int(self.redis.zcard(self.index))
+
+
+# Take a lease held by a dead owner: only if it still holds exactly what we read.
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class Leases:
+    """At most one delivery of a job calls a host at a time: ``P:lease:{id}``.
+
+    Celery on Redis delivers at least once, so two copies of one job can run at once
+    (a restored delivery, a repaired one). The runner takes the job's lease before it
+    calls any host and drops it when the delivery returns. A copy that finds the lease
+    held by a live owner (its node beats and lists its pid) with the same or a later
+    attempt is a duplicate and steps aside; a later attempt (the job moved on) waits
+    briefly for the earlier one to return; a lease whose owner died is taken over.
+    The holder's own message stays in ``unacked`` until it returns, so stepping aside
+    never strands the job.
+    """
+
+    def __init__(self, client: redis.Redis, config: FleetConfig) -> None:
+        self.redis = client
+        self.config = config
+        self.ttl_ms = int((config.reliability.task_time_limit_s + 60) * 1000)
+        self._take_over = client.register_script(_TAKE_OVER)
+        self._release = client.register_script(_RELEASE)
+
+    def acquire(self, job_id: str, owner: str, attempt: int, *, wait_s: float = 5.0) -> str | None:
+        """Take the lease; returns the token to release it with, or None for a duplicate."""
+        from .heartbeats import is_alive
+
+        key = keys.lease(self.config, job_id)
+        token = json.dumps({"owner": owner, "attempt": attempt, "nonce": os.urandom(6).hex()})
+        deadline = time.monotonic() + wait_s
+        while True:
+            if self.redis.set(key, token, nx=True, px=self.ttl_ms):
+                return token
+            held = self.redis.get(key)
+            if held is None:
+                continue
+            holder = json.loads(held)
+            # owner = "node|pid|thread": the same thread is this delivery run again (after
+            # a Redis blink), never a duplicate.
+            node, _, rest = str(holder.get("owner", "")).partition("|")
+            pid = rest.partition("|")[0]
+            alive = holder.get("owner") != owner and is_alive(
+                self.redis, self.config, node, int(pid) if pid.isdigit() else None)
+            if not alive or (int(holder.get("attempt", 0)) < attempt
+                             and time.monotonic() > deadline):
+                if self._take_over(keys=[key], args=[held, token, self.ttl_ms]):
+                    return token
+                continue
+            if int(holder.get("attempt", 0)) >= attempt:
+                return None
+            time.sleep(0.05)  # an earlier attempt is returning (it published this one)
+
+    def release(self, job_id: str, token: str) -> None:
+        self._release(keys=[keys.lease(self.config, job_id)], args=[token])
 
 
 class Parking:
@@ -145,35 +330,50 @@ class Parking:
         self.parked_bodies = keys.parked_bodies(config)
         self.dead_index = keys.dead_index(config)
         self.dead_bodies = keys.dead_bodies(config)
+        self._take = client.register_script(_TAKE_DUE)
 
     def backoff(self, parks: int) -> float:
         steps = self.config.reliability.park_backoff_s
         return float(steps[min(parks, len(steps) - 1)])
 
     def park(self, delivery: Delivery, backoff_step: int, reason: str) -> float:
-        """Park ``delivery`` (the one to publish when due); returns the due time."""
+        """Park ``delivery`` (the one to publish when due); returns the due time.
+
+        The open-jobs copy becomes this delivery in the same transaction, so a job taken
+        out of the parked set and lost before its publish is repaired as it was parked.
+        """
         now = time.time()
         due = now + self.backoff(backoff_step)
         entry = {"delivery": delivery.to_kwargs(), "reason": reason, "parked_at": now}
         pipe = self.redis.pipeline()
         pipe.hset(self.parked_bodies, delivery.job.id, json.dumps(entry))
         pipe.zadd(self.parked_index, {delivery.job.id: due})
+        OpenJobs(self.redis, self.config).update(delivery, pipe)
         pipe.execute()
         return due
 
     def due(self, now: float | None = None, limit: int = 100) -> list[tuple[str, Delivery]]:
+        """The due entries, read only (the reaper uses :meth:`take_due`)."""
         ids = self.redis.zrangebyscore(self.parked_index, 0, now or time.time(), start=0, num=limit)
         if not ids:
             return []
         raws = self.redis.hmget(self.parked_bodies, ids)
         return [(i, _delivery_of(json.loads(m))) for i, m in zip(ids, raws, strict=True) if m]
 
-    def claim(self, job_id: str) -> bool:
-        """Only one sweeper re-enqueues a parked job: whoever removes it from the index."""
-        return bool(self.redis.zrem(self.parked_index, job_id))
+    def take_due(self, now: float | None = None, limit: int = 100) -> list[Delivery]:
+        """Remove the due entries and return them, atomically: the caller publishes them.
 
-    def unpark(self, job_id: str) -> None:
-        self.redis.hdel(self.parked_bodies, job_id)
+        Taking before publishing is what keeps a job from being stranded: if the
+        publish is lost, the job is open with no message and the repair sweep sends
+        it; if a worker parks the republished job again meanwhile, its fresh entry is
+        never deleted by this sweep (it was taken before the publish).
+        """
+        raw = self._take(keys=[self.parked_index, self.parked_bodies],
+                         args=[now or time.time(), limit])
+        out = []
+        for body in raw[1::2]:
+            out.append(_delivery_of(json.loads(body)))
+        return out
 
     def parked(self) -> list[dict[str, Any]]:
         out = []
@@ -219,6 +419,21 @@ class Parking:
     def dead_count(self) -> int:
         return int(self.redis.zcard(self.dead_index))
 
+
+_TAKE_DUE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], 0, ARGV[1], 'LIMIT', 0, ARGV[2])
+local out = {}
+for _, id in ipairs(ids) do
+  local body = redis.call('HGET', KEYS[2], id)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+  if body then
+    table.insert(out, id)
+    table.insert(out, body)
+  end
+end
+return out
+"""
 
 _BOOKKEEPING = ("reason", "parked_at", "dead_at")
 

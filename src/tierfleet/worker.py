@@ -31,9 +31,10 @@ from .broker import TASK_NAME, make_celery, redis_client, send
 from .config import get_config
 from .envelope import Delivery
 from .heartbeats import Watchdog, write_heartbeat
+from .ledger import LedgerExport
 from .logs import setup_logging
 from .reaper import Reaper
-from .runner import Moved, Runner
+from .runner import Duplicate, Moved, Runner
 
 log = logging.getLogger("tierfleet.worker")
 
@@ -75,14 +76,16 @@ def run_job(
     attempt: int = 1,
     parks: int = 0,
     escalated: bool = False,
+    origin: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     kwargs = {"job": job, "route": route, "trail": trail, "attempt": attempt, "parks": parks,
-              "escalated": escalated}
+              "escalated": escalated, "origin": origin}
+    owner = f"{self.request.hostname or 'worker'}|{os.getpid()}|{threading.get_ident()}"
     delay = 0.5
     give_up = time.monotonic() + config.reliability.task_time_limit_s / 2
     while True:
         try:
-            outcome = runner().run(Delivery.from_kwargs(kwargs))
+            outcome = runner().run(Delivery.from_kwargs(kwargs), owner=owner)
         except REDIS_BLINKS as exc:
             # Redis blinked mid-job (restart, failover). Failing here would ack the message
             # and lose the job; a Celery retry would need Redis to publish. Instead hold the
@@ -100,6 +103,10 @@ def run_job(
         if isinstance(outcome, Moved):
             # The job lives on in the delivery just published; this one is acked, no result.
             raise Ignore(f"moved to {outcome.to}: {outcome.why}")
+        if isinstance(outcome, Duplicate):
+            # Another live delivery of this job is calling a host right now; it will finish
+            # the job (or its own message comes back if its worker dies). Ack this copy.
+            raise Ignore(f"duplicate delivery: {outcome.why}")
         return outcome.result.model_dump(mode="json")
 
 
@@ -162,7 +169,8 @@ class Heartbeat(bootsteps.StartStopStep):
             while not self._stop.is_set():
                 try:
                     held = _held_tags() + qos_tags()
-                    write_heartbeat(client, config, node, queues, held, concurrency)
+                    write_heartbeat(client, config, node, queues, held, concurrency,
+                                    pids=_pool_pids(parent.controller))
                     waiting = sum(int(client.llen(q)) for q in queues)
                     done = sum(worker_state.total_count.values())
                     if watchdog.stalled(waiting, len(held), done):
@@ -176,10 +184,14 @@ class Heartbeat(bootsteps.StartStopStep):
                 self._stop.wait(config.reliability.heartbeat_s)
 
         reaper = Reaper(config, redis_client(config), app)
+        export = LedgerExport(redis_client(config), config)
         self._threads = [
             threading.Thread(target=beat, name="tierfleet-heartbeat", daemon=True),
             threading.Thread(target=reaper.run_forever, args=(self._stop,),
                              name="tierfleet-reaper", daemon=True),
+            # Its own thread: a hung ledger disk stalls the JSONL copy, never a job or a sweep.
+            threading.Thread(target=export.run_forever, args=(self._stop,),
+                             name="tierfleet-ledger-export", daemon=True),
         ]
         for t in self._threads:
             t.start()
@@ -189,6 +201,17 @@ class Heartbeat(bootsteps.StartStopStep):
 
     def shutdown(self, parent: Any) -> None:
         self._stop.set()
+
+
+def _pool_pids(controller: Any) -> list[int]:
+    """The pool's live processes (prefork children; the main process for threads/solo)."""
+    pids = [os.getpid()]
+    inner = getattr(getattr(controller, "pool", None), "_pool", None)
+    for proc in list(getattr(inner, "_pool", None) or []):
+        pid = getattr(proc, "pid", None)
+        if pid:
+            pids.append(int(pid))
+    return pids
 
 
 def _qos_tags_reader(parent: Any) -> Any:

@@ -34,6 +34,8 @@ breaker_open_s = {breaker_open_s}
 retry_after_budget_s = 2.0
 heartbeat_s = 0.5
 dead_after_s = 3.0
+repair_after_s = 3.0
+repair_every_s = 1.0
 """
 
 
@@ -191,6 +193,8 @@ FAST_RELIABILITY_DATA: dict[str, Any] = {
     "retry_after_budget_s": 2.0,
     "heartbeat_s": 0.5,
     "dead_after_s": 3.0,
+    "repair_after_s": 3.0,
+    "repair_every_s": 1.0,
     "stall_restart_s": 10.0,
 }
 

@@ -50,13 +50,16 @@ def test_moved_restarted_and_replayed() -> None:
         "paid", ("local-gpu", "local-mac"), 3, 1, True)
     assert moved.moved(d.route).escalated  # one escalation per job: the flag stays
 
-    first = Route(tier="local-gpu", kind=Kind.CHAT)
-    back = moved.restarted(first)
+    # Parked: back on the dispatcher's route (d's), not the tier it parked on; the
+    # escalation flag stays (one per job).
+    back = moved.restarted("every host down")
     assert (back.tier, back.trail, back.attempt, back.parks, back.escalated) == (
-        "local-gpu", (), 4, 2, False)
+        d.route.tier, (), 4, 2, True)
+    assert back.route.fallbacks == d.route.fallbacks
+    assert "parked: every host down" in back.route.reasons[-1].text
 
     again = back.replayed()
-    assert (again.trail, again.attempt, again.parks) == ((), 1, 0) and again.route == first
+    assert (again.trail, again.attempt, again.parks) == ((), 1, 0) and again.route == back.route
 
 
 def imports_of(module: str) -> set[str]:

@@ -13,7 +13,7 @@ import pytest
 
 from tierfleet.config import FleetConfig
 from tierfleet.jobs import Attempt
-from tierfleet.ledger import DIMENSIONS, Ledger, day_of, scrub_error
+from tierfleet.ledger import DIMENSIONS, Ledger, LedgerExport, day_of, read_jsonl, scrub_error
 from tierfleet.pricing import to_nanos
 
 NOW = 1_760_000_000.0  # a fixed instant, so day buckets are known
@@ -125,6 +125,7 @@ def test_double_delivery_is_billed_once(r: fakeredis.FakeRedis, tmp_path: Path) 
     assert snapshot(r) == before
     totals = ledger.totals(1, "total", end=NOW)["all"]
     assert (totals.jobs, totals.attempts, totals.cost_nusd) == (1, 1, to_nanos(0.009))
+    assert LedgerExport(r, cfg).drain() == 1  # what the workers' export thread does
     lines = (Path(cfg.ledger.dir) / f"token-usage-{day_of(NOW)}.jsonl").read_text().splitlines()
     assert len(lines) == 1
     assert json.loads(lines[0])["tokens_in"] == 1000
@@ -227,7 +228,8 @@ def test_keys_are_prefixed_and_expire(r: fakeredis.FakeRedis, tmp_path: Path) ->
     ledger.record(attempt(ts=time.time()))
     keys = r.keys("*")
     assert keys and all(k.startswith(b"tfl:ledger:") for k in keys)
-    assert all(0 < r.ttl(k) <= 10 * 86400 for k in keys)
+    # Everything expires but the export stream, which the exporter trims as it writes.
+    assert all(0 < r.ttl(k) <= 10 * 86400 for k in keys if k != b"tfl:ledger:log")
 
 
 def test_errors_are_scrubbed_of_credentials(r: fakeredis.FakeRedis, tmp_path: Path) -> None:
@@ -236,6 +238,7 @@ def test_errors_are_scrubbed_of_credentials(r: fakeredis.FakeRedis, tmp_path: Pa
     secret = "sk-proj-ABCDEFGHIJKLMNOP1234"
     ledger.record(attempt(outcome="failed", error=f"401 Authorization: Bearer {secret} rejected"))
     stored = b"".join(v for k in r.keys("*") if r.type(k) == b"list" for v in r.lrange(k, 0, -1))
+    LedgerExport(r, cfg).drain()
     on_disk = (Path(cfg.ledger.dir) / f"token-usage-{day_of(NOW)}.jsonl").read_text()
     assert secret.encode() not in stored and secret not in on_disk
     assert "[redacted]" in on_disk
@@ -257,3 +260,39 @@ def test_rented_time_is_priced_by_the_seconds_the_host_billed(r: fakeredis.FakeR
     ledger = Ledger(r, fleet(tmp_path))
     rp = attempt(tier="runpod", host="rp", model="coder", latency_s=10.2)
     assert ledger.record(rp, seconds=3.2).job_cost_usd == pytest.approx(4 * 0.0005)
+
+
+def test_every_record_reaches_the_jsonl_once_even_when_an_export_is_repeated(
+        r: fakeredis.FakeRedis, tmp_path: Path) -> None:
+    cfg = fleet(tmp_path)
+    ledger = Ledger(r, cfg)
+    for i in range(5):
+        ledger.record(attempt(job_id=f"j{i}"))
+    export = LedgerExport(r, cfg)
+    assert export.drain() == 5
+    # A crash after the append but before the cursor moved: the same lines again.
+    r.delete(export.cursor_key)
+    ledger.record(attempt(job_id="j5"))
+    export.drain()
+    folder = Path(cfg.ledger.dir)
+    on_disk = [json.loads(x) for f in folder.glob("*.jsonl") for x in f.read_text().splitlines()]
+    assert len(on_disk) >= 6
+    assert sorted(rec["job_id"] for rec in read_jsonl(folder)) == [f"j{i}" for i in range(6)]
+    assert export.drain() == 0
+
+
+def test_a_hung_or_failing_disk_never_blocks_recording(r: fakeredis.FakeRedis, tmp_path: Path) -> None:
+    cfg = fleet(tmp_path)
+    Path(cfg.ledger.dir).parent.mkdir(parents=True, exist_ok=True)
+    Path(cfg.ledger.dir).write_text("not a folder")  # every export fails
+    ledger = Ledger(r, cfg)
+    assert ledger.record(attempt(job_id="a")).new  # recorded in Redis all the same
+    with pytest.raises(OSError):
+        LedgerExport(r, cfg).drain()
+    assert r.xlen(keys_ledger_log(cfg)) == 1  # kept for the next export
+
+
+def keys_ledger_log(cfg: FleetConfig) -> str:
+    from tierfleet import keys
+
+    return keys.ledger_log(cfg)

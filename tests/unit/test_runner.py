@@ -75,7 +75,8 @@ def test_a_host_down_moves_the_job_to_the_next_allowed_tier(
     assert moved.route.model == "qwen3:4b"
     assert moved.route.fallbacks == ["runpod", "paid"]  # the rest of the chain, minus where it went
     assert runner.results.get(d.job.id) is None  # the next delivery stores the result
-    assert attempts(runner, d.job.id) == [(1, "fallback", None)]
+    # The failed call is billed as a call (the host saw it), the move as a fallback.
+    assert attempts(runner, d.job.id) == [(1, "host_error", "ollama-gpu"), (1, "fallback", None)]
     assert runner.breaker.view("ollama-gpu").failures == 1
 
 
@@ -321,7 +322,9 @@ def test_a_redelivered_fallback_is_billed_once(
     runner.run(d)  # redelivered before the ack: published twice, the next tier stores once
 
     assert [p.tier for p in published] == ["local-mac", "local-mac"]
-    assert attempts(runner, d.job.id) == [(1, "fallback", None)]
+    # Each call reached the host and is billed as one; the fallback itself is recorded once.
+    assert sorted(attempts(runner, d.job.id), key=str) == [
+        (1, "fallback", None), (1, "host_error", "ollama-gpu"), (1, "host_error", "ollama-gpu")]
 
 
 def test_the_same_question_is_answered_from_the_cache(

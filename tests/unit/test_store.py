@@ -84,7 +84,7 @@ def test_wait_without_a_deadline_looks_once(store: ResultStore) -> None:
     store.save(result(Status.SUCCEEDED, "a"))
     got = store.wait(["a", "unknown"], deadline=None)
     assert got[0].status is Status.SUCCEEDED
-    assert (got[1].status, got[1].error) == (Status.PENDING, "unknown job id or not finished")
+    assert got[1].status is Status.UNKNOWN and "resubmit" in (got[1].error or "")
 
 
 def test_wait_raises_when_the_deadline_passes(store: ResultStore) -> None:
@@ -127,10 +127,12 @@ def test_backoff_steps_then_stays_at_the_last(parking: Parking, core_config: Fle
     assert [parking.backoff(i) for i in range(len(steps) + 2)] == [*steps, steps[-1], steps[-1]]
 
 
-def test_only_one_sweeper_claims_a_parked_job(parking: Parking) -> None:
-    parking.park(a_delivery(), 0, "down")
-    assert parking.claim("j1") is True
-    assert parking.claim("j1") is False
+def test_only_one_sweeper_takes_a_parked_job(parking: Parking) -> None:
+    d = a_delivery()
+    due = parking.park(d, 0, "down")
+    assert parking.take_due(now=due) == [d]
+    assert parking.take_due(now=due) == []  # taken out with its body, atomically
+    assert parking.count() == 0
 
 
 def test_bury_moves_a_job_to_the_dead_letters_and_take_dead_gives_it_back(parking: Parking) -> None:

@@ -202,9 +202,14 @@ def transport_error(host: str, exc: httpx.HTTPError) -> HostDown:
             httpx.WriteTimeout: "write timeout",
             httpx.PoolTimeout: "pool timeout",
         }.get(type(exc), "timeout")
-        return HostDown(host, what)
+        err = HostDown(host, what)
+        # Never connected: no request reached the host, so nothing it could bill.
+        err.reached = not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
+        return err
     if isinstance(exc, httpx.ConnectError):
-        return HostDown(host, f"connection failed: {exc}"[:_MAX_MESSAGE])
+        err = HostDown(host, f"connection failed: {exc}"[:_MAX_MESSAGE])
+        err.reached = False
+        return err
     return HostDown(host, f"{type(exc).__name__}: {exc}"[:_MAX_MESSAGE])
 
 

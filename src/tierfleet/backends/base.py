@@ -74,6 +74,9 @@ class BackendError(TierfleetError):
     """
 
     fallback: bool = False
+    # Whether the request reached the host (False: connection refused or never opened),
+    # i.e. whether the host could bill it; the ledger records only calls that reached it.
+    reached: bool = True
 
     def __init__(self, host: str, message: str, *, status: int | None = None) -> None:
         super().__init__(f"{host}: {message}")

@@ -253,14 +253,18 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def reaper(config: str = config_option()) -> None:
-        """Restore jobs of dead worker nodes and re-enqueue parked jobs (also runs inside every worker)."""
+        """Restore jobs of dead nodes, re-enqueue parked jobs, repair open jobs with no
+        message, and export the ledger's JSONL (all of which also run inside every worker)."""
         from ..broker import make_celery, redis_client
+        from ..ledger import LedgerExport
         from ..reaper import Reaper
 
         cfg = get(config)
         r = Reaper(cfg, redis_client(cfg), make_celery(cfg))
         console.print(f"reaper running against {cfg.redis_url.split('@')[-1]} (Ctrl-C to stop)")
         stop = threading.Event()
+        threading.Thread(target=LedgerExport(redis_client(cfg), cfg).run_forever, args=(stop,),
+                         name="tierfleet-ledger-export", daemon=True).start()
         try:
             r.run_forever(stop)
         except KeyboardInterrupt:

@@ -32,7 +32,7 @@ import redis as redis_lib
 from pydantic import BaseModel, Field
 
 from ..config import FleetConfig, get_config
-from ..ledger import FINAL_OUTCOMES, Ledger
+from ..ledger import Ledger, is_job_final
 from ..pricing import from_nanos, to_nanos
 from .charts import plot_bars, usd
 
@@ -227,7 +227,7 @@ def build_report(
         key = _group_value(rec, by)
         total.add_attempt(rec)
         groups[key].add_attempt(rec)
-        if rec["outcome"] in FINAL_OUTCOMES:
+        if is_job_final(rec):
             latency = job_latency[rec["job_id"]]
             total.add_job(rec, latency)
             groups[key].add_job(rec, latency)
