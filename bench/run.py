@@ -70,7 +70,7 @@ from _fleet import (
 )
 from tierfleet.config import FleetConfig
 from tierfleet.dispatch import Dispatcher
-from tierfleet.jobs import Job, Result, Status
+from tierfleet.jobs import TERMINAL, Job, Result
 from tierfleet.lab.sim import write_config as write_sim_config
 from tierfleet.ledger import Ledger
 from tierfleet.policy import FleetState, build_policy
@@ -79,7 +79,6 @@ from tierfleet.reports.spend import report
 OUT = BENCH_DIR / "results.json"
 console = Console()
 STOP = threading.Event()
-FINAL = (Status.SUCCEEDED, Status.FAILED, Status.DEAD)
 PARTS = ("dispatch", "route", "throughput", "failover", "home_lab_day", "cost")
 
 
@@ -115,7 +114,7 @@ def wait_results(d: Dispatcher, ids: list[str], timeout: float,
     pending = list(ids)
     while pending:
         for jid, res in zip(pending, d.results.get_many(pending), strict=True):
-            if res is not None and res.status in FINAL:
+            if res is not None and res.status in TERMINAL:
                 done[jid] = res
         pending = [j for j in pending if j not in done]
         if not pending:

@@ -30,10 +30,10 @@ from hypothesis.errors import Unsatisfiable
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
 
-from tests.support.harness import Worker, every_kind_on, write_config
-from tierfleet.api import create_app, is_loopback, load_tokens, serve
+from tests.support.fleets import api_fleet
+from tests.support.harness import Worker, write_config
+from tierfleet.api import create_app
 from tierfleet.config import ApiConfig, FleetConfig, load_config
-from tierfleet.errors import ConfigError
 from tierfleet.lab.embedded import EmbeddedRedis
 from tierfleet.lab.processes import free_port
 from tierfleet.lab.sim.fleet import SimFleet
@@ -43,65 +43,7 @@ pytestmark = pytest.mark.integration
 TOKENS = ["tok-alpha-0123456789", "tok-beta-9876543210"]
 AUTH = {"Authorization": f"Bearer {TOKENS[1]}"}
 
-# local-gpu has a host and no worker: jobs sent there wait, which is how the
-# tests reach the 504-with-job-id answer without racing a worker. It comes first
-# among the model tiers so that escalation (one tier up, in config order) never
-# lands there: local-mac escalates to paid, and paid is the top.
-FLEET = """
-[tiers.rules]
-place = "rules"
-
-[tiers.local-gpu]
-place = "local"
-models = {{ default = "qwen3-coder:30b" }}
-
-[tiers.local-mac]
-place = "local"
-models = {{ default = "qwen3:4b" }}
-
-[tiers.paid]
-place = "paid"
-models = {{ default = "gpt-test" }}
-
-[hosts.mac]
-kind = "ollama"
-url = "http://127.0.0.1:{mac}"
-tier = "local-mac"
-models = ["qwen3:4b"]
-simulated = true
-
-[hosts.gpu]
-kind = "ollama"
-url = "http://127.0.0.1:{gpu}"
-tier = "local-gpu"
-models = ["qwen3-coder:30b"]
-simulated = true
-
-[hosts.cloud]
-kind = "openai"
-url = "http://127.0.0.1:{cloud}/v1"
-tier = "paid"
-models = ["gpt-test"]
-simulated = true
-
-[models."qwen3:4b"]
-vision = true
-
-[models."qwen3-coder:30b"]
-
-[models."gpt-test"]
-input_per_mtok = 1.0
-output_per_mtok = 4.0
-vision = true
-
-[policy]
-classifier = "keyword"
-high_risk_tier = "paid"
-premium_tier = "paid"
-spill_order = ["local-mac", "paid"]
-large_job_tier = "paid"
-
-""" + every_kind_on("local-mac")
+FLEET = api_fleet()
 
 
 @dataclass
@@ -179,163 +121,6 @@ def error_of(resp: httpx.Response) -> dict[str, Any]:
     assert set(body) == {"error"}, body
     assert {"message", "type"} <= set(body["error"]), body
     return body["error"]
-
-
-# -- schema and auth ----------------------------------------------------------------------
-
-
-def test_openapi_schema_is_served_and_describes_the_api(client: TestClient) -> None:
-    resp = client.get("/openapi.json")
-    assert resp.status_code == 200
-    schema = resp.json()
-    for path in ("/v1/jobs", "/v1/jobs/batch", "/v1/jobs/{job_id}", "/v1/status",
-                 "/v1/chat/completions", "/metrics", "/healthz"):
-        assert path in schema["paths"], path
-    schemas = schema["components"]["schemas"]
-    assert {"Job", "Result", "Route", "ErrorResponse", "ChatCompletionRequest",
-            "ChatCompletion"} <= set(schemas)
-    assert "kind" in schemas["Job"]["properties"]
-    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
-    assert "$ref" in str(schema["paths"]["/v1/jobs"]["post"]["responses"]["422"])
-
-
-def test_auth_missing_wrong_and_right_token(client: TestClient) -> None:
-    missing = client.get("/v1/status")
-    assert missing.status_code == 401
-    assert error_of(missing)["code"] == "missing_api_key"
-    assert missing.headers["www-authenticate"] == "Bearer"
-
-    for bad in ("Bearer nope", f"Bearer {TOKENS[0]}x", f"Basic {TOKENS[0]}", TOKENS[0]):
-        resp = client.get("/v1/status", headers={"Authorization": bad})
-        assert resp.status_code == 401, bad
-        assert error_of(resp)["type"] == "authentication_error"
-
-    post = client.post("/v1/jobs", json={"kind": "dedupe", "input": {"items": ["a"]}},
-                       headers={"Authorization": "Bearer nope"})
-    assert post.status_code == 401
-
-    for token in TOKENS:  # every configured token works (rotation)
-        ok = client.get("/v1/status", headers={"Authorization": f"Bearer {token}"})
-        assert ok.status_code == 200
-        assert {"queues", "workers", "hosts", "parked", "dead_letters"} <= set(ok.json())
-
-    # Probes and scrapers need no token.
-    assert client.get("/healthz").json() == {"status": "ok", "redis": True}
-    assert client.get("/metrics").status_code == 200
-
-
-def test_tokens_come_from_the_configured_env_var(fleet: Fleet) -> None:
-    cfg = fleet.config.model_copy(update={"api": ApiConfig(tokens_env="MY_TOKENS")})
-    assert load_tokens(cfg, {"MY_TOKENS": " a1 , ,b2,"}) == ["a1", "b2"]
-    assert load_tokens(cfg, {"TIERFLEET_API_TOKENS": "x"}) == []
-
-
-def test_serve_refuses_an_open_api_off_loopback(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(fleet.config.api.tokens_env, raising=False)
-    with pytest.raises(ConfigError, match="--insecure-no-auth"):
-        serve(fleet.config, host="0.0.0.0", port=free_port())
-    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
-    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
-    assert not is_loopback("example.com")
-
-
-# -- input limits and errors --------------------------------------------------------------
-
-
-def test_body_over_the_limit_is_413(fleet: Fleet) -> None:
-    small = fleet.config.model_copy(update={"api": ApiConfig(max_body_bytes=2_000)})
-    with TestClient(create_app(small, tokens=TOKENS)) as c:
-        big = {"kind": "summary", "prompt": "x" * 5_000}
-        resp = c.post("/v1/jobs", json=big, headers=AUTH)
-        assert resp.status_code == 413
-        assert error_of(resp)["code"] == "request_too_large"
-
-        # Streamed without a Content-Length: counted as it arrives.
-        def chunks() -> Iterator[bytes]:
-            yield b'{"kind": "summary", "prompt": "'
-            for _ in range(10):
-                yield b"y" * 500
-            yield b'"}'
-
-        resp = c.post("/v1/jobs", content=chunks(),
-                      headers={**AUTH, "Content-Type": "application/json"})
-        assert resp.status_code == 413
-        assert error_of(resp)["code"] == "request_too_large"
-        # A small job still passes.
-        ok = c.post("/v1/jobs", json={"kind": "dedupe", "input": {"items": ["a", "a"]}},
-                    headers=AUTH)
-        assert ok.status_code == 202
-
-
-@pytest.mark.parametrize(
-    ("job", "param"),
-    [
-        ({"kind": "telepathy", "prompt": "x"}, "kind"),
-        ({"kind": "summary"}, "prompt"),
-        ({"kind": "summary", "prompt": "x", "colour": "red"}, "colour"),
-        ({"kind": "summary", "prompt": "   "}, "prompt"),
-        ({"kind": "json_validate", "input": {"document": {}, "schema": {"type": "nonsense"}}},
-         "input.schema"),
-        ({"kind": "regex_extract", "input": {"text": "a", "pattern": "(unclosed"}},
-         "input.pattern"),
-        ({"kind": "summary", "prompt": "x", "tier": "moon"}, "tier"),
-        ({"kind": "summary", "prompt": "x", "model": "gpt-99"}, "model"),
-        ({"kind": "summary", "prompt": "x", "risk": "extreme"}, "risk"),
-        ({"kind": "summary", "prompt": "x", "max_cost_usd": -1}, "max_cost_usd"),
-        ({"kind": "summary", "prompt": "x", "id": "has space"}, "id"),
-    ],
-)
-def test_rejected_job_is_422_naming_the_field(client: TestClient, job: dict[str, Any],
-                                              param: str) -> None:
-    resp = client.post("/v1/jobs", json=job, headers=AUTH)
-    assert resp.status_code == 422, resp.text
-    err = error_of(resp)
-    assert err["param"].startswith(param), err
-    assert err["type"] == "invalid_request_error"
-
-
-def test_privacy_conflict_is_422_not_500(client: TestClient) -> None:
-    resp = client.post("/v1/jobs", headers=AUTH, json={
-        "kind": "summary", "prompt": "secret plans", "privacy": "confidential", "tier": "paid"})
-    assert resp.status_code == 422
-    assert error_of(resp)["param"] == "tier"
-
-
-def test_not_json_and_not_an_object_are_422(client: TestClient) -> None:
-    resp = client.post("/v1/jobs", content=b"{not json",
-                       headers={**AUTH, "Content-Type": "application/json"})
-    assert resp.status_code == 422
-    assert error_of(resp)["param"] == "body"
-    resp = client.post("/v1/jobs", json=[1, 2], headers=AUTH)
-    assert resp.status_code == 422
-
-
-def test_unknown_job_path_and_method(client: TestClient) -> None:
-    resp = client.get("/v1/jobs/no-such-job", headers=AUTH)
-    assert resp.status_code == 404
-    assert error_of(resp)["code"] == "job_not_found"
-    # An unknown id is answered at once, even when asked to wait.
-    t0 = time.monotonic()
-    assert client.get("/v1/jobs/still-none?wait=30", headers=AUTH).status_code == 404
-    assert time.monotonic() - t0 < 10
-    resp = client.get("/v1/nothing-here", headers=AUTH)
-    assert resp.status_code == 404 and error_of(resp)["code"] == "not_found"
-    resp = client.delete("/v1/status", headers=AUTH)
-    assert resp.status_code == 405 and error_of(resp)["code"] == "method_not_allowed"
-
-
-def test_redis_down_is_503(fleet: Fleet) -> None:
-    down = fleet.config.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
-    with TestClient(create_app(down, tokens=TOKENS)) as c:
-        resp = c.post("/v1/jobs", json={"kind": "dedupe", "input": {"items": ["a"]}},
-                      headers=AUTH)
-        assert resp.status_code == 503
-        assert error_of(resp)["code"] == "redis_unavailable"
-        assert c.get("/v1/jobs/x1", headers=AUTH).status_code == 503
-        assert c.get("/healthz").status_code == 503
-        metrics = c.get("/metrics")
-        assert metrics.status_code == 200
-        assert "tierfleet_redis_up 0.0" in metrics.text
 
 
 # -- jobs through a real worker ----------------------------------------------------------
@@ -461,48 +246,6 @@ def test_chat_refusals_in_openai_error_shape(sdk: openai.OpenAI) -> None:
             .chat.completions.create(model="auto", messages=msgs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(
-    ("body", "param"),
-    [
-        ({"messages": []}, "messages"),
-        ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
-        ({"messages": [{"role": "user", "content": "x"}],
-          "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]},
-         "messages.0.role"),
-        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
-        ({"messages": [{"role": "user", "content": [
-            {"type": "text", "text": "what is this?"},
-            {"type": "image_url", "image_url": {"url": "http://169.254.169.254/x.png"}}]}]},
-         "messages.0.content.1.image_url.url"),
-        ({"messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}]}]},
-         "messages.0.content.0.image_url.url"),
-        ({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]},
-         "messages.0.content.0"),
-        ({"messages": [{"role": "user", "content": "x"}],
-          "tierfleet": {"kind": "dedupe"}}, "tierfleet.kind"),
-        ({"messages": [{"role": "user", "content": "x"}],
-          "tierfleet": {"colour": "red"}}, "tierfleet.colour"),
-        ({"messages": [{"role": "user", "content": "   "}]}, "messages"),
-        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
-    ],
-)
-def test_chat_validation_is_422_naming_the_field(client: TestClient, body: dict[str, Any],
-                                                 param: str) -> None:
-    resp = client.post("/v1/chat/completions", json={"model": "auto", **body}, headers=AUTH)
-    assert resp.status_code == 422, resp.text
-    err = error_of(resp)
-    assert err["param"].startswith(param), err
-
-
-def test_chat_bad_header_value_is_422(client: TestClient) -> None:
-    resp = client.post("/v1/chat/completions", headers={**AUTH, "X-Tierfleet-Privacy": "top"},
-                       json={"model": "auto", "messages": [{"role": "user", "content": "x"}]})
-    assert resp.status_code == 422
-    assert error_of(resp)["param"] == "x-tierfleet-privacy"
-
-
 def test_chat_with_an_image_data_url(sdk: openai.OpenAI) -> None:
     png = base64.b64encode(b"\x89PNG\r\n\x1a\n fake image bytes").decode()
     raw = sdk.chat.completions.with_raw_response.create(model="auto", messages=[{
@@ -523,22 +266,6 @@ def test_chat_stream_with_the_sdk(sdk: openai.OpenAI) -> None:
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
     assert finishes[-1] == "stop"
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
-
-
-def test_chat_timeout_is_504_with_the_job_id_to_poll(client: TestClient, fleet: Fleet) -> None:
-    resp = client.post("/v1/chat/completions", headers=AUTH, json={
-        "model": "tier:local-gpu", "messages": [{"role": "user", "content": "refactor this"}],
-        "tierfleet": {"wait_s": 0.5, "workflow": "refactor"}})
-    assert resp.status_code == 504
-    err = error_of(resp)
-    assert err["type"] == "timeout" and err["code"] == "timeout"
-    job_id = err["job_id"]
-    assert resp.headers["x-tierfleet-job-id"] == job_id
-    assert f"/v1/jobs/{job_id}" in err["message"]
-    polled = client.get(f"/v1/jobs/{job_id}", headers=AUTH)
-    assert polled.status_code == 200
-    assert polled.json()["status"] == "pending" and polled.json()["tier"] == "local-gpu"
-    assert fleet.client.llen("local-gpu") >= 1
 
 
 def test_chat_repeated_with_the_same_id_is_answered_once(client: TestClient, fleet: Fleet) -> None:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis
 
+from tests.support.fleets import tiers_only
 from tests.support.harness import Worker, write_config
 from tierfleet.config import load_config
 from tierfleet.dispatch import Dispatcher
@@ -28,23 +29,7 @@ from tierfleet.lab.processes import free_port
 T = TypeVar("T")
 
 TIERS = ("rules", "local-mac", "local-gpu", "runpod", "paid")
-# Every default tier, with no model hosts: only rules jobs can finish here.
-FIVE_TIERS = """
-[tiers.rules]
-place = "rules"
-
-[tiers.local-mac]
-place = "local"
-
-[tiers.local-gpu]
-place = "local"
-
-[tiers.runpod]
-place = "rented"
-
-[tiers.paid]
-place = "paid"
-"""
+FIVE_TIERS = tiers_only()
 PASSWORD = "s3cret-redis-pw-7f2a"
 
 

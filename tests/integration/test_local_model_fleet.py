@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.harness import Worker, every_kind_on, write_config
+from tests.support.fleets import every_kind_on
+from tests.support.harness import Worker, write_config
 from tierfleet.config import load_config
 from tierfleet.dispatch import Dispatcher
 from tierfleet.lab.localmodel import LOCAL_MODEL_NAME, LocalModelServer

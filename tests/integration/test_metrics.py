@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tests.support.fleets import rules_only
 from tests.support.harness import write_config
 from tierfleet.config import FleetConfig, load_config
 from tierfleet.dispatch import Dispatcher
@@ -27,43 +28,9 @@ from tierfleet.lab.processes import free_port
 from tierfleet.metrics import LATENCY_BUCKETS, fleet_registry, record_attempt
 from tierfleet.store import Parking
 
-FLEET = """
-[tiers.rules]
-place = "rules"
-
-[tiers.local-mac]
-place = "local"
-models = { default = "qwen3:4b" }
-
-[tiers.paid]
-place = "paid"
-models = { default = "gpt-test" }
-
-[hosts.mac]
-kind = "ollama"
-url = "http://127.0.0.1:9"
-tier = "local-mac"
-models = ["qwen3:4b"]
-simulated = true
-
-[hosts.cloud]
-kind = "openai"
-url = "http://127.0.0.1:9/v1"
-tier = "paid"
-models = ["gpt-test"]
-simulated = true
-
-[models."qwen3:4b"]
-
-[models."gpt-test"]
-input_per_mtok = 1.0
-output_per_mtok = 4.0
-
-[policy]
-kind_tiers = { summary = "local-mac", chat = "local-mac", code = "paid" }
-spill_order = ["local-mac", "paid"]
-large_job_tier = "paid"
-"""
+FLEET = rules_only(local="qwen3:4b", paid="gpt-test", paid_price=(1.0, 4.0),
+                   kinds={"summary": "local-mac", "chat": "local-mac", "code": "paid"},
+                   paid_host="cloud")
 
 
 @pytest.fixture

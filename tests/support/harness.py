@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from tests.support.fleets import rules_only
 from tierfleet.config import load_config
 from tierfleet.heartbeats import heartbeat_key
 from tierfleet.lab.processes import CeleryWorker
@@ -54,57 +55,8 @@ def write_config(path: Path, redis_url: str, body: str = "", *, max_attempts: in
     return path
 
 
-def every_kind_on(tier: str) -> str:
-    """A ``[policy.kind_tiers]`` table sending every model kind to ``tier``."""
-    from tierfleet.jobs import MODEL_KINDS
-
-    lines = [f'{k.value} = "{tier}"' for k in sorted(MODEL_KINDS, key=lambda k: k.value)]
-    return "\n[policy.kind_tiers]\n" + "\n".join(lines) + "\n"
-
-
-RULES_ONLY = """
-[tiers.rules]
-place = "rules"
-
-[tiers.local-mac]
-place = "local"
-models = { default = "small" }
-
-[tiers.paid]
-place = "paid"
-models = { default = "big" }
-
-# Hosts nobody listens on: these fleets test queues and rules, not models.
-[hosts.mac]
-kind = "ollama"
-url = "http://127.0.0.1:9"
-tier = "local-mac"
-models = ["small"]
-simulated = true
-
-[hosts.provider]
-kind = "openai"
-url = "http://127.0.0.1:9/v1"
-tier = "paid"
-models = ["big"]
-simulated = true
-
-[models.small]
-input_per_mtok = 0.0
-output_per_mtok = 0.0
-
-[models.big]
-input_per_mtok = 3.0
-output_per_mtok = 15.0
-
-[policy]
-high_risk_tier = "paid"
-premium_tier = "paid"
-spill_order = ["local-mac", "paid"]
-large_job_tier = "paid"
-
-""" + every_kind_on("local-mac")
-
+# The default body: rules and two model tiers whose hosts nobody listens on.
+RULES_ONLY = rules_only()
 
 
 class Worker:

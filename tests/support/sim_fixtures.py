@@ -21,24 +21,20 @@ from typing import Any
 
 import pytest
 
+from tests.support.fleets import OPENAI_KEY_ENV, RUNPOD_KEY_ENV, home_lab_data
 from tierfleet.config import FleetConfig
-from tierfleet.lab.fleets import home_lab
 from tierfleet.lab.sim import SimFleet
 
-RUNPOD_KEY_ENV = "TIERFLEET_TEST_RUNPOD_KEY"
-OPENAI_KEY_ENV = "TIERFLEET_TEST_OPENAI_KEY"
 SIM_KEYS = {RUNPOD_KEY_ENV: "test-runpod-key", OPENAI_KEY_ENV: "test-openai-key"}
 SCALE = 0.01  # the profiles' latencies x 0.01: a 30B answer in ~0.1 s
-HOST_NAMES = {"mac": "sim-ollama", "gpu": "sim-gpu", "runpod": "sim-runpod", "paid": "sim-openai"}
 
 
 def sim_config_data() -> dict[str, Any]:
-    """The home-lab example fleet (:func:`tierfleet.lab.fleets.home_lab`), all simulated.
+    """The home-lab example fleet, all simulated (:func:`tests.support.fleets.home_lab_data`).
 
     Port 0 in a URL means "any free port"; ``SimFleet.config`` gives the real ones.
     """
-    return home_lab(names=HOST_NAMES, key_envs={"runpod": RUNPOD_KEY_ENV, "paid": OPENAI_KEY_ENV},
-                    host_defaults={"timeout_s": 10, "connect_timeout_s": 1})
+    return home_lab_data()
 
 
 def sim_config(**host_overrides: dict[str, Any]) -> FleetConfig:

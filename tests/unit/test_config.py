@@ -18,9 +18,9 @@ def test_builtin_defaults_load() -> None:
 
 def test_env_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     p = tmp_path / "f.toml"
-    from tests.support.harness import RULES_ONLY
+    from tests.support.fleets import rules_only
 
-    p.write_text('redis_url = "redis://file:1/0"\n' + RULES_ONLY)
+    p.write_text('redis_url = "redis://file:1/0"\n' + rules_only())
     monkeypatch.setenv("TIERFLEET_REDIS_URL", "redis://env:2/0")
     monkeypatch.setenv("TIERFLEET_POLICY__P_SMALL_OK_THRESHOLD", "0.6")
     cfg = load_config(p)

@@ -7,7 +7,7 @@ import time
 import fakeredis
 import pytest
 
-from tests.support.harness import RULES_ONLY
+from tests.support.fleets import rules_only
 from tierfleet.config import FleetConfig
 from tierfleet.health import Breaker, HealthChecker
 
@@ -15,7 +15,7 @@ from tierfleet.health import Breaker, HealthChecker
 def _config(**reliability: float) -> FleetConfig:
     import tomllib
 
-    data = tomllib.loads(RULES_ONLY)
+    data = tomllib.loads(rules_only())
     data["reliability"] = {"breaker_failures": 2, "breaker_open_s": 0.3, "health_cache_s": 0.2,
                            **reliability}
     return FleetConfig(**data)

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import redis
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import FleetConfig, load_config
 from ..errors import TierfleetError
@@ -20,7 +21,9 @@ T = TypeVar("T")
 
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    # Escaped: messages quote things like 'tierfleet[api]' that rich would read as markup;
+    # soft-wrapped: one line, whatever the terminal's width, so it can be grepped and copied.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 

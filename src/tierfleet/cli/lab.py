@@ -71,7 +71,13 @@ def register(app: typer.Typer) -> None:
         verbose: bool = typer.Option(False, help="show llama.cpp's log"),
     ) -> None:
         """Run SmolLM2-135M-Instruct on llama.cpp's server as an OpenAI-compatible host."""
+        from ..extras import MissingExtra, require
         from ..lab.localmodel import LOCAL_MODEL_NAME, LocalModelError, serve
+
+        try:
+            require("lab", "xllamacpp")
+        except MissingExtra as exc:
+            fail(str(exc))
 
         def announce(url: str) -> None:
             console.print(f"local model [bold]{LOCAL_MODEL_NAME}[/] at {url}  (Ctrl-C to stop)")

@@ -173,7 +173,7 @@ def register(app: typer.Typer) -> None:
         else:
             _print_report(rep)
         if plot is not None:
-            plot_report(rep, plot)
+            _common.run(lambda: plot_report(rep, plot))  # matplotlib: the charts extra
             _err.print(f"chart written to {plot}", highlight=False)
         if check_:
             alerts = check(rep, previous)
@@ -220,5 +220,5 @@ def register(app: typer.Typer) -> None:
         else:
             _print_inventory(inv)
         if plot is not None:
-            plot_inventory(inv, plot)
+            _common.run(lambda: plot_inventory(inv, plot))
             _err.print(f"chart written to {plot}", highlight=False)

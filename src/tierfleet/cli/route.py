@@ -296,8 +296,10 @@ def register(app: typer.Typer) -> None:
         "small_ok": 1} (0/1 or a share), or "small_score" and "large_score", trains
         p_small_ok. Point TIERFLEET_POLICY_ARTIFACTS at --out to route with the result.
         """
+        from ..extras import require
         from ..policy.training import train
 
+        _common.run(lambda: require("train"))
         if labels is not None and not labels.exists():
             _common.fail(f"--labels: {labels} not found")
         t0 = time.perf_counter()

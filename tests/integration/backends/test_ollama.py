@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from tests.support.sim_fixtures import sim_config, sim_hosts
 from tierfleet.backends import (
     BadRequest,
     ChatMessage,
@@ -17,27 +14,10 @@ from tierfleet.backends import (
     OllamaBackend,
     QuotaExhausted,
     RateLimited,
-    make_backend,
 )
 from tierfleet.lab.sim import SimFleet
 
 HOST = "sim-ollama"
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimFleet]:
-    cfg = sim_config(**{HOST: {"timeout_s": 1.0, "connect_timeout_s": 0.5}})
-    with sim_hosts(cfg) as fleet:
-        yield fleet
-
-
-@pytest.fixture
-def backend(sim: SimFleet) -> Iterator[OllamaBackend]:
-    sim.reset()
-    b = make_backend(HOST, sim.config.hosts[HOST], health_timeout_s=0.5)
-    assert isinstance(b, OllamaBackend)
-    yield b
-    b.close()
 
 
 def req(text: str = "Summarize: the printer on floor 3 jams daily.", **kw: object) -> CompletionRequest:

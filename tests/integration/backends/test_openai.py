@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.sim_fixtures import OPENAI_KEY_ENV, sim_config, sim_hosts
+from tests.support.sim_fixtures import OPENAI_KEY_ENV
 from tierfleet.backends import (
     AuthError,
     BadRequest,
@@ -25,22 +24,6 @@ from tierfleet.backends import (
 from tierfleet.lab.sim import SimFleet
 
 HOST = "sim-openai"
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimFleet]:
-    cfg = sim_config(**{HOST: {"timeout_s": 1.0, "connect_timeout_s": 0.5}})
-    with sim_hosts(cfg) as fleet:
-        yield fleet
-
-
-@pytest.fixture
-def backend(sim: SimFleet) -> Iterator[OpenAICompatBackend]:
-    sim.reset()
-    b = make_backend(HOST, sim.config.hosts[HOST], health_timeout_s=0.5)
-    assert isinstance(b, OpenAICompatBackend)
-    yield b
-    b.close()
 
 
 def req(text: str = "Draft a reply to the customer about the refund.", **kw: object) -> CompletionRequest:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.sim_fixtures import RUNPOD_KEY_ENV, sim_config, sim_hosts
+from tests.support.sim_fixtures import RUNPOD_KEY_ENV
 from tierfleet.backends import (
     AuthError,
     ChatMessage,
@@ -26,13 +26,7 @@ from tierfleet.backends import (
 from tierfleet.lab.sim import SimFleet
 
 HOST = "sim-runpod"
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimFleet]:
-    cfg = sim_config(**{HOST: {"timeout_s": 3.0, "connect_timeout_s": 0.5}})
-    with sim_hosts(cfg) as fleet:
-        yield fleet
+TIMEOUT_S = 3.0
 
 
 @pytest.fixture
