@@ -1,0 +1,311 @@
+"""The job life cycle as a state machine, attacked step by step (hypothesis, in process).
+
+States: pending (admitted), queued (a message on a tier's list), running (popped into
+``unacked``), moved (published to another tier), parked, dead, final. The machine
+submits jobs (the same id twice, sometimes with another body), delivers them,
+kills "workers" at the worst moments (after kombu's pop but before its ``unacked``
+write; holding a delivery; right after a host answered, before the record), takes
+hosts down and up, and runs the reaper's sweeps, in any order hypothesis finds.
+
+After every step: every admitted job is final or open with a kept delivery, and no
+confidential job has reached a rented or paid host. At the end, with the hosts back
+and the sweeps run, every job is final (lost 0, stuck 0) and the ledger holds one
+record per host call the hosts received.
+
+The broker is kombu's own Redis layout written by hand (a list per tier, ``unacked``
+and its index), so the reaper's repair sweep reads exactly what it reads in a fleet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from tests.conftest import BUILTIN_CONFIG
+from tierfleet import dispatch, keys
+from tierfleet.backends.base import Completion, CompletionRequest, HostDown, HostHealth
+from tierfleet.config import FleetConfig
+from tierfleet.dispatch import Dispatcher
+from tierfleet.envelope import Delivery
+from tierfleet.errors import JobRejected
+from tierfleet.jobs import TERMINAL, Status
+from tierfleet.ledger import Ledger
+from tierfleet.reaper import Reaper
+from tierfleet.runner import Runner
+from tierfleet.store import OpenJobs, ResultStore
+
+LOCAL = {"rules", "local-mac", "local-gpu"}
+
+
+class WorkerDied(BaseException):
+    """The worker process is gone (SIGKILL): nothing after this line runs."""
+
+
+class Host:
+    """A model host that can be down, or answer and then see its worker die."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.up = True
+        self.kill_after_answer = False
+        self.calls: list[CompletionRequest] = []
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        if not self.up:
+            err = HostDown(self.name, "connection refused")
+            err.reached = False  # a refused connection reaches nobody: nothing to bill
+            raise err
+        self.calls.append(request)
+        if self.kill_after_answer:
+            self.kill_after_answer = False
+            raise WorkerDied
+        return Completion(text=f"answer from {self.name}", model=request.model, host=self.name,
+                          tokens_in=10, tokens_out=5, latency_s=0.01, finish_reason="stop")
+
+    def health(self) -> HostHealth:
+        return HostHealth(host=self.name, ok=self.up, detail="ok" if self.up else "down")
+
+
+class Broker:
+    """kombu's Redis transport layout: ``LPUSH`` on the tier's list, pop into ``unacked``."""
+
+    def __init__(self, r: fakeredis.FakeRedis) -> None:
+        self.r = r
+
+    def publish(self, d: Delivery) -> None:
+        msg = {"headers": {"id": d.job.id, "task": "tierfleet.run_job"}, "body": d.to_kwargs()}
+        self.r.lpush(d.tier, json.dumps(msg))
+
+    def pop(self, tier: str) -> tuple[str, dict[str, Any]] | None:
+        raw = self.r.rpop(tier)
+        if raw is None:
+            return None
+        tag = uuid.uuid4().hex
+        self.r.hset(keys.UNACKED, tag, json.dumps([json.loads(raw), "", tier]))
+        self.r.zadd(keys.UNACKED_INDEX, {tag: time.time()})
+        return tag, json.loads(raw)
+
+    def ack(self, tag: str) -> None:
+        self.r.hdel(keys.UNACKED, tag)
+        self.r.zrem(keys.UNACKED_INDEX, tag)
+
+    def restore(self, tag: str) -> None:
+        """What the reaper does for a dead node's delivery (kombu's restore_by_tag)."""
+        raw = self.r.hget(keys.UNACKED, tag)
+        if raw is not None:
+            msg, _, tier = json.loads(raw)
+            self.r.lpush(tier, json.dumps(msg))
+        self.ack(tag)
+
+
+class _Producer:
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        yield
+
+
+class _App:
+    @contextlib.contextmanager
+    def producer_or_acquire(self) -> Iterator[_Producer]:
+        yield _Producer()
+
+
+def _config() -> FleetConfig:
+    from tierfleet.config import load_config
+
+    cfg = load_config(BUILTIN_CONFIG)
+    rel = cfg.reliability
+    # Every wait short: the machine, not the clock, decides the order of events.
+    for field, value in {"park_backoff_s": [0.0], "max_attempts": 3, "repair_after_s": 0.001,
+                         "repair_every_s": 0.001, "breaker_open_s": 0.01, "breaker_failures": 1,
+                         "health_cache_s": 0.0, "dead_after_s": 0.001}.items():
+        setattr(rel, field, value)
+    cfg.cache.enabled = False
+    return cfg
+
+
+CONFIG = _config()
+KINDS = ("code", "summary", "keyword_route")
+
+
+class JobLifeCycle(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.r = fakeredis.FakeRedis(decode_responses=True)
+        self.broker = Broker(self.r)
+        self.hosts = {name: Host(name) for name in CONFIG.hosts}
+        self.runner = Runner(CONFIG, self.r, self.broker.publish, backend_for=self.hosts.__getitem__)
+        self._patch = pytest.MonkeyPatch()
+        self._patch.setattr(dispatch, "send", lambda app, d, producer=None: self.broker.publish(d))
+        self.dispatcher = Dispatcher(CONFIG, client=self.r, app=_App())  # type: ignore[arg-type]
+        self.reaper = Reaper(CONFIG, self.r, app=None)  # type: ignore[arg-type]
+        self.results = ResultStore(self.r, CONFIG)
+        self.open = OpenJobs(self.r, CONFIG)
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.held: list[str] = []  # deliveries in unacked whose worker died
+        self.n = 0
+
+    def teardown(self) -> None:
+        self._patch.undo()
+
+    # -- producers -------------------------------------------------------------------
+
+    @rule(kind=st.sampled_from(KINDS), confidential=st.booleans())
+    def submit(self, kind: str, confidential: bool) -> None:
+        self.n += 1
+        job: dict[str, Any] = {"id": f"j{self.n}", "kind": kind,
+                               "privacy": "confidential" if confidential else "internal"}
+        if kind == "keyword_route":
+            job["input"] = {"text": f"vpn ticket {self.n}"}
+        else:
+            job["prompt"] = f"{kind} task number {self.n}"
+        self.dispatcher.submit(job)
+        self.jobs[job["id"]] = job
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data(), same_body=st.booleans(), batch=st.booleans())
+    def submit_again(self, data: st.DataObject, same_body: bool, batch: bool) -> None:
+        job = dict(self.jobs[data.draw(st.sampled_from(sorted(self.jobs)))])
+        depth_before = sum(self.r.llen(t) for t in CONFIG.tiers)
+        if not same_body:
+            if "prompt" in job:
+                job["prompt"] += " (edited)"
+            else:
+                job["input"] = {"text": job["input"]["text"] + " (edited)"}
+            with pytest.raises(JobRejected) as info:
+                self.dispatcher.submit_many([job]) if batch else self.dispatcher.submit(job)
+            assert info.value.field == "id"
+        elif batch:
+            self.dispatcher.submit_many([job, job])
+        else:
+            self.dispatcher.submit(job)
+        # The same job again is never a second message.
+        assert sum(self.r.llen(t) for t in CONFIG.tiers) == depth_before
+
+    # -- workers ---------------------------------------------------------------------
+
+    def _run(self, tier: str) -> None:
+        got = self.broker.pop(tier)
+        if got is None:
+            return
+        tag, msg = got
+        try:
+            self.runner.run(Delivery.from_kwargs(msg["body"]))
+        except WorkerDied:
+            self.held.append(tag)  # dead with the delivery unacknowledged
+            return
+        self.broker.ack(tag)
+
+    @rule(tier=st.sampled_from(sorted(CONFIG.tiers)))
+    def deliver(self, tier: str) -> None:
+        self._run(tier)
+
+    @rule(tier=st.sampled_from(sorted(CONFIG.tiers)))
+    def killed_between_pop_and_unacked(self, tier: str) -> None:
+        self.r.rpop(tier)  # kombu's BRPOP took it; the process died before HSET unacked
+
+    @rule(tier=st.sampled_from(sorted(CONFIG.tiers)))
+    def killed_holding_a_delivery(self, tier: str) -> None:
+        got = self.broker.pop(tier)
+        if got is not None:
+            self.held.append(got[0])
+
+    @rule(host=st.sampled_from(sorted(CONFIG.hosts)))
+    def killed_right_after_the_host_answered(self, host: str) -> None:
+        self.hosts[host].kill_after_answer = True
+
+    @rule(host=st.sampled_from(sorted(CONFIG.hosts)), up=st.booleans())
+    def host_up_or_down(self, host: str, up: bool) -> None:
+        self.hosts[host].up = up
+
+    # -- the reaper ------------------------------------------------------------------
+
+    @precondition(lambda self: self.held)
+    @rule()
+    def dead_node_restored(self) -> None:
+        for tag in self.held:
+            self.broker.restore(tag)
+        self.held.clear()
+
+    @rule()
+    def sweep(self) -> None:
+        self.reaper.unpark_due(self.broker.publish)
+        self.reaper.repair(self.broker.publish, now=time.time() + 1)
+
+    # -- what must hold after every step ---------------------------------------------
+
+    @invariant()
+    def every_job_is_final_or_open_with_its_delivery(self) -> None:
+        ids = sorted(self.jobs)
+        if not ids:
+            return
+        open_ids = set(self.r.zrange(self.open.index, 0, -1))
+        bodies = set(self.r.hkeys(self.open.bodies))
+        for job_id, res in zip(ids, self.results.get_many(ids), strict=True):
+            assert res is not None, f"{job_id}: admitted but no record"
+            if res.status in TERMINAL:
+                assert job_id not in open_ids, f"{job_id}: final but still open"
+            else:
+                assert job_id in open_ids and job_id in bodies, f"{job_id}: {res.status} and not open"
+
+    @invariant()
+    def confidential_words_stay_local(self) -> None:
+        for name, host in self.hosts.items():
+            if CONFIG.hosts[name].tier not in LOCAL:
+                for req in host.calls:
+                    job = self.jobs[req.job_id]
+                    assert job["privacy"] != "confidential", (name, req.job_id)
+
+    def converge(self) -> None:
+        """Hosts back, dead nodes restored, queues drained and sweeps run until quiet."""
+        for h in self.hosts.values():
+            h.up, h.kill_after_answer = True, False
+        for step in range(60):
+            self.dead_node_restored() if self.held else None
+            for tier in CONFIG.tiers:
+                while self.r.llen(tier):
+                    self._run(tier)
+            self.reaper.unpark_due(self.broker.publish)
+            self.reaper.repair(self.broker.publish, now=time.time() + 2 * step + 1)
+            statuses = [r.status for r in self.results.get_many(sorted(self.jobs)) if r]
+            if all(s in TERMINAL for s in statuses) and not any(
+                    self.r.llen(t) for t in CONFIG.tiers):
+                break
+        ids = sorted(self.jobs)
+        final = [r for r in self.results.get_many(ids) if r is not None and r.status in TERMINAL]
+        lost = len(ids) - len(final)
+        assert lost == 0, f"lost {lost} of {len(ids)}: " + str(
+            [(r.job_id, r.status) for r in self.results.get_many(ids) if r and r.status not in TERMINAL])
+        assert self.open.count() == 0, "stuck: open with no message and nothing to bring it back"
+        ledger = Ledger(self.r, CONFIG)
+        self.reaper.inflight.settle(ledger, now=time.time() + 10_000)
+        calls = sum(len(h.calls) for h in self.hosts.values())
+        recorded = sum(1 for i in ids for a in ledger.job_attempts(i) if a.host and a.outcome != "cached")
+        assert calls == recorded, f"hosts saw {calls} calls, the ledger holds {recorded}"
+        dead = [r for r in final if r.status is Status.DEAD]
+        assert all(r.error for r in dead), "a dead letter says why"
+
+
+class ConvergingLifeCycle(JobLifeCycle):
+    def teardown(self) -> None:
+        try:
+            self.converge()
+        finally:
+            super().teardown()
+
+
+ConvergingLifeCycle.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=40, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+test_job_life_cycle = ConvergingLifeCycle.TestCase
