@@ -21,9 +21,10 @@ from tests.support.fleets import rules_only
 from tests.support.harness import write_config
 from tierfleet.config import FleetConfig, load_config
 from tierfleet.dispatch import Dispatcher
+from tierfleet.envelope import Delivery
 from tierfleet.health import Breaker
 from tierfleet.heartbeats import write_heartbeat
-from tierfleet.jobs import Attempt
+from tierfleet.jobs import Attempt, Job, Kind, Route
 from tierfleet.lab.processes import free_port
 from tierfleet.metrics import LATENCY_BUCKETS, fleet_registry, record_attempt
 from tierfleet.store import Parking
@@ -138,9 +139,11 @@ def test_gauges_queue_depth_workers_breakers_parked_dead(
     breaker = Breaker(rclient, config)
     breaker.failure("cloud", "connection refused", hard_s=60)
     parking = Parking(rclient, config)
-    parking.park("p1", {"job": {"id": "p1"}}, 0, "no tier up")
-    parking.park("p2", {"job": {"id": "p2"}}, 0, "no tier up")
-    parking.bury("p2", {"job": {"id": "p2"}}, "gave up")
+    p1, p2 = (Delivery(job=Job(id=i, kind=Kind.SUMMARY, prompt="x"),
+                       route=Route(tier="local-mac", kind=Kind.SUMMARY)) for i in ("p1", "p2"))
+    parking.park(p1, 0, "no tier up")
+    parking.park(p2, 0, "no tier up")
+    parking.bury(p2, "gave up")
 
     m = scrape(rclient, config)
     depth = m["tierfleet_queue_depth"]
