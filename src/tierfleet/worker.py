@@ -18,11 +18,12 @@ import os
 import signal
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from celery import bootsteps
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Retry
 from celery.signals import worker_init, worker_process_init
 from celery.worker import state as worker_state
 
@@ -33,7 +34,8 @@ from .envelope import Delivery
 from .heartbeats import Watchdog, write_heartbeat
 from .logs import setup_logging
 from .reaper import Reaper
-from .runner import Moved, Runner
+from .runner import Moved, Parked, Runner
+from .shown import JobNotSucceeded, crash_error, is_confidential, not_succeeded, task_summary
 
 log = logging.getLogger("tierfleet.worker")
 
@@ -66,7 +68,9 @@ def publish(delivery: Delivery) -> None:
     send(app, delivery)
 
 
-@app.task(name=TASK_NAME, bind=True)
+# ``throws``: a job that did not succeed is an expected outcome, logged by Celery on one
+# INFO line without a traceback, not an error of the worker.
+@app.task(name=TASK_NAME, bind=True, throws=(JobNotSucceeded,))
 def run_job(
     self: Any,
     job: dict[str, Any],
@@ -94,13 +98,42 @@ def run_job(
             delay = min(delay * 2, 5.0)
             continue
         except Exception as exc:
-            log.exception("job %s crashed the runner", job.get("id"))
+            _log_crash(job, exc)
             runner().crashed(kwargs, exc)
+            if is_confidential(job):
+                raise crash_error(job, exc) from None  # Celery logs and stores it: no job text
             raise
         if isinstance(outcome, Moved):
             # The job lives on in the delivery just published; this one is acked, no result.
-            raise Ignore(f"moved to {outcome.to}: {outcome.why}")
-        return outcome.result.model_dump(mode="json")
+            raise Ignore(f"moved to {outcome.to}")
+        return _task_outcome(job, outcome)
+
+
+def _log_crash(job: dict[str, Any], exc: Exception) -> None:
+    if is_confidential(job):
+        # A traceback's last line quotes the exception, which may quote the job's words.
+        log.error("job %s crashed the runner: %s", job.get("id"), crash_error(job, exc))
+    else:
+        log.exception("job %s crashed the runner", job.get("id"))
+
+
+def _task_outcome(job: dict[str, Any], outcome: Any) -> dict[str, Any]:
+    """The task's return value, or the exception that gives Celery the job's real state.
+
+    Returns a summary, never the answer: the return value is what Flower's Result
+    column, ``celery-task-meta-*`` and Celery's "Task succeeded" log line show; the
+    producer reads the full result from the result store. A job that failed or is dead
+    raises (FAILURE; ``task_acks_on_failure_or_timeout`` still acks the message); a
+    parked job raises :class:`~celery.exceptions.Retry` without publishing anything
+    (RETRY, acked: the reaper republishes it from the parked set when it is due).
+    """
+    result = outcome.result
+    if result.ok:
+        return task_summary(result, job)
+    error = not_succeeded(result, job)
+    if isinstance(outcome, Parked):
+        raise Retry(str(error), exc=error, when=datetime.fromtimestamp(outcome.due, tz=UTC))
+    raise error
 
 
 @worker_init.connect

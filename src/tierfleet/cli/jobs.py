@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import JobRejected
 from ..inputs import loads_strict, safe_text
@@ -190,20 +191,27 @@ def register(app: typer.Typer) -> None:
     def dlq_list(as_json: bool = typer.Option(False, "--json"), config: str = config_option()) -> None:
         """Jobs in the dead-letter queue, with why they were given up."""
         from ..broker import redis_client
+        from ..shown import shown_dead_letter
         from ..store import Parking
 
         cfg = get(config)
         with clear_errors():
-            dead = Parking(redis_client(cfg), cfg).dead()
+            # An operator's view: a confidential job's words and forbidden tiers redacted.
+            dead = [shown_dead_letter(d, cfg) for d in Parking(redis_client(cfg), cfg).dead()]
         if as_json:
-            print(json.dumps(dead, indent=2))
+            print(json.dumps(dead, indent=2, ensure_ascii=False))
             return
+        # Full ids (``dlq replay`` needs them), never folded; the reason wraps instead.
         t = Table(title=f"dead letters ({len(dead)})")
-        for c in ("id", "kind", "workflow", "reason"):
+        t.add_column("id", no_wrap=True, overflow="ignore", min_width=max(
+            [len(d["id"]) for d in dead] or [2]))
+        for c in ("kind", "workflow", "reason"):
             t.add_column(c)
         for d in dead:
             job = d["delivery"]["job"]
-            t.add_row(d["id"], job.get("kind", ""), job.get("workflow", ""), d.get("reason", ""))
+            # Text, not str: a reason quoting "[/x]" is not rich markup.
+            t.add_row(*(Text(str(v)) for v in (d["id"], job.get("kind", ""),
+                                              job.get("workflow", ""), d.get("reason") or "")))
         console.print(t)
 
     @dlq.command("replay")
