@@ -23,8 +23,10 @@ from typing import Any
 
 import redis
 from celery import bootsteps
+from celery.app import trace as celery_trace
 from celery.exceptions import Ignore, Retry
-from celery.signals import worker_init, worker_process_init
+from celery.signals import celeryd_init, worker_init, worker_process_init
+from celery.utils.nodenames import default_nodename, gethostname
 from celery.worker import state as worker_state
 
 from . import tokens
@@ -134,6 +136,42 @@ def _task_outcome(job: dict[str, Any], outcome: Any) -> dict[str, Any]:
     if isinstance(outcome, Parked):
         raise Retry(str(error), exc=error, when=datetime.fromtimestamp(outcome.due, tz=UTC))
     raise error
+
+
+def _queues_of(options: dict[str, Any]) -> list[str]:
+    raw = options.get("queues") or []
+    names = raw.split(",") if isinstance(raw, str) else list(raw)
+    return [q.strip() for q in names if q and q.strip()]
+
+
+def node_name(tiers: list[str], host: str | None = None) -> str:
+    """``TIER@host`` (``a+b@host`` for a node serving several tiers): one heartbeat key per
+    tier set and machine, whichever way the worker was started."""
+    return f"{'+'.join(tiers)}@{host or gethostname()}"
+
+
+@celeryd_init.connect
+def _tier_defaults(instance: Any = None, conf: Any = None, options: dict[str, Any] | None = None,
+                   **_: Any) -> None:
+    """The bare command (``celery -A tierfleet.worker worker -Q local-gpu``) behaves like
+    ``tierfleet worker -t local-gpu``: the tier's concurrency and the node name TIER@host.
+
+    Celery sends this signal from ``Worker.on_before_init``: after the node name is set
+    from ``-n`` (``celery@host`` when none was given) and before ``setup_defaults`` reads
+    ``worker_concurrency`` for a ``-c`` that was not given (``options["concurrency"]`` is
+    then None). So: fill ``worker_concurrency`` only when ``-c`` was not given, and
+    rename the node only when it still has Celery's default name.
+    """
+    options = options or {}
+    tiers = [t for t in _queues_of(options) if t in config.tiers]
+    if not tiers or len(tiers) != len(_queues_of(options)):
+        return  # no -Q, or a queue that is not a tier: Celery's own defaults, as asked
+    if options.get("concurrency") is None and conf is not None:
+        conf.worker_concurrency = max(config.tiers[t].concurrency for t in tiers)
+    if instance is not None and instance.hostname == default_nodename(None):
+        instance.hostname = node_name(tiers)
+        # Celery cached the old name for task requests just before this signal.
+        celery_trace.setup_worker_optimizations(instance.app, instance.hostname)
 
 
 @worker_init.connect
