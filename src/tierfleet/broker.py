@@ -15,7 +15,7 @@ from celery.app.amqp import AMQP
 from kombu import Queue
 
 from . import connections
-from .config import FleetConfig
+from .config import FleetConfig, require_chosen_redis
 from .envelope import Delivery
 from .kombu_fixes import transport_for
 
@@ -145,5 +145,6 @@ def send(app: Celery, delivery: Delivery, *, producer: Any = None) -> None:
 
 def redis_client(config: FleetConfig, url: str | None = None) -> redis.Redis:
     """The fleet's store client (plain URL or Sentinel primary): see connections.py."""
+    require_chosen_redis(config)
     return connections.redis_client(config, url)
 

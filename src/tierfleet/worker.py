@@ -31,7 +31,7 @@ from celery.worker import state as worker_state
 
 from . import tokens
 from .broker import TASK_NAME, make_celery, redis_client, send
-from .config import get_config
+from .config import get_config, require_chosen_redis
 from .envelope import Delivery
 from .heartbeats import Watchdog, write_heartbeat
 from .logs import setup_logging
@@ -42,6 +42,7 @@ from .shown import JobNotSucceeded, crash_error, is_confidential, not_succeeded,
 log = logging.getLogger("tierfleet.worker")
 
 config = get_config()
+require_chosen_redis(config)  # a worker with no config at all must not guess at a Redis
 app = make_celery(config)
 
 _runner: Runner | None = None
