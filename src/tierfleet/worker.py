@@ -26,6 +26,7 @@ from celery import bootsteps
 from celery.app import trace as celery_trace
 from celery.exceptions import Ignore, Retry
 from celery.signals import celeryd_init, worker_init, worker_process_init
+from celery.signals import setup_logging as celery_setup_logging
 from celery.utils.nodenames import default_nodename, gethostname
 from celery.worker import state as worker_state
 
@@ -34,7 +35,7 @@ from .broker import TASK_NAME, make_celery, redis_client, send
 from .config import get_config, require_chosen_redis
 from .envelope import Delivery
 from .heartbeats import Watchdog, write_heartbeat
-from .logs import setup_logging
+from .logs import json_wanted, setup_celery_logging, setup_logging
 from .reaper import Reaper
 from .runner import Moved, Parked, Runner
 from .shown import JobNotSucceeded, crash_error, is_confidential, not_succeeded, task_summary
@@ -278,3 +279,10 @@ def _qos_tags_reader(parent: Any) -> Any:
 
 app.steps["consumer"].add(Heartbeat)
 setup_logging()
+
+if json_wanted():
+    # Connected, this signal stops Celery installing its text handlers: its own lines
+    # ("Task ... succeeded", connection errors) go through the JSON root handler.
+    @celery_setup_logging.connect
+    def _json_celery_logs(loglevel: Any = None, **_: Any) -> None:
+        setup_celery_logging(loglevel)

@@ -226,8 +226,8 @@ def test_flower_is_an_operators_view(tmp_path: Path, redis_url: str, rclient: re
             answered = d.submit({"kind": "summary", "workflow": "hr",
                                  "prompt": "Summarize: the quarterly report on widgets."})
             bad_json = d.submit({"kind": "json_validate", "workflow": "intake",
-                                 "input": {"document": '"x"',
-                                           "schema": {"$ref": "http://example.com/s.json"}}})
+                                 # accepted at submit, refused by the rule when it runs
+                                 "input": {"document": "[" * 200 + "]" * 200, "schema": {}}})
             fleet.sim.down("sim-gpu")  # local-gpu -> local-mac
             hop = d.submit({"kind": "code", "privacy": "confidential",
                             "prompt": "Refactor parse_rows() for speed."})
@@ -281,6 +281,12 @@ def test_flower_is_an_operators_view(tmp_path: Path, redis_url: str, rclient: re
             # Celery's own log lines name the task as Flower does.
             logs = "".join(w.log() for w in fleet.workers)
             assert "Task code@local-gpu>local-mac[" in logs and "Task tierfleet.run_job[" not in logs
+            # JSON logging (the default): Celery's own lines are JSON lines too.
+            celery_lines = [ln for ln in logs.splitlines() if "succeeded in" in ln]
+            assert celery_lines
+            for ln in celery_lines:
+                rec = json.loads(ln)
+                assert rec["logger"].startswith("celery") and rec["level"] == "INFO", ln
         finally:
             if flower is not None and flower.poll() is None:
                 os.killpg(flower.pid, signal.SIGTERM)
