@@ -11,10 +11,11 @@ from typing import Any
 
 import redis
 from celery import Celery
+from celery.app.amqp import AMQP
 from kombu import Queue
 
 from . import connections
-from .config import FleetConfig
+from .config import FleetConfig, require_chosen_redis
 from .envelope import Delivery
 from .kombu_fixes import transport_for
 
@@ -63,7 +64,9 @@ def celery_settings(config: FleetConfig) -> dict[str, object]:
         "task_soft_time_limit": max(rel.task_time_limit_s - 60, rel.task_time_limit_s // 2),
         "task_track_started": True,
         "result_expires": rel.result_expires_s,
-        "result_extended": True,
+        # Off: the extended meta copies every job's kwargs (its words) into
+        # celery-task-meta-*, an operator surface, and doubles Redis memory for big jobs.
+        "result_extended": False,
         "result_backend_always_retry": True,
         "result_backend_max_retries": 10,
         # Flower needs task events from workers and task-sent events from producers.
@@ -96,32 +99,52 @@ def celery_settings(config: FleetConfig) -> dict[str, object]:
     return settings
 
 
+class _ShadowNamedAMQP(AMQP):
+    """Celery names a task by its ``shadow`` in the worker's events and logs, but its
+    producer's ``task-sent`` event carries the registered name; Flower would list a
+    queued job as ``tierfleet.run_job`` until a worker takes it. Name it the same."""
+
+    def as_task_v2(self, task_id: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        message = super().as_task_v2(task_id, name, *args, **kwargs)
+        shadow = message.headers.get("shadow")  # passed positionally by Celery: read it back
+        if message.sent_event is not None and shadow:
+            message.sent_event["name"] = shadow
+        return message
+
+
+class FleetCelery(Celery):
+    """A Celery app that knows its fleet config (what operator views filter by)."""
+
+    amqp_cls = f"{__name__}:_ShadowNamedAMQP"
+    fleet_config: FleetConfig | None = None
+
+
 def make_celery(config: FleetConfig) -> Celery:
-    app = Celery("tierfleet", set_as_current=False)
+    app = FleetCelery("tierfleet", set_as_current=False)
     app.conf.update(celery_settings(config))
+    app.fleet_config = config
     return app
 
 
 def send(app: Celery, delivery: Delivery, *, producer: Any = None) -> None:
     """The one way a delivery is published: JSON kwargs, task id = job id, queue = its tier.
 
-    Flower shows a task's kwargs; for confidential jobs it gets a redacted copy
-    (``kwargsrepr``) so their words stay out of dashboards.
+    Flower shows a task's name and kwargs; it gets an operator's view instead of the
+    job (:mod:`tierfleet.shown`): the name ``kind@trail>tier`` and the job's
+    bookkeeping (id, kind, workflow, tier, trail), never its words.
     """
+    from .shown import shown_kwargs, task_label
+
     kwargs = delivery.to_kwargs()
-    job = kwargs["job"]
-    shown: dict[str, Any] = kwargs
-    if job.get("privacy") == "confidential":
-        redacted = {**job, "prompt": "<confidential>" if job.get("prompt") else None,
-                    "messages": "<confidential>" if job.get("messages") else None,
-                    "input": "<confidential>" if job.get("input") else None, "images": []}
-        shown = {**kwargs, "job": redacted}
+    config = getattr(app, "fleet_config", None)
     # Our own short repr: Celery's safe-repr of every message costs ~0.5 ms a publish.
-    app.send_task(TASK_NAME, kwargs=kwargs, queue=delivery.tier, task_id=job["id"],
-                  producer=producer, argsrepr="()", kwargsrepr=repr(shown)[:1024])
+    app.send_task(TASK_NAME, kwargs=kwargs, queue=delivery.tier, task_id=delivery.job.id,
+                  producer=producer, argsrepr="()", kwargsrepr=shown_kwargs(delivery, config),
+                  shadow=task_label(delivery))
 
 
 def redis_client(config: FleetConfig, url: str | None = None) -> redis.Redis:
     """The fleet's store client (plain URL or Sentinel primary): see connections.py."""
+    require_chosen_redis(config)
     return connections.redis_client(config, url)
 

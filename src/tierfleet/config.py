@@ -418,5 +418,24 @@ def get_config() -> FleetConfig:
     return load_config()
 
 
+def require_chosen_redis(config: FleetConfig) -> None:
+    """Refuse the built-in Redis URL when nobody chose it.
+
+    With no config at all (no ``--config``, ``$TIERFLEET_CONFIG`` or ``./fleet.toml``) the
+    built-in ``redis://127.0.0.1:6379/0`` is only a guess, and on a machine that already
+    runs Redis for something else a first ``submit`` would write into that database.
+    So tierfleet uses no Redis it was not told to use: set ``redis_url`` in a fleet
+    config or ``TIERFLEET_REDIS_URL``. ``tierfleet demo`` and the lab start their own.
+    """
+    if config.source == str(_BUILTIN) and not os.environ.get("TIERFLEET_REDIS_URL"):
+        raise ConfigError(
+            "no fleet config (no --config, $TIERFLEET_CONFIG or ./fleet.toml) and no "
+            "TIERFLEET_REDIS_URL: tierfleet will not use a Redis it was not told to use "
+            f"(the built-in {config.redis_url} may be another program's). Set redis_url "
+            "in a fleet config or TIERFLEET_REDIS_URL=redis://HOST:PORT/DB (a dedicated "
+            "database); `tierfleet demo` starts a private Redis of its own"
+        )
+
+
 def reset_config() -> None:
     get_config.cache_clear()

@@ -1,4 +1,10 @@
-"""JSON log lines, so operators can grep and ship them; secrets never reach a log."""
+"""JSON log lines, so operators can grep and ship them; secrets never reach a log.
+
+``TIERFLEET_LOG_FORMAT`` asks for the format: ``json`` (the default) or ``text``. With
+JSON, a worker's Celery lines ("Task summary@local-mac[...] succeeded ...", connection
+errors, warnings) are JSON too: :func:`setup_celery_logging` answers Celery's
+``setup_logging`` signal, so Celery installs no text handler of its own.
+"""
 
 from __future__ import annotations
 
@@ -31,3 +37,22 @@ def setup_logging(level: str | None = None) -> None:
     logger.addHandler(handler)
     logger.setLevel(level or os.environ.get("TIERFLEET_LOG_LEVEL", "INFO"))
     logger.propagate = False
+
+
+def json_wanted() -> bool:
+    return os.environ.get("TIERFLEET_LOG_FORMAT", "json").strip().lower() != "text"
+
+
+def setup_celery_logging(loglevel: str | int | None = None) -> None:
+    """One JSON handler on the root logger, for Celery's and every library's lines
+    (``tierfleet`` keeps its own), and Python warnings routed through logging."""
+    root = logging.getLogger()
+    if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        root.addHandler(handler)
+    level = loglevel or os.environ.get("TIERFLEET_LOG_LEVEL", "INFO")
+    root.setLevel(level if isinstance(level, int) else str(level).upper())
+    logging.captureWarnings(True)

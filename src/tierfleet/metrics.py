@@ -13,10 +13,19 @@ Redis layout (``P`` = ``config.key_prefix``; counters never expire, as
 Prometheus counters must only grow):
 
 - ``P:metrics:jobs``     field ``[tier, kind, outcome]``      -> attempts
+  (``tierfleet_attempts_total``: a job that falls back counts once per tier tried)
+- ``P:metrics:final``    field ``[workflow, kind, tier, outcome]`` -> jobs
+  (``tierfleet_jobs_total``: the final attempt of each job, ok / failed / cached;
+  dead jobs are ``tierfleet_dead_letters``)
 - ``P:metrics:tokens``   field ``[tier, model, direction]``   -> tokens
 - ``P:metrics:cost``     field ``[tier, model]``              -> USD (float)
+- ``P:metrics:wfcost``   field ``[workflow, tier]``           -> USD (float)
 - ``P:metrics:latency``  field ``[tier, le]`` (per bucket, not cumulative),
-  ``[tier, "sum"]``, ``[tier, "count"]``
+  ``[tier, "sum"]``, ``[tier, "count"]``; buckets reach the task time limit
+
+Worker numbers (nodes, processes, busy nodes) are defined once in
+:mod:`tierfleet.fleetnumbers`, as ``tierfleet status`` shows them. This collector is
+the one exporter of fleet-wide series (``tierfleet metrics``); see the README.
 
 Fields are JSON lists, so a model name with ``|`` or ``:`` in it stays one label.
 """
@@ -43,6 +52,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import keys
 from .config import FleetConfig
+from .fleetnumbers import tier_workers
 from .health import Breaker
 from .heartbeats import live_workers
 from .jobs import Attempt
@@ -53,17 +63,29 @@ __all__ = [
     "LATENCY_BUCKETS",
     "FleetCollector",
     "fleet_registry",
+    "latency_buckets",
     "record_attempt",
     "serve",
 ]
 
 log = logging.getLogger("tierfleet.metrics")
 
-# Rules jobs finish in milliseconds, paid reasoning calls in minutes: one fixed
-# set for every tier, so the histograms of different tiers can be compared.
+# Rules jobs finish in milliseconds, paid reasoning calls in minutes: one set for every
+# tier, so the histograms of different tiers can be compared. ``latency_buckets`` adds
+# the long end up to the task time limit, so no attempt that may run lands in +Inf.
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+    300.0, 600.0, 900.0,
 )
+# Attempts that end a job (a fallback or an escalation hands it on).
+_FINAL = frozenset({"ok", "failed", "cached"})
+
+
+def latency_buckets(config: FleetConfig | None = None) -> tuple[float, ...]:
+    """The histogram's upper bounds: the fixed set, then the task time limit when larger."""
+    limit = float(config.reliability.task_time_limit_s) if config is not None else 0.0
+    extra = (limit,) if limit > LATENCY_BUCKETS[-1] else ()
+    return (*LATENCY_BUCKETS, *extra)
 BREAKER_CODES = {"closed": 0, "half-open": 1, "open": 2}
 # Fallback attempts never reached a model, and cache hits did not run one:
 # their latency would drag the tier's histogram towards zero.
@@ -82,9 +104,9 @@ def _bucket_label(le: float) -> str:
     return "+Inf" if math.isinf(le) else repr(float(le))
 
 
-def _bucket_of(seconds: float) -> str:
-    i = bisect.bisect_left(LATENCY_BUCKETS, seconds)
-    return _bucket_label(LATENCY_BUCKETS[i] if i < len(LATENCY_BUCKETS) else math.inf)
+def _bucket_of(seconds: float, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> str:
+    i = bisect.bisect_left(buckets, seconds)
+    return _bucket_label(buckets[i] if i < len(buckets) else math.inf)
 
 
 def record_attempt(client: redis.Redis, config: FleetConfig, attempt: Attempt) -> None:
@@ -111,6 +133,9 @@ def add_attempt(pipe: Any, config: FleetConfig, attempt: Attempt) -> None:
     """Queue the counter updates of one attempt on ``pipe`` (the ledger's transaction uses
     this, so an attempt is counted exactly when it is billed, in the same round trip)."""
     pipe.hincrby(_k(config, "jobs"), _field(attempt.tier, attempt.kind, attempt.outcome), 1)
+    if attempt.outcome in _FINAL:
+        pipe.hincrby(_k(config, "final"), _field(attempt.workflow, attempt.kind, attempt.tier,
+                                                 attempt.outcome), 1)
     if attempt.model and attempt.outcome != "cached":
         # Tokens and money are what a model actually spent; rules jobs and cache hits spend none.
         if attempt.tokens_in:
@@ -122,13 +147,15 @@ def add_attempt(pipe: Any, config: FleetConfig, attempt: Attempt) -> None:
         if attempt.cost_usd:
             pipe.hincrbyfloat(_k(config, "cost"), _field(attempt.tier, attempt.model),
                               attempt.cost_usd)
+            pipe.hincrbyfloat(_k(config, "wfcost"), _field(attempt.workflow, attempt.tier),
+                              attempt.cost_usd)
     ran = attempt.outcome not in _NO_LATENCY and not (
         attempt.outcome == "failed" and attempt.latency_s <= 0
     )
     if ran:
         lat = _k(config, "latency")
         seconds = max(attempt.latency_s, 0.0)
-        pipe.hincrby(lat, _field(attempt.tier, _bucket_of(seconds)), 1)
+        pipe.hincrby(lat, _field(attempt.tier, _bucket_of(seconds, latency_buckets(config))), 1)
         pipe.hincrbyfloat(lat, _field(attempt.tier, "sum"), seconds)
         pipe.hincrby(lat, _field(attempt.tier, "count"), 1)
 
@@ -173,20 +200,27 @@ class FleetCollector(Collector):
         cfg = self.config
         tiers = list(cfg.tiers)
         pipe = self.redis.pipeline(transaction=False)
-        for name in ("jobs", "tokens", "cost", "latency"):
+        for name in ("jobs", "final", "tokens", "cost", "wfcost", "latency"):
             pipe.hgetall(_k(cfg, name))
         for t in tiers:
             pipe.llen(t)
         pipe.hlen(keys.UNACKED)
-        jobs_raw, tokens_raw, cost_raw, lat_raw, *rest = pipe.execute()
+        attempts_raw, final_raw, tokens_raw, cost_raw, wfcost_raw, lat_raw, *rest = pipe.execute()
         depths, unacked = rest[: len(tiers)], rest[len(tiers)]
 
-        jobs = CounterMetricFamily(
-            "tierfleet_jobs", "Finished job attempts by tier, kind and outcome "
+        attempts = CounterMetricFamily(
+            "tierfleet_attempts", "Job attempts by tier, kind and outcome "
             "(a job that falls back or escalates counts once per tier it tried)",
             labels=["tier", "kind", "outcome"])
-        for labels, v in _parse(jobs_raw):
+        for labels, v in _parse(attempts_raw):
             if len(labels) == 3:
+                attempts.add_metric(labels, float(v))
+        jobs = CounterMetricFamily(
+            "tierfleet_jobs", "Jobs finished, by workflow, kind, the tier of their final "
+            "attempt and its outcome (ok, failed, cached); dead jobs: tierfleet_dead_letters",
+            labels=["workflow", "kind", "tier", "outcome"])
+        for labels, v in _parse(final_raw):
+            if len(labels) == 4:
                 jobs.add_metric(labels, float(v))
 
         toks = CounterMetricFamily("tierfleet_tokens", "Model tokens by tier, model and direction",
@@ -200,6 +234,11 @@ class FleetCollector(Collector):
         for labels, v in _parse(cost_raw):
             if len(labels) == 2:
                 cost.add_metric(labels, float(v))
+        wfcost = CounterMetricFamily("tierfleet_workflow_cost_usd",
+                                     "Spend in USD by workflow and tier", labels=["workflow", "tier"])
+        for labels, v in _parse(wfcost_raw):
+            if len(labels) == 2:
+                wfcost.add_metric(labels, float(v))
 
         latency = HistogramMetricFamily(
             "tierfleet_job_latency_seconds",
@@ -213,7 +252,7 @@ class FleetCollector(Collector):
             counts = per_tier[tier]
             running = 0.0
             buckets: list[tuple[str, float]] = []
-            for le in (*LATENCY_BUCKETS, math.inf):
+            for le in (*latency_buckets(cfg), math.inf):
                 running += counts.get(_bucket_label(le), 0.0)
                 buckets.append((_bucket_label(le), running))
             latency.add_metric([tier], buckets, counts.get("sum", 0.0))
@@ -223,15 +262,20 @@ class FleetCollector(Collector):
         for t, d in zip(tiers, depths, strict=True):
             depth.add_metric([t], float(d))
 
-        nodes: dict[str, int] = dict.fromkeys(tiers, 0)
-        for w in live_workers(self.redis, cfg):
-            for q in w.get("queues", []):
-                nodes[q] = nodes.get(q, 0) + 1
+        per_tier = tier_workers(live_workers(self.redis, cfg), tiers)
         workers = GaugeMetricFamily("tierfleet_workers_live",
                                     "Worker nodes with a fresh heartbeat, by tier they consume",
                                     labels=["tier"])
-        for t, n in nodes.items():
-            workers.add_metric([t], float(n))
+        processes = GaugeMetricFamily("tierfleet_worker_processes",
+                                      "Pool processes of the live nodes, by tier (jobs that "
+                                      "can run at once)", labels=["tier"])
+        busy = GaugeMetricFamily("tierfleet_workers_busy",
+                                 "Live nodes holding at least one delivery, by tier",
+                                 labels=["tier"])
+        for t, n in per_tier.items():
+            workers.add_metric([t], float(n["nodes"]))
+            processes.add_metric([t], float(n["processes"]))
+            busy.add_metric([t], float(n["busy_nodes"]))
 
         breakers = GaugeMetricFamily("tierfleet_breaker_state",
                                      "Circuit breaker per host: 0 closed, 1 half-open, 2 open",
@@ -248,7 +292,8 @@ class FleetCollector(Collector):
         in_flight = GaugeMetricFamily("tierfleet_in_flight",
                                       "Messages delivered to workers and not yet acknowledged",
                                       value=float(unacked))
-        return [jobs, latency, toks, cost, depth, workers, breakers, parked, dead, in_flight]
+        return [jobs, attempts, latency, toks, cost, wfcost, depth, workers, processes, busy,
+                breakers, parked, dead, in_flight]
 
 
 def fleet_registry(client: redis.Redis, config: FleetConfig) -> CollectorRegistry:

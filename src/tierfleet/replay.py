@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .broker import make_celery, redis_client, send
 from .config import FleetConfig
+from .errors import TierfleetError
 from .jobs import Result, Status
 from .store import Parking, ResultStore
 
@@ -14,7 +15,7 @@ def replay(config: FleetConfig, job_id: str | None = None) -> int:
     parking = Parking(client, config)
     results = ResultStore(client, config)
     app = make_celery(config)
-    ids = [job_id] if job_id else [d["id"] for d in parking.dead()]
+    ids = [resolve_dead_id(parking, job_id)] if job_id else [d["id"] for d in parking.dead()]
     n = 0
     for jid in ids:
         dead = parking.take_dead(jid)
@@ -27,3 +28,17 @@ def replay(config: FleetConfig, job_id: str | None = None) -> int:
         send(app, delivery)
         n += 1
     return n
+
+
+def resolve_dead_id(parking: Parking, given: str) -> str:
+    """A dead letter's full id from the id or a unique prefix of it (``dlq list`` ids are
+    long; a table may have been cut by a narrow terminal). An ambiguous prefix is an
+    error naming how many it matches; no match returns ``given`` (nothing to replay)."""
+    ids = [d["id"] for d in parking.dead()]
+    if given in ids:
+        return given
+    matches = [i for i in ids if i.startswith(given)]
+    if len(matches) > 1:
+        raise TierfleetError(f"id prefix {given!r} matches {len(matches)} dead letters: "
+                          "give more of the id")
+    return matches[0] if matches else given

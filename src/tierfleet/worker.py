@@ -18,27 +18,33 @@ import os
 import signal
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from celery import bootsteps
-from celery.exceptions import Ignore
-from celery.signals import worker_init, worker_process_init
+from celery.app import trace as celery_trace
+from celery.exceptions import Ignore, Retry
+from celery.signals import celeryd_init, worker_init, worker_process_init
+from celery.signals import setup_logging as celery_setup_logging
+from celery.utils.nodenames import default_nodename, gethostname
 from celery.worker import state as worker_state
 
 from . import tokens
 from .broker import TASK_NAME, make_celery, redis_client, send
-from .config import get_config
+from .config import get_config, require_chosen_redis
 from .envelope import Delivery
 from .heartbeats import Watchdog, write_heartbeat
 from .ledger import LedgerExport
-from .logs import setup_logging
+from .logs import json_wanted, setup_celery_logging, setup_logging
 from .reaper import Reaper
-from .runner import Duplicate, Moved, Runner
+from .runner import Duplicate, Moved, Parked, Runner
+from .shown import JobNotSucceeded, crash_error, is_confidential, not_succeeded, task_summary
 
 log = logging.getLogger("tierfleet.worker")
 
 config = get_config()
+require_chosen_redis(config)  # a worker with no config at all must not guess at a Redis
 app = make_celery(config)
 
 _runner: Runner | None = None
@@ -67,7 +73,9 @@ def publish(delivery: Delivery) -> None:
     send(app, delivery)
 
 
-@app.task(name=TASK_NAME, bind=True)
+# ``throws``: a job that did not succeed is an expected outcome, logged by Celery on one
+# INFO line without a traceback, not an error of the worker.
+@app.task(name=TASK_NAME, bind=True, throws=(JobNotSucceeded,))
 def run_job(
     self: Any,
     job: dict[str, Any],
@@ -97,17 +105,82 @@ def run_job(
             delay = min(delay * 2, 5.0)
             continue
         except Exception as exc:
-            log.exception("job %s crashed the runner", job.get("id"))
+            _log_crash(job, exc)
             runner().crashed(kwargs, exc)
+            if is_confidential(job):
+                raise crash_error(job, exc) from None  # Celery logs and stores it: no job text
             raise
         if isinstance(outcome, Moved):
             # The job lives on in the delivery just published; this one is acked, no result.
-            raise Ignore(f"moved to {outcome.to}: {outcome.why}")
+            raise Ignore(f"moved to {outcome.to}")
         if isinstance(outcome, Duplicate):
             # Another live delivery of this job is calling a host right now; it will finish
             # the job (or its own message comes back if its worker dies). Ack this copy.
             raise Ignore(f"duplicate delivery: {outcome.why}")
-        return outcome.result.model_dump(mode="json")
+        return _task_outcome(job, outcome)
+
+
+def _log_crash(job: dict[str, Any], exc: Exception) -> None:
+    if is_confidential(job):
+        # A traceback's last line quotes the exception, which may quote the job's words.
+        log.error("job %s crashed the runner: %s", job.get("id"), crash_error(job, exc))
+    else:
+        log.exception("job %s crashed the runner", job.get("id"))
+
+
+def _task_outcome(job: dict[str, Any], outcome: Any) -> dict[str, Any]:
+    """The task's return value, or the exception that gives Celery the job's real state.
+
+    Returns a summary, never the answer: the return value is what Flower's Result
+    column, ``celery-task-meta-*`` and Celery's "Task succeeded" log line show; the
+    producer reads the full result from the result store. A job that failed or is dead
+    raises (FAILURE; ``task_acks_on_failure_or_timeout`` still acks the message); a
+    parked job raises :class:`~celery.exceptions.Retry` without publishing anything
+    (RETRY, acked: the reaper republishes it from the parked set when it is due).
+    """
+    result = outcome.result
+    if result.ok:
+        return task_summary(result, job)
+    error = not_succeeded(result, job)
+    if isinstance(outcome, Parked):
+        raise Retry(str(error), exc=error, when=datetime.fromtimestamp(outcome.due, tz=UTC))
+    raise error
+
+
+def _queues_of(options: dict[str, Any]) -> list[str]:
+    raw = options.get("queues") or []
+    names = raw.split(",") if isinstance(raw, str) else list(raw)
+    return [q.strip() for q in names if q and q.strip()]
+
+
+def node_name(tiers: list[str], host: str | None = None) -> str:
+    """``TIER@host`` (``a+b@host`` for a node serving several tiers): one heartbeat key per
+    tier set and machine, whichever way the worker was started."""
+    return f"{'+'.join(tiers)}@{host or gethostname()}"
+
+
+@celeryd_init.connect
+def _tier_defaults(instance: Any = None, conf: Any = None, options: dict[str, Any] | None = None,
+                   **_: Any) -> None:
+    """The bare command (``celery -A tierfleet.worker worker -Q local-gpu``) behaves like
+    ``tierfleet worker -t local-gpu``: the tier's concurrency and the node name TIER@host.
+
+    Celery sends this signal from ``Worker.on_before_init``: after the node name is set
+    from ``-n`` (``celery@host`` when none was given) and before ``setup_defaults`` reads
+    ``worker_concurrency`` for a ``-c`` that was not given (``options["concurrency"]`` is
+    then None). So: fill ``worker_concurrency`` only when ``-c`` was not given, and
+    rename the node only when it still has Celery's default name.
+    """
+    options = options or {}
+    tiers = [t for t in _queues_of(options) if t in config.tiers]
+    if not tiers or len(tiers) != len(_queues_of(options)):
+        return  # no -Q, or a queue that is not a tier: Celery's own defaults, as asked
+    if options.get("concurrency") is None and conf is not None:
+        conf.worker_concurrency = max(config.tiers[t].concurrency for t in tiers)
+    if instance is not None and instance.hostname == default_nodename(None):
+        instance.hostname = node_name(tiers)
+        # Celery cached the old name for task requests just before this signal.
+        celery_trace.setup_worker_optimizations(instance.app, instance.hostname)
 
 
 @worker_init.connect
@@ -229,3 +302,10 @@ def _qos_tags_reader(parent: Any) -> Any:
 
 app.steps["consumer"].add(Heartbeat)
 setup_logging()
+
+if json_wanted():
+    # Connected, this signal stops Celery installing its text handlers: its own lines
+    # ("Task ... succeeded", connection errors) go through the JSON root handler.
+    @celery_setup_logging.connect
+    def _json_celery_logs(loglevel: Any = None, **_: Any) -> None:
+        setup_celery_logging(loglevel)

@@ -110,6 +110,8 @@ def test_no_confidential_word_on_any_operator_surface(tmp_path: Path, redis_url:
                 surfaces[f"flower /api/task/info/{i}"] = httpx.get(
                     f"{base}/api/task/info/{i}", timeout=10).text
                 surfaces[f"flower /task/{i}"] = httpx.get(f"{base}/task/{i}", timeout=10).text
+                surfaces[f"flower /api/task/result/{i}"] = httpx.get(
+                    f"{base}/api/task/result/{i}", timeout=10).text
             surfaces["flower /tasks/datatable"] = httpx.get(
                 f"{base}/tasks/datatable", params={"draw": 1, "start": 0, "length": 100},
                 timeout=10).text
@@ -119,7 +121,8 @@ def test_no_confidential_word_on_any_operator_surface(tmp_path: Path, redis_url:
                 if not key.startswith(ALLOWED):
                     surfaces[f"redis {key}"] = _dump(rclient, key)
             surfaces["metrics"] = generate_latest(fleet_registry(rclient, fleet.config)).decode()
-            for args in (["status", "--json"], ["dlq", "list", "--json"], ["dlq", "list"]):
+            for args in (["status", "--json"], ["status"], ["dlq", "list", "--json"],
+                         ["dlq", "list"]):
                 out = cli(args, fleet.config_path)
                 assert out.returncode == 0, out.stderr
                 surfaces["cli " + " ".join(args)] = out.stdout + out.stderr
@@ -138,4 +141,4 @@ def test_no_confidential_word_on_any_operator_surface(tmp_path: Path, redis_url:
     leaks = {name: w for name, text in surfaces.items() for w in words if w and w in text}
     print(f"\nscanned {len(surfaces)} surfaces for {len(words)} confidential strings; "
           f"leaks: {len(leaks)}")
-    assert not leaks, sorted(leaks)
+    assert not leaks, leaks

@@ -119,14 +119,14 @@ def test_flower_sees_a_worker_per_tier_and_the_finished_tasks(
         rules_worker = next(n for n, t in names.items() if t == "rules")
         for h in handles:
             task = tasks[h.id]
-            assert task["name"] == "tierfleet.run_job"
+            assert task["name"] == f"{h.route.kind.value}@rules"
             assert task["worker"] == rules_worker
             # The job is readable in the kwargs: its kind and workflow, as sent.
             assert h.route.kind.value in task["kwargs"]
         assert "support-triage" in tasks[handles[0].id]["kwargs"]
 
         one = httpx.get(f"{api}/task/info/{handles[0].id}", timeout=10).json()
-        assert one["name"] == "tierfleet.run_job" and one["state"] == "SUCCESS"
+        assert one["name"] == "keyword_route@rules" and one["state"] == "SUCCESS"
 
         # The broker password never shows, in worker details (conf, broker) or tasks.
         everything = json.dumps(seen) + json.dumps(tasks) + json.dumps(one)
@@ -181,3 +181,98 @@ def test_flower_access_rules(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError):
         flower_command(tmp_path / "missing.toml", environ=base_env)
+
+
+@pytest.mark.integration
+def test_flower_is_an_operators_view(tmp_path: Path, redis_url: str, rclient: redis.Redis) -> None:
+    """Flower names each task ``kind@tier`` (with the hops before it), shows the job's
+    bookkeeping as its kwargs and a summary as its result, and the job's real state:
+    SUCCESS, FAILURE for a failed or dead job, RETRY while it is parked."""
+    from tests.support.harness import ModelFleet
+
+    flower: subprocess.Popen[bytes] | None = None
+    with ModelFleet(tmp_path, redis_url, rclient,
+                    reliability={"max_attempts": 1, "park_backoff_s": [5.0]}) as fleet:
+        for tier in ("rules", "local-mac", "local-gpu"):
+            fleet.start(tier)
+        port = free_port()
+        flower_log = tmp_path / "flower.log"
+        with flower_log.open("wb") as log:
+            flower = subprocess.Popen(
+                [sys.executable, "-m", "tierfleet", "flower", "--port", str(port)],
+                env={**os.environ, "TIERFLEET_CONFIG": str(fleet.config_path)},
+                cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        api = f"http://127.0.0.1:{port}/api"
+        try:
+            wait_for("Flower", lambda: httpx.get(f"{api}/workers", timeout=5).status_code == 200)
+            wait_for("worker events", lambda: all(
+                httpx.get(f"{api}/workers", params={"status": 1}, timeout=5).json().values()))
+            d = fleet.dispatcher()
+            answered = d.submit({"kind": "summary", "workflow": "hr",
+                                 "prompt": "Summarize: the quarterly report on widgets."})
+            bad_json = d.submit({"kind": "json_validate", "workflow": "intake",
+                                 # accepted at submit, refused by the rule when it runs
+                                 "input": {"document": "[" * 200 + "]" * 200, "schema": {}}})
+            fleet.sim.down("sim-gpu")  # local-gpu -> local-mac
+            hop = d.submit({"kind": "code", "privacy": "confidential",
+                            "prompt": "Refactor parse_rows() for speed."})
+            assert d.result(answered.id, timeout=60).ok
+            assert not d.result(bad_json.id, timeout=60).ok
+            hopped = d.result(hop.id, timeout=60)
+            assert hopped.ok and hopped.trail == ["local-gpu", "local-mac"], hopped
+
+            def task(job_id: str, state: str) -> dict[str, Any] | None:
+                got = httpx.get(f"{api}/task/info/{job_id}", timeout=10)
+                info = got.json() if got.status_code == 200 else {}
+                return info if info.get("state") == state else None
+
+            one = wait_for("the answered task", lambda: task(answered.id, "SUCCESS"))
+            assert one["name"] == "summary@local-mac"
+            shown = json.loads(one["kwargs"])
+            assert (shown["job_id"], shown["kind"], shown["workflow"], shown["tier"],
+                    shown["trail"]) == (answered.id, "summary", "hr", "local-mac", [])
+            assert "widgets" not in one["kwargs"] and "widgets" not in str(one["result"])
+            assert "succeeded" in str(one["result"]) and answered.id in str(one["result"])
+
+            failed = wait_for("the failed task", lambda: task(bad_json.id, "FAILURE"))
+            assert failed["name"] == "json_validate@rules"
+            assert "JobFailed" in str(failed["exception"])
+
+            moved = wait_for("the hopped task", lambda: task(hop.id, "SUCCESS"))
+            assert moved["name"] == "code@local-gpu>local-mac"
+            shown = json.loads(moved["kwargs"])
+            assert shown["trail"] == ["local-gpu"] and shown["tier"] == "local-mac"
+            assert shown["hops"] and "local-gpu -> local-mac" in shown["hops"][0]
+            # Only tiers a confidential job may reach are shown as where it goes next.
+            assert not {"runpod", "paid"} & set(shown["next"])
+            assert "parse_rows" not in json.dumps(moved)
+
+            # Every local host down: parked (RETRY, acked), then dead (FAILURE).
+            fleet.sim.down("sim-ollama")
+            dead = d.submit({"kind": "summary", "privacy": "confidential",
+                             "prompt": "Summarize the board minutes."})
+            parked = wait_for("the parked task", lambda: task(dead.id, "RETRY"))
+            assert "parked" in str(parked["exception"])
+            assert d.result(dead.id, timeout=60).status.value == "dead"
+            gone = wait_for("the dead task", lambda: task(dead.id, "FAILURE"))
+            assert "JobDead" in str(gone["exception"]) and "board" not in json.dumps(gone)
+
+            # The Failed filter lists exactly the failed and the dead job.
+            listed = httpx.get(f"{api}/tasks", params={"state": "FAILURE"}, timeout=10).json()
+            assert set(listed) == {bad_json.id, dead.id}
+            # Nothing is left unacked: the dead job's message was acknowledged.
+            wait_for("every message acked", lambda: rclient.hlen("unacked") == 0)
+            assert all(rclient.llen(t) == 0 for t in fleet.config.tiers)
+            # Celery's own log lines name the task as Flower does.
+            logs = "".join(w.log() for w in fleet.workers)
+            assert "Task code@local-gpu>local-mac[" in logs and "Task tierfleet.run_job[" not in logs
+            # JSON logging (the default): Celery's own lines are JSON lines too.
+            celery_lines = [ln for ln in logs.splitlines() if "succeeded in" in ln]
+            assert celery_lines
+            for ln in celery_lines:
+                rec = json.loads(ln)
+                assert rec["logger"].startswith("celery") and rec["level"] == "INFO", ln
+        finally:
+            if flower is not None and flower.poll() is None:
+                os.killpg(flower.pid, signal.SIGTERM)
+                flower.wait(timeout=15)

@@ -24,9 +24,9 @@ from tierfleet.dispatch import Dispatcher
 from tierfleet.envelope import Delivery
 from tierfleet.health import Breaker
 from tierfleet.heartbeats import write_heartbeat
-from tierfleet.jobs import Attempt, Job, Kind, Route
+from tierfleet.jobs import Attempt
 from tierfleet.lab.processes import free_port
-from tierfleet.metrics import LATENCY_BUCKETS, fleet_registry, record_attempt
+from tierfleet.metrics import fleet_registry, latency_buckets, record_attempt
 from tierfleet.store import Parking
 
 FLEET = rules_only(local="qwen3:4b", paid="gpt-test", paid_price=(1.0, 4.0),
@@ -77,7 +77,12 @@ def test_record_attempt_counts_jobs_tokens_cost_and_latency(
         record_attempt(rclient, config, a)
 
     m = scrape(rclient, config)
-    jobs = m["tierfleet_jobs_total"]
+    # Jobs: the final attempt of each (ok, failed, cached), by workflow; "f" once, on paid.
+    final = m["tierfleet_jobs_total"]
+    assert sum(final.values()) == len({a.job_id for a in attempts})
+    assert final[(("kind", "summary"), ("outcome", "ok"), ("tier", "paid"),
+                  ("workflow", attempts[-2].workflow))] == 1
+    jobs = m["tierfleet_attempts_total"]
     assert jobs[(("kind", "dedupe"), ("outcome", "ok"), ("tier", "rules"))] == 2
     assert jobs[(("kind", "dedupe"), ("outcome", "failed"), ("tier", "rules"))] == 1
     assert jobs[(("kind", "summary"), ("outcome", "ok"), ("tier", "local-mac"))] == 2
@@ -94,6 +99,8 @@ def test_record_attempt_counts_jobs_tokens_cost_and_latency(
         (("direction", "out"), ("model", "gpt-test"), ("tier", "paid")): 500,
     }
     assert m["tierfleet_cost_usd_total"] == {(("model", "gpt-test"), ("tier", "paid")): 0.003}
+    assert m["tierfleet_workflow_cost_usd_total"] == {
+        (("tier", "paid"), ("workflow", attempts[-2].workflow)): 0.003}
 
     # Histogram: cumulative buckets, +Inf == count, sum of the observed latencies.
     def bucket(tier: str, le: str) -> float:
@@ -105,12 +112,14 @@ def test_record_attempt_counts_jobs_tokens_cost_and_latency(
     assert bucket("local-mac", "2.5") == 1
     assert bucket("local-mac", "5.0") == 2
     assert bucket("local-mac", "+Inf") == 2  # the fallback and the cache hit are not timed
-    assert bucket("paid", "120.0") == 0 and bucket("paid", "+Inf") == 1
+    # Buckets reach the task time limit: a 500 s attempt is in a finite bucket.
+    assert bucket("paid", "120.0") == 0 and bucket("paid", "600.0") == 1
+    assert bucket("paid", repr(float(config.reliability.task_time_limit_s))) == 1
     count = m["tierfleet_job_latency_seconds_count"]
     assert count[(("tier", "local-mac"),)] == 2
     assert m["tierfleet_job_latency_seconds_sum"][(("tier", "local-mac"),)] == pytest.approx(3.7)
     les = [k[0][1] for k in m["tierfleet_job_latency_seconds_bucket"] if k[1] == ("tier", "rules")]
-    assert len(les) == len(LATENCY_BUCKETS) + 1
+    assert len(les) == len(latency_buckets(config)) + 1
     assert m["tierfleet_redis_up"][()] == 1
 
 
@@ -122,7 +131,7 @@ def test_counters_are_fleet_wide_across_clients(config: FleetConfig, redis_url: 
         record_attempt(a, config, att(job_id=f"a{i}", tier="rules", kind="dedupe"))
         record_attempt(b, config, att(job_id=f"b{i}", tier="rules", kind="dedupe"))
     scraper = redis.Redis.from_url(redis_url, decode_responses=True)
-    jobs = scrape(scraper, config)["tierfleet_jobs_total"]
+    jobs = scrape(scraper, config)["tierfleet_attempts_total"]
     assert jobs[(("kind", "dedupe"), ("outcome", "ok"), ("tier", "rules"))] == 10
 
 
@@ -134,13 +143,13 @@ def test_gauges_queue_depth_workers_breakers_parked_dead(
         d.submit({"kind": "summary", "prompt": f"note {i}", "tier": "local-mac"})
     d.submit({"kind": "code", "prompt": "write a parser", "tier": "paid"})
     write_heartbeat(rclient, config, "mac-1@box", ["local-mac"], [], 2)
-    write_heartbeat(rclient, config, "mac-2@box", ["local-mac"], [], 1)
+    write_heartbeat(rclient, config, "mac-2@box", ["local-mac"], ["tag-9"], 1)
     write_heartbeat(rclient, config, "rules-1@box", ["rules"], [], 1)
     breaker = Breaker(rclient, config)
     breaker.failure("cloud", "connection refused", hard_s=60)
     parking = Parking(rclient, config)
-    p1, p2 = (Delivery(job=Job(id=i, kind=Kind.SUMMARY, prompt="x"),
-                       route=Route(tier="local-mac", kind=Kind.SUMMARY)) for i in ("p1", "p2"))
+    p1, p2 = (Delivery(job=j, route=r) for j, r in
+              (d.prepare({"id": i, "kind": "summary", "prompt": "x"}) for i in ("p1", "p2")))
     parking.park(p1, 0, "no tier up")
     parking.park(p2, 0, "no tier up")
     parking.bury(p2, "gave up")
@@ -154,6 +163,10 @@ def test_gauges_queue_depth_workers_breakers_parked_dead(
     assert workers[(("tier", "local-mac"),)] == 2
     assert workers[(("tier", "rules"),)] == 1
     assert workers[(("tier", "paid"),)] == 0
+    # Nodes, their processes, and busy = nodes holding a delivery (fleetnumbers.py).
+    assert m["tierfleet_worker_processes"][(("tier", "local-mac"),)] == 3
+    assert m["tierfleet_workers_busy"][(("tier", "local-mac"),)] == 1
+    assert m["tierfleet_workers_busy"][(("tier", "rules"),)] == 0
     breakers = m["tierfleet_breaker_state"]
     assert breakers[(("host", "cloud"),)] == 2
     assert breakers[(("host", "mac"),)] == 0
@@ -201,7 +214,7 @@ def test_metrics_command_serves_the_fleet(tmp_path: Path, redis_url: str,
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for f in text_string_to_metric_families(text) for s in f.samples}
         assert samples[("tierfleet_queue_depth", (("tier", "local-mac"),))] == 2
-        assert samples[("tierfleet_jobs_total",
+        assert samples[("tierfleet_attempts_total",
                         (("kind", "dedupe"), ("outcome", "ok"), ("tier", "rules")))] == 1
         # Only the fleet's series: no process metrics of whichever machine serves them.
         assert not any(name.startswith("process_") for name, _ in samples)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -75,7 +76,9 @@ def test_a_confidential_job_is_redacted_in_what_flower_shows(dispatcher: Dispatc
     dispatcher.submit({"prompt": "the merger terms are X", "privacy": "confidential"})
 
     [sent] = app.sent
-    assert "merger" not in sent["kwargsrepr"] and "<confidential>" in sent["kwargsrepr"]
+    shown = json.loads(sent["kwargsrepr"])  # what Flower shows: bookkeeping, never words
+    assert "merger" not in sent["kwargsrepr"] and shown["privacy"] == "confidential"
+    assert sent["shadow"] == f"{shown['kind']}@{shown['tier']}"
     assert sent["kwargs"]["job"]["prompt"] == "the merger terms are X"  # the worker still gets it
     assert app.deliveries()[0].route.tier in {"local-mac", "local-gpu"}
 

@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import JobRejected
 from ..inputs import loads_strict, safe_text
@@ -22,7 +23,10 @@ from ._common import clear_errors, config_option, console, err_console, fail, ge
 def _dispatcher(config_path: str | None) -> Any:
     from ..dispatch import Dispatcher
 
-    return Dispatcher(get(config_path))
+    cfg = get(config_path)
+    with clear_errors():  # no Redis chosen, a bad Sentinel URL: one line, not a traceback
+        return Dispatcher(cfg)
+    raise AssertionError  # unreachable: clear_errors exits
 
 
 def _reject(message: str) -> NoReturn:
@@ -66,11 +70,58 @@ def _read_jobs(path: Path) -> list[dict[str, Any]]:
     return jobs
 
 
+def _print_result(r: Any) -> None:
+    """One result: a coloured status line, then the answer verbatim (never parsed as rich
+    markup, never cut or wrapped: an answer quoting ``[/x]`` prints as it is)."""
+    colour = "green" if r.ok else "red"
+    head = Text.assemble((r.status.value, colour), f" {r.job_id} via {' -> '.join(r.trail)}:")
+    console.print(head, soft_wrap=True)
+    if r.ok:
+        out = r.text if r.text is not None else json.dumps(r.output, ensure_ascii=False)
+    else:
+        out = r.error or ""
+    sys.stdout.write(safe_text(str(out)) + "\n")
+    sys.stdout.flush()
+
+
+def _warn_unserved(d: Any, handles: list[Any]) -> None:
+    """Before waiting: say at once when a job's tier has no live worker (it would sit in
+    its queue until one starts, and the wait would end only at --timeout)."""
+    from ..heartbeats import live_workers
+
+    served = {q for w in live_workers(d.redis, d.config) for q in w.get("queues", [])}
+    waiting: dict[str, int] = {}
+    for h in handles:
+        if h.route.tier not in served:
+            waiting[h.route.tier] = waiting.get(h.route.tier, 0) + 1
+    for tier, n in waiting.items():
+        err_console.print(Text(f"warning: no live worker on tier {tier}: {n} job(s) wait in its "
+                               f"queue until one starts (tierfleet worker -t {tier})"),
+                          style="yellow", soft_wrap=True)
+
+
+def rules_inputs_help() -> str:
+    """Each rules kind's ``--input`` fields, read from its pydantic model (the same models
+    validate the input, so this text cannot drift from what is accepted)."""
+    from ..jobs import RULES_KINDS
+    from ..rules import input_schema
+
+    lines = ["Rules kinds take --input JSON (docs/rules.md has the detail):"]
+    for kind in sorted(k.value for k in RULES_KINDS):
+        schema = input_schema(kind)
+        required = set(schema.get("required", []))
+        fields = [f"{name}{'*' if name in required else ''}"
+                  for name in schema.get("properties", {})]
+        lines.append(f"  {kind}: {', '.join(fields)}")
+    lines += ["  (* required)  e.g. --kind dedupe --input '{\"items\": [\"a\", \"a \"]}'"]
+    return "\n\n".join(lines)
+
+
 def register(app: typer.Typer) -> None:
     dlq = typer.Typer(help="Dead-letter queue: jobs given up on after every retry.")
     app.add_typer(dlq, name="dlq")
 
-    @app.command()
+    @app.command(epilog=rules_inputs_help())
     def submit(
         prompt: str = typer.Argument(None, help="prompt text (or use --file)"),
         kind: str = typer.Option("auto", help="job kind (auto lets the classifier decide)"),
@@ -119,6 +170,7 @@ def register(app: typer.Typer) -> None:
                                       f"{', ' + h.route.model if h.route.model else ''})")
                 return
             ids = [h.id for h in handles]
+            _warn_unserved(d, handles)
             if as_json:
                 results = d.results_for(ids, timeout)
             else:
@@ -133,9 +185,7 @@ def register(app: typer.Typer) -> None:
             if as_json:
                 print(r.model_dump_json())
             else:
-                out = r.text if r.text is not None else json.dumps(r.output)
-                console.print(f"[{'green' if r.ok else 'red'}]{r.status.value}[/] {r.job_id} "
-                              f"via {' -> '.join(r.trail)}: {str(out)[:200] if r.ok else r.error}")
+                _print_result(r)
         if failed:
             raise typer.Exit(1)
 
@@ -157,31 +207,46 @@ def register(app: typer.Typer) -> None:
         config: str = config_option(),
     ) -> None:
         """Queues and depths, workers per tier, hosts and breakers, parked jobs, dead letters."""
+        from ..fleetnumbers import status_view
+        from ..heartbeats import live_workers
+
         d = _dispatcher(config)
         with clear_errors():
-            st = d.status()
+            st = status_view(d.status(), live_workers(d.redis, d.config), d.config)
         if as_json:
             print(json.dumps(st, indent=2))
             return
         t = Table(title="queues")
-        for c in ("tier", "place", "depth", "workers"):
+        for c in ("tier", "place", "depth", "nodes", "processes", "busy nodes"):
             t.add_column(c)
         for q in st["queues"]:
-            t.add_row(q["tier"], q["place"], str(q["depth"]), str(q["workers"]))
+            t.add_row(q["tier"], q["place"], str(q["depth"]), str(q["nodes"]),
+                      str(q["processes"]), str(q["busy_nodes"]))
         console.print(t)
-        w = Table(title="workers")
-        for c in ("node", "queues", "busy"):
+        w = Table(title="worker nodes")
+        for c in ("node", "queues", "processes", "holding", "state"):
             w.add_column(c)
         for x in st["workers"]:
-            w.add_row(x["node"], ",".join(x["queues"]), str(x["busy"]))
+            w.add_row(Text(str(x["node"])), ",".join(x["queues"]), str(x["processes"]),
+                      str(x["held"]), "busy" if x["busy"] else "idle")
         console.print(w)
+        if st["parked"]:
+            pk = Table(title="parked (waiting for an allowed tier)")
+            pk.add_column("id", no_wrap=True, overflow="ignore",
+                          min_width=max(len(x["id"]) for x in st["parked"]))
+            for c in ("next try in s", "tries left", "reason"):
+                pk.add_column(c)
+            for x in st["parked"]:
+                pk.add_row(x["id"], f"{x['next_try_in_s']:.1f}", str(x["tries_left"]),
+                           Text(str(x.get("reason") or "")))
+            console.print(pk)
         h = Table(title="hosts")
         for c in ("host", "breaker", "failures", "open for s", "reason"):
             h.add_column(c)
         for x in st["hosts"]:
             colour = {"closed": "green", "open": "red"}.get(x["state"], "yellow")
-            h.add_row(x["host"], f"[{colour}]{x['state']}[/]", str(x["failures"]),
-                      str(x["open_for_s"]), x["reason"])
+            h.add_row(x["host"], Text(x["state"], style=colour), str(x["failures"]),
+                      str(x["open_for_s"]), Text(str(x["reason"] or "")))
         console.print(h)
         console.print(f"in flight: {st['in_flight']}   parked: {len(st['parked'])}   "
                       f"dead letters: {len(st['dead_letters'])}")
@@ -190,21 +255,26 @@ def register(app: typer.Typer) -> None:
     def dlq_list(as_json: bool = typer.Option(False, "--json"), config: str = config_option()) -> None:
         """Jobs in the dead-letter queue, with why they were given up."""
         from ..broker import redis_client
+        from ..shown import shown_dead_letter
         from ..store import Parking
 
         cfg = get(config)
         with clear_errors():
-            dead = Parking(redis_client(cfg), cfg).dead()
+            # An operator's view: a confidential job's words and forbidden tiers redacted.
+            dead = [shown_dead_letter(d, cfg) for d in Parking(redis_client(cfg), cfg).dead()]
         if as_json:
-            print(json.dumps(dead, indent=2))
+            print(json.dumps(dead, indent=2, ensure_ascii=False))
             return
-        t = Table(title=f"dead letters ({len(dead)})")
-        for c in ("id", "kind", "workflow", "reason"):
-            t.add_column(c)
+        # Plain lines, not a table: a table fits a narrow terminal by cutting cells, and
+        # the id is what ``dlq replay`` needs whole. Nothing is parsed as markup.
+        width = max([len(d["id"]) for d in dead] or [2])
+        print(f"dead letters ({len(dead)})")
+        if dead:
+            print(f"{'id':<{width}}  kind  workflow  reason")
         for d in dead:
             job = d["delivery"]["job"]
-            t.add_row(d["id"], job.get("kind", ""), job.get("workflow", ""), d.get("reason", ""))
-        console.print(t)
+            print(safe_text(f"{d['id']:<{width}}  {job.get('kind', '')}  "
+                            f"{job.get('workflow', '')}  {d.get('reason') or ''}"))
 
     @dlq.command("replay")
     def dlq_replay(

@@ -74,7 +74,8 @@ class CeleryWorker:
     @property
     def node_name(self) -> str:
         # %h: Celery puts the hostname in, so one name works on every machine.
-        return self.name or f"{self.tier.split(',')[0]}@%h"
+        # a+b@%h for several tiers, as the bare ``celery`` command names it (worker.node_name).
+        return self.name or f"{'+'.join(self.tier.split(','))}@%h"
 
     def argv(self) -> list[str]:
         # Events on (-E) for Flower; no gossip or mingle: workers never talk to each
