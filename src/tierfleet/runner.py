@@ -199,7 +199,11 @@ class Runner:
         except rules.RuleFailed as exc:
             error = str(exc)
         except Exception as exc:  # an executor bug must fail the job, never the worker
-            log.exception("rules executor crashed on job %s", job.id)
+            if job.privacy.value == "confidential":
+                # A traceback quotes the failing values: for this job, its input.
+                log.error("rules executor crashed on job %s: %s", job.id, type(exc).__name__)
+            else:
+                log.exception("rules executor crashed on job %s", job.id)
             error = f"internal error in {job.kind.value}: {type(exc).__name__}"
         latency = time.perf_counter() - t0
         tin = tokens.count(job.text() or _json_text(job.input))

@@ -23,6 +23,7 @@ from .config import FleetConfig
 from .envelope import Delivery
 from .errors import ResultTimeout
 from .jobs import Result, Status
+from .shown import scrub
 
 # Returns the stored result if it is final (jobs.TERMINAL; nothing written), else writes.
 # A final write also closes the job in the open-jobs record (KEYS[2], KEYS[3]), in the
@@ -381,8 +382,12 @@ class Parking:
             m = self.redis.hget(self.parked_bodies, i)
             if m:
                 entry = json.loads(m)
+                d = _delivery_of(entry)
+                job = d.job.model_dump(mode="json")
                 out.append({"id": i, "due_in_s": round(score - time.time(), 1),
-                            "parks": _delivery_of(entry).parks, "reason": entry.get("reason")})
+                            "parks": d.parks, "privacy": d.job.privacy.value,
+                            # An operator's screen: a confidential job's words scrubbed.
+                            "reason": scrub(entry.get("reason"), job)})
         return out
 
     def count(self) -> int:
