@@ -65,7 +65,10 @@ def test_primary_killed_sentinel_promotes_a_replica_nothing_acknowledged_lost(
                 # refuses (SubmitNotDurable) what no replica holds: the dead machine
                 # comes back as a replica, as an operator would bring it back.
                 group._start_data(first, promoted)
-                time.sleep(6.0)  # jobs in after the failover
+                # Jobs in after the failover: wait for a few, however slow the machine is.
+                resume_by = time.monotonic() + 60
+                while len(producer.acked) - acked_before < 5 and time.monotonic() < resume_by:
+                    time.sleep(0.2)
                 producer.stop()
                 ids = producer.acked
                 after = len(ids) - acked_before
