@@ -357,9 +357,21 @@ class FleetConfig(BaseSettings):
         return [n for n, t in self.tiers.items() if t.place in ("local", "rules")]
 
     def baseline_model(self) -> str | None:
-        """The reference model savings are measured against: the priciest paid model."""
+        """The reference model savings are measured against.
+
+        ``ledger.baseline_model`` when set; else the model the paid tier itself uses (its
+        ``default``), so "saved" compares with what sending everything to paid would
+        really have cost here, not with the priciest model one could name. A paid tier
+        without a priced default falls back to its priciest priced model.
+        """
         if self.ledger.baseline_model:
             return self.ledger.baseline_model
+        for tier in self.tiers.values():
+            if tier.place != "paid":
+                continue
+            default = tier.models.get("default")
+            if default and default in self.models and self.models[default].input_per_mtok is not None:
+                return default
         paid = {
             m
             for n, t in self.tiers.items()
@@ -369,6 +381,18 @@ class FleetConfig(BaseSettings):
         }
         priced = [(self._blended(m), m) for m in paid if self.models[m].input_per_mtok is not None]
         return max(priced)[1] if priced else None
+
+    def unpriced_compute(self) -> list[str]:
+        """Local or rented tiers whose hosts carry no compute price: their jobs cost $0 in
+        every bill, which flatters the savings. Reports and the inventory say so."""
+        out = []
+        for name, tier in self.tiers.items():
+            if tier.place not in ("local", "rented"):
+                continue
+            hosts = self.hosts_for(name).values()
+            if hosts and all(not h.cost_per_hour and h.cost_per_second is None for h in hosts):
+                out.append(name)
+        return out
 
     def _blended(self, model: str) -> float:
         mc = self.models[model]

@@ -312,7 +312,7 @@ def test_admin_endpoint_over_http(sim: SimFleet) -> None:
 
 def test_runpod_wire_walk_and_shapes(sim: SimFleet) -> None:
     url = sim.urls["sim-runpod"]
-    sim.host("sim-runpod").runpod_queue_s = 100  # x 0.01 scale: 1 s in the queue (a loaded box still polls it)
+    sim.host("sim-runpod").runpod_queue_s = 100  # x 0.01: 1 s queued (a loaded box still sees it)
     sim.fault("sim-runpod", "slow", seconds=0.3, count=1)
     body = {
         "input": {

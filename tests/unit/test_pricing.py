@@ -111,12 +111,14 @@ def test_rules_are_free_but_have_a_baseline() -> None:
     assert baseline_cost(cfg, 10_000, 0) == pytest.approx(0.03)
 
 
-def test_baseline_defaults_to_the_priciest_paid_model() -> None:
+def test_baseline_defaults_to_the_model_the_paid_tier_uses() -> None:
+    # Not the priciest model a host lists (claude-opus-4-7): what "all on paid" would
+    # really cost here is the paid tier's own default, gpt-5.5.
     cfg = fleet()
-    assert cfg.baseline_model() == "claude-opus-4-7"
-    assert baseline_cost(cfg, 1_000_000, 1_000_000) == pytest.approx(30.0)
-    cfg_gpt = fleet(ledger={"baseline_model": "gpt-5.5"})
-    assert baseline_cost(cfg_gpt, 1_000_000, 1_000_000) == pytest.approx(15.0)
+    assert cfg.baseline_model() == "gpt-5.5"
+    assert baseline_cost(cfg, 1_000_000, 1_000_000) == pytest.approx(15.0)
+    cfg_opus = fleet(ledger={"baseline_model": "claude-opus-4-7"})
+    assert baseline_cost(cfg_opus, 1_000_000, 1_000_000) == pytest.approx(30.0)
 
 
 def test_missing_prices_are_errors_not_zero() -> None:

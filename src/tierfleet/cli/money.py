@@ -10,6 +10,7 @@ import redis
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import TierfleetError
@@ -64,6 +65,10 @@ def _print_report(rep: Report) -> None:
         f"{_pct(rep.escalation_rate)}, cache hits {_pct(rep.cache_hit_rate)}",
         highlight=False,
     )
+    if rep.baseline_basis:
+        _out.print(f"Savings compare with: {rep.baseline_basis}", highlight=False, markup=False)
+    for w in rep.warnings:
+        _out.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     if rep.tier_share:
         shares = ", ".join(f"{t} {s:.0%}" for t, s in rep.tier_share.items())
         _out.print(f"Jobs per tier: {shares}", highlight=False)
@@ -121,6 +126,7 @@ def _print_inventory(inv: Inventory) -> None:
     table.add_column("model", overflow="fold")
     table.add_column("before", justify="right", no_wrap=True)
     table.add_column("after", justify="right", no_wrap=True)
+    table.add_column("why here", overflow="fold")
     for r in inv.rows:
         table.add_row(
             r.workflow,
@@ -130,10 +136,14 @@ def _print_inventory(inv: Inventory) -> None:
             r.model or "-",
             _money(r.cost_before_usd),
             _money(r.cost_after_usd),
+            escape(r.why),
         )
     table.add_section()
-    table.add_row("total", "", "", "", "", _money(inv.total_before_usd), _money(inv.total_after_usd))
+    table.add_row("total", "", "", "", "", _money(inv.total_before_usd), _money(inv.total_after_usd), "")
+    _out.print(f"Config: {inv.config_file}", highlight=False, markup=False)
     _show(table)
+    for w in inv.warnings:
+        _out.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False)
     _out.print(f"Saves {_money(inv.savings.usd)} a month ({_pct(inv.savings.fraction)}).", highlight=False)
     for r in inv.rows:
         for w in r.warnings:

@@ -119,6 +119,11 @@ class ProjectedRow(BaseModel):
     reasons: list[str]
     warnings: list[str]
 
+    @property
+    def why(self) -> str:
+        """The reason that settled the row's tier: the last routing reason recorded."""
+        return self.reasons[-1] if self.reasons else ""
+
 
 class WorkflowTotal(BaseModel):
     workflow: str
@@ -135,7 +140,9 @@ class Savings(BaseModel):
 
 class Inventory(BaseModel):
     source: str
+    config_file: str = Field(default="built-in defaults", description="the fleet config used")
     baseline_model: str | None
+    warnings: list[str] = Field(default_factory=list)
     prices: str | None
     assumptions: Throughput
     rows: list[ProjectedRow]
@@ -411,7 +418,11 @@ def _summarise(
     after = math.fsum(r.cost_after_usd for r in rows)
     return Inventory(
         source=source,
+        config_file=(config.source if config.source != "<built-in>" else
+                     "built-in defaults (no --config, $TIERFLEET_CONFIG or ./fleet.toml)"),
         baseline_model=config.baseline_model(),
+        warnings=[f"local compute priced at $0 on tier {t}: set cost_per_hour (or "
+                  f"cost_per_second) on its hosts" for t in config.unpriced_compute()],
         prices=str(prices) if prices is not None else None,
         assumptions=throughput,
         rows=rows,

@@ -123,6 +123,10 @@ class Report(BaseModel):
     cache_hit_rate: float | None
     estimated_tokens_share: float | None
     simulated_attempts: int = Field(description="attempts answered by simulated hosts")
+    baseline_basis: str = Field(
+        default="", description="what the savings compare with, in words")
+    warnings: list[str] = Field(default_factory=list,
+                                description="what makes these figures look better than they are")
     observed_days: float
     monthly_spend_usd: float
     monthly_baseline_usd: float
@@ -254,6 +258,9 @@ def build_report(
         start=start,
         end=end,
         baseline_model=config.baseline_model(),
+        baseline_basis=_basis(config),
+        warnings=[f"local compute priced at $0 on tier {t}: set cost_per_hour (or "
+                  f"cost_per_second) on its hosts" for t in config.unpriced_compute()],
         tier_share={t: n / total.jobs for t, n in sorted(tier_jobs.items())},
         simulated_attempts=sum(1 for r in records if r.get("simulated")),
         observed_days=observed_days,
@@ -268,6 +275,16 @@ def build_report(
         ),
         **figures,
     )
+
+
+def _basis(config: FleetConfig) -> str:
+    model = config.baseline_model()
+    if model is None:
+        return "no paid model priced: no baseline"
+    how = ("ledger.baseline_model" if config.ledger.baseline_model
+           else "the paid tier's own model")
+    return (f"every job on {model} ({how}), priced at its input/output rates for the "
+            "tokens each job used, once per job")
 
 
 def report(

@@ -238,3 +238,10 @@ def test_inventory_plot_and_cli(builtin: FleetConfig, tmp_path: Path) -> None:
     assert res.exit_code == 0 and "helpdesk" in res.stdout and "$26.70" in res.stdout
     res = runner.invoke(app, ["inventory", str(tmp_path / "missing.csv"), "--config", str(BUILTIN)])
     assert res.exit_code == 2 and "cannot read" in res.stderr and "Traceback" not in res.output
+
+
+def test_inventory_names_its_config_and_why_each_row_stays(builtin_config: FleetConfig) -> None:
+    inv = project(DATA / "inventory_small.csv", builtin_config)
+    assert inv.config_file.endswith("defaults.toml")
+    assert all(r.why for r in inv.rows)
+    assert any("priced at $0 on tier local-gpu" in w for w in inv.warnings)

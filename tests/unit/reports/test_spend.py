@@ -342,3 +342,14 @@ def test_package_level_report_is_a_function_beside_the_reports_wing(tmp_path: Pa
     first = tierfleet.report(since="30d", by="tier", config=cfg, redis=r, end=NOW)
     again = tierfleet.report("30d", "tier", config=cfg, redis=r, end=NOW)
     assert first.jobs == again.jobs == 6 and first.by == "tier"
+
+
+def test_the_report_says_what_savings_compare_with_and_flags_unpriced_compute(tmp_path: Path) -> None:
+    cfg, _ = fleet(tmp_path)
+    r = fakeredis.FakeRedis()
+    day_of_jobs(Ledger(r, cfg))
+    rep = report(since="30d", by="tier", config=cfg, redis=r, end=NOW)
+    assert rep.baseline_model and rep.baseline_model in rep.baseline_basis
+    assert cfg.unpriced_compute() == ["local-gpu"]  # this fleet's GPU box has no price
+    assert rep.warnings == ["local compute priced at $0 on tier local-gpu: set cost_per_hour "
+                            "(or cost_per_second) on its hosts"]
