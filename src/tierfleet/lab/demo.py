@@ -307,7 +307,8 @@ def run(*, folder: Path, redis_url: str | None = None, real_model: bool = True,
             f"   chart: {chart}\n   Flower: {fc.url}  (ledger: {folder / 'ledger'})\n"
             f"   done in {time.monotonic() - t_start:.0f} s")
         if keep:
-            console.print("   the fleet keeps running; Ctrl-C stops it")
+            console.print(f"   --keep: the fleet and Flower keep running (Flower still at {fc.url}); "
+                          "Ctrl-C stops them")
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(1)
