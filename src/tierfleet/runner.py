@@ -254,6 +254,7 @@ class Runner:
         request = self._request(d.job, model)
         problems: list[str] = []
         need_window = 0
+        refused_here = False  # a host refused this worker's key: not the job's or host's fault
         for host, window in self._host_order(d, model):
             if route.tokens_in and route.tokens_in > window:
                 problems.append(f"{host}: prompt larger than its window")
@@ -261,6 +262,7 @@ class Runner:
             ok, why = self.health.available(host)
             if not ok:
                 problems.append(f"{host}: {why}")
+                refused_here = refused_here or self.health.local_fault(host)
                 continue
             try:
                 completion, call = self._complete(d, host, model, request)
@@ -282,6 +284,12 @@ class Runner:
                 continue
             self.breaker.success(host)
             return self._accept(d, host, model, completion, call)
+        if refused_here:
+            # Moving on would bill a pricier tier for this worker's misconfiguration: park,
+            # so the job re-enters its own route, where a well-configured worker takes it.
+            why = "; ".join(problems)
+            self._record(d, None, d.route.model, None, outcome="fallback", error=why)
+            return self._park(d, why)
         return self._fall_back(d, "; ".join(problems) or f"no host of {d.tier} serves {model}",
                                need_window=need_window)
 

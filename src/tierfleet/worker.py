@@ -33,6 +33,7 @@ from .envelope import Delivery
 from .heartbeats import Watchdog, write_heartbeat
 from .ledger import LedgerExport
 from .logs import setup_logging
+from .preflight import host_problems
 from .reaper import Reaper
 from .runner import Duplicate, Moved, Runner
 
@@ -108,6 +109,21 @@ def run_job(
             # the job (or its own message comes back if its worker dies). Ack this copy.
             raise Ignore(f"duplicate delivery: {outcome.why}")
         return outcome.result.model_dump(mode="json")
+
+
+@worker_init.connect
+def _preflight(sender: Any = None, **_: Any) -> None:
+    """Refuse to consume when a host of this worker's tiers lacks what it needs (its API
+    key, say): failing here is local and loud, where failing per job tripped the host's
+    shared breaker and billed the jobs on the paid tier."""
+    selected = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
+    consumed = getattr(selected, "consume_from", None)
+    tiers = [t for t in (consumed or config.tiers) if t in config.tiers]
+    problems = host_problems(config, tiers)
+    if problems:
+        log.error("worker refuses to start: %s", "; ".join(problems))
+        # SystemExit passes through Celery's signal dispatch (it catches Exception only).
+        raise SystemExit(78)  # EX_CONFIG
 
 
 @worker_init.connect
