@@ -210,6 +210,32 @@ class LedgerConfig(_Strict):
     max_escalation_rate: float = Field(default=0.15, ge=0, le=1)
 
 
+class BudgetConfig(_Strict):
+    """One spending limit (``[budgets.NAME]``); ``tierfleet budget set`` overrides it at run time.
+
+    ``scope`` is ``fleet``, ``workflow:NAME``, ``tag:NAME`` (a tag in the job's
+    ``metadata["tags"]``, comma separated) or ``user_tier:NAME``. Only rented and paid
+    calls count: our own hardware has no marginal cost.
+    """
+
+    scope: str = "fleet"
+    limit_usd: float = Field(ge=0)
+    period: Literal["day", "month"] = "day"
+    # What a job that cannot reserve its estimate does: an allowed cheaper tier (else it
+    # parks), wait in the parked set until the period resets, or fail with the reason.
+    on_exhausted: Literal["cheaper", "park", "reject"] = "cheaper"
+    alerts: list[float] = Field(default_factory=lambda: [0.8, 1.0])
+
+    @model_validator(mode="after")
+    def _known_scope(self) -> BudgetConfig:
+        kind, _, value = self.scope.partition(":")
+        if kind == "fleet" and not value:
+            return self
+        if kind not in ("workflow", "tag", "user_tier") or not value:
+            raise ValueError(f"scope {self.scope!r}: use fleet, workflow:NAME, tag:NAME or user_tier:NAME")
+        return self
+
+
 class CacheConfig(_Strict):
     enabled: bool = True
     ttl_s: int = Field(default=24 * 3600, gt=0)
@@ -277,6 +303,7 @@ class FleetConfig(BaseSettings):
     reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    budgets: dict[str, BudgetConfig] = Field(default_factory=dict)
     rules: RulesConfig = Field(default_factory=RulesConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)

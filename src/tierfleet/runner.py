@@ -47,10 +47,11 @@ from .backends.base import (
     QuotaExhausted,
     RateLimited,
 )
+from .budgets import BudgetBook, Hold, Refusal
 from .cache import AnswerCache
 from .config import FleetConfig
 from .envelope import Delivery
-from .fleet import FleetView
+from .fleet import DEFAULT_OUT_TOKENS, FleetView
 from .health import Breaker, HealthChecker
 from .jobs import Attempt, Job, Reason, Result, Status
 from .ledger import InFlight, Ledger, Recorded
@@ -152,6 +153,8 @@ class Runner:
         self.cache = AnswerCache(client, config)
         self.breaker = Breaker(client, config)
         self.external_ids = RedisExternalIds(client, config)
+        self.budgets = BudgetBook(client, config)
+        self._hold: Hold | None = None  # the budget reservation of the call under way
         self._backend_for = backend_for or self._make_backend
         self._backends: dict[str, Backend] = {}
         self.health = HealthChecker(self.breaker, self.backend, config)
@@ -248,6 +251,7 @@ class Runner:
             # On a Redis blink the lease expires; a takeover checks the owner's heartbeat.
             with contextlib.suppress(redis.RedisError):
                 self.leases.release(d.job.id, token)
+            self._release_hold()
 
     def _try_hosts(self, d: Delivery, model: str) -> Outcome:
         route = d.route
@@ -264,6 +268,9 @@ class Runner:
                 problems.append(f"{host}: {why}")
                 refused_here = refused_here or self.health.local_fault(host)
                 continue
+            refused = self._reserve(d, host, model)
+            if refused is not None:
+                return self._over_budget(d, model, refused)
             try:
                 completion, call = self._complete(d, host, model, request)
             except BackendError as exc:
@@ -292,6 +299,67 @@ class Runner:
             return self._park(d, why)
         return self._fall_back(d, "; ".join(problems) or f"no host of {d.tier} serves {model}",
                                need_window=need_window)
+
+    # -- budgets: reserve before a rented or paid call, spend with its record, release after --
+
+    def _estimate(self, d: Delivery, host: str, model: str) -> float:
+        """The call's cost if it uses its whole output allowance (what the dispatcher estimates)."""
+        tin = d.route.tokens_in or tokens.count(d.job.text())
+        return self.fleet.cost(d.tier, model, tin, d.job.max_tokens or DEFAULT_OUT_TOKENS)
+
+    def _reserve(self, d: Delivery, host: str, model: str) -> Refusal | None:
+        """Hold the call's estimate on every budget covering the job; the Refusal if one is full."""
+        self._release_hold()
+        if self.config.tiers[d.tier].place not in ("rented", "paid"):
+            return None
+        timeout = float(self.config.hosts[host].timeout_s) + self.config.reliability.task_time_limit_s
+        got = self.budgets.reserve(d.job, self._estimate(d, host, model), f"{d.job.id}:{d.attempt}",
+                                   hold_s=timeout)
+        if isinstance(got, Refusal):
+            return got
+        self._hold = got
+        return None
+
+    def _release_hold(self) -> None:
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            with contextlib.suppress(redis.RedisError):  # its deadline frees it otherwise
+                self.budgets.release(hold)
+
+    def _over_budget(self, d: Delivery, model: str, refused: Refusal) -> Outcome:
+        """A job whose budget is full: a cheaper allowed tier, a park until reset, or a refusal."""
+        why = refused.reason
+        action = refused.budget.on_exhausted
+        if action == "reject":
+            self._record(d, None, model, None, outcome="failed", error=why)
+            return self._fail(d, f"{why} (on_exhausted = reject)")
+        self._record(d, None, model, None, outcome="fallback", error=why)
+        if action == "cheaper":
+            rank = {"rules": 0, "local": 1, "rented": 2, "paid": 3}
+            here = rank[self.config.tiers[d.tier].place]
+            cheaper = [t for t in self._next_tiers(d, list(self.fleet.ladder))
+                       if 0 < rank[self.config.tiers[t].place] < here]
+            if cheaper:  # the strongest tier that costs less
+                return self._move(d, max(cheaper, key=lambda t: self.fleet.rank.get(t, -1)), why)
+        return self._park_until(d, why, refused.resets_at)
+
+    def _park_until(self, d: Delivery, why: str, due: float) -> Parked:
+        """Park until ``due`` (a budget's reset, a rate limit's free slot). Waiting is not a
+        failure, so the job's park count (which ends in the dead letters) does not grow."""
+        back = d.restarted(why)
+        back = back.model_copy(update={"parks": d.parks})
+        if back.route.model is None:
+            model = self.fleet.model_for(back.tier, d.route.kind.value)
+            back = back.model_copy(update={"route": back.route.model_copy(update={"model": model})})
+        self.parking.park(back, 0, why)
+        # Parking.park schedules by its backoff; this wait has a known end instead. A crash
+        # before this line only brings the job back early, to park again.
+        self.redis.zadd(self.parking.parked_index, {d.job.id: due}, xx=True)
+        result = Result(job_id=d.job.id, status=Status.PARKED, kind=d.route.kind.value,
+                        attempts=d.attempt, trail=[*d.trail, d.tier],
+                        error=f"parked until {time.strftime('%H:%M:%S', time.localtime(due))}: {why}")
+        self.results.save(result)
+        return Parked(result, due)
 
     def _host_failed(self, host: str, exc: BackendError) -> str:
         """Feed the breaker for a failure another place may fix; returns the problem line."""
@@ -466,8 +534,12 @@ class Runner:
         """Ledger, metrics and the end of the call's in-flight note in one transaction,
         only for a new record: a redelivery is billed and counted once. The ledger prices
         the attempt."""
+        hold = self._hold
+
         def also(pipe: Any, a: Attempt) -> None:
             metrics.add_attempt(pipe, self.config, a)
+            if hold is not None:  # the budget's spend moves with the record, exactly once
+                self.budgets.spend(pipe, hold, a.cost_usd)
             if a.call:
                 self.inflight.end(a.call, pipe)
 

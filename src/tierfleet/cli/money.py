@@ -12,6 +12,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from ..budgets import BudgetBook
 from ..errors import TierfleetError
 from ..reports.inventory import Inventory, Throughput, plot_inventory, project
 from ..reports.spend import GroupBy, Report, check, plot_report, previous_report
@@ -141,6 +142,10 @@ def _print_inventory(inv: Inventory) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    from . import books
+
+    books.register(app)
+
     @app.command("report")
     def report_cmd(
         since: Annotated[str, typer.Option(help="period: 30d, 12h, 2w")] = "30d",
@@ -160,6 +165,7 @@ def register(app: typer.Typer) -> None:
         try:
             rep = build(since, by, config=cfg, redis=client)
             previous = previous_report(rep, config=cfg, redis=client) if check_ else None
+            budget_alerts = BudgetBook(client, cfg).alerts() if check_ else []
         except redis.RedisError as exc:
             _common.fail(f"cannot read the ledger from Redis at {_redact_url(cfg.redis_url)}: {exc}")
             raise  # unreachable: fail exits
@@ -179,7 +185,9 @@ def register(app: typer.Typer) -> None:
             alerts = check(rep, previous)
             for a in alerts:
                 _err.print(f"[red]ALERT[/red] {a.name}: {a.reason}", highlight=False)
-            if alerts:
+            for name, _threshold, text in budget_alerts:
+                _err.print(f"[red]ALERT[/red] budget:{name}: {text}", highlight=False)
+            if alerts or budget_alerts:
                 raise typer.Exit(1)
             _err.print("no alerts", highlight=False)
 
