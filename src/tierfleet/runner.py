@@ -52,6 +52,7 @@ from .cache import AnswerCache
 from .config import FleetConfig
 from .envelope import Delivery
 from .fleet import DEFAULT_OUT_TOKENS, FleetView
+from .flow import Flow, Slot
 from .health import Breaker, HealthChecker
 from .jobs import Attempt, Job, Reason, Result, Status
 from .ledger import InFlight, Ledger, Recorded
@@ -155,6 +156,8 @@ class Runner:
         self.external_ids = RedisExternalIds(client, config)
         self.budgets = BudgetBook(client, config)
         self._hold: Hold | None = None  # the budget reservation of the call under way
+        self.flow = Flow(client, config)
+        self._slot: Slot | None = None  # the flow-control slot of the call under way
         self._backend_for = backend_for or self._make_backend
         self._backends: dict[str, Backend] = {}
         self.health = HealthChecker(self.breaker, self.backend, config)
@@ -252,6 +255,7 @@ class Runner:
             with contextlib.suppress(redis.RedisError):
                 self.leases.release(d.job.id, token)
             self._release_hold()
+            self._end_slot()
 
     def _try_hosts(self, d: Delivery, model: str) -> Outcome:
         route = d.route
@@ -268,12 +272,27 @@ class Runner:
                 problems.append(f"{host}: {why}")
                 refused_here = refused_here or self.health.local_fault(host)
                 continue
+            wait = self._take_slot(d, host)
+            if wait is not None:
+                if self._may_wait(d, wait):
+                    return self._wait_for(d, host, wait)
+                problems.append(f"{host}: rate limited for {wait:.2f}s, beyond the job's latency budget")
+                continue
             refused = self._reserve(d, host, model)
             if refused is not None:
                 return self._over_budget(d, model, refused)
             try:
                 completion, call = self._complete(d, host, model, request)
             except BackendError as exc:
+                self._end_slot()
+                if isinstance(exc, RateLimited) and exc.reached:
+                    self._record(d, host, model, None, outcome="host_error", error=str(exc),
+                                 call=getattr(exc, "call", None))
+                    wait = exc.retry_after if exc.retry_after is not None else 1.0
+                    if self._may_wait(d, wait):  # a rate limit is waited out, not a fault
+                        return self._wait_for(d, host, wait)
+                    problems.append(f"{host}: rate limited for {wait:.2f}s, beyond the job's latency budget")
+                    continue
                 if not exc.fallback:
                     # Bad request, auth, model missing: every other host would say the same.
                     self._record(d, host, model, None, outcome="failed", error=str(exc),
@@ -289,6 +308,9 @@ class Runner:
                     # Our count said it fits, the host says not: only a larger window helps.
                     need_window = max(need_window, window, route.tokens_in or 1)
                 continue
+            reported = (None if completion.tokens_in is None or completion.tokens_out is None
+                        else completion.tokens_in + completion.tokens_out)
+            self._end_slot(reported)
             self.breaker.success(host)
             return self._accept(d, host, model, completion, call)
         if refused_here:
@@ -361,10 +383,43 @@ class Runner:
         self.results.save(result)
         return Parked(result, due)
 
+    # -- flow control: a slot per call within the host's shared limits ------------------------
+
+    def _take_slot(self, d: Delivery, host: str) -> float | None:
+        """Take a call slot on ``host``'s flows; the seconds to wait when none is free."""
+        self._end_slot()
+        tin = d.route.tokens_in or tokens.count(d.job.text())
+        hold = float(self.config.hosts[host].timeout_s) + 5.0
+        got = self.flow.acquire(host, f"{d.job.id}:{d.attempt}:{os.urandom(3).hex()}",
+                                tin + (d.job.max_tokens or DEFAULT_OUT_TOKENS), hold_s=hold)
+        if isinstance(got, Slot):
+            self._slot = got
+            return None
+        return got
+
+    def _end_slot(self, reported_tokens: int | None = None) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None and slot.flows:
+            with contextlib.suppress(redis.RedisError):  # the slot's deadline frees it otherwise
+                self.flow.release(slot, reported_tokens)
+
+    @staticmethod
+    def _may_wait(d: Delivery, wait: float) -> bool:
+        """Waiting fits when the job has no latency budget or the wait is inside it."""
+        budget = d.job.latency_budget_s
+        return budget is None or wait <= budget
+
+    def _wait_for(self, d: Delivery, host: str, wait: float) -> Parked:
+        """Park the job for the time the limit needs (no worker sleeps or spins on it)."""
+        return self._park_until(d, f"{host}: rate limit, a slot is free in {wait:.2f}s",
+                                time.time() + wait)
+
     def _host_failed(self, host: str, exc: BackendError) -> str:
         """Feed the breaker for a failure another place may fix; returns the problem line."""
         if isinstance(exc, ContextTooLong):
             return f"{host}: context too long ({exc.message})"  # the host is fine
+        if isinstance(exc, RateLimited):
+            return f"{host}: rate limited ({exc.message})"  # the limiter knows; the host is fine
         if isinstance(exc, QuotaExhausted):
             self.breaker.failure(host, f"quota exhausted: {exc.message}",
                                  hard_s=self.config.reliability.breaker_open_s * 20)
@@ -389,6 +444,8 @@ class Runner:
         except RateLimited as exc:
             exc.call = call  # type: ignore[attr-defined]
             wait = exc.retry_after if exc.retry_after is not None else 1.0
+            # Every worker now waits for this host, through the same limiter.
+            self.flow.block(host, time.time() + wait)
             if wait > self.config.reliability.retry_after_budget_s:
                 raise
             self._record(d, host, model, None, outcome="host_error", error=str(exc), call=call)
