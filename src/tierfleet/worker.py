@@ -209,6 +209,13 @@ class Heartbeat(bootsteps.StartStopStep):
             threading.Thread(target=export.run_forever, args=(self._stop,),
                              name="tierfleet-ledger-export", daemon=True),
         ]
+        if config.ledger.url:
+            # Imported here: SQLAlchemy loads only on workers that write the ledger to SQL.
+            from .ledger_sql import SqlLedgerWriter
+
+            sql = SqlLedgerWriter(redis_client(config), config)
+            self._threads.append(threading.Thread(target=sql.run_forever, args=(self._stop,),
+                                                  name="tierfleet-ledger-sql", daemon=True))
         for t in self._threads:
             t.start()
 

@@ -55,5 +55,126 @@ def budget_show(config: str | None = _common.config_option()) -> None:
     _common.console.print(t)
 
 
+
+
+ledger_app = typer.Typer(help="The ledger's database: export and reconcile.", no_args_is_help=True)
+
+
+def _sql(cfg: object) -> object:
+    from ..ledger_sql import SqlLedger
+
+    url = getattr(getattr(cfg, "ledger"), "url")  # noqa: B009
+    if not url:
+        _common.fail("ledger.url is not set: the ledger has no database to read")
+    return SqlLedger(url)
+
+
+@ledger_app.command("export")
+def ledger_export(
+    out: Annotated[str, typer.Option(help="file to write")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
+    config: str | None = _common.config_option(),
+) -> None:
+    """Every record in the ledger's database, as CSV or Parquet (the pyarrow extra)."""
+    import csv
+
+    cfg = _common.get(config)
+    sql = _sql(cfg)
+    cols = ["job_id", "attempt", "call", "ts", "workflow", "kind", "tier", "host", "model", "outcome",
+            "tokens_in", "tokens_out", "tokens_estimated", "cost_usd", "baseline_cost_usd", "latency_s",
+            "fallbacks", "job_final", "cache_hit", "simulated", "privacy", "error"]
+    recs = ({c: r.get(c) for c in cols} for r in sql.iter_records())  # type: ignore[attr-defined]
+    if fmt == "csv":
+        n = 0
+        with open(out, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=cols)
+            w.writeheader()
+            for r in recs:
+                w.writerow(r)
+                n += 1
+    elif fmt == "parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            _common.fail("parquet needs pyarrow: pip install 'tierfleet[parquet]'")
+            raise
+        rows = list(recs)
+        pq.write_table(pa.Table.from_pylist(rows), out)
+        n = len(rows)
+    else:
+        _common.fail(f"--format must be csv or parquet, not {fmt!r}")
+        return
+    typer.echo(f"{n} records written to {out}")
+
+
+@ledger_app.command("reconcile")
+def ledger_reconcile(
+    usage_csv: Annotated[str, typer.Argument(help="the provider's usage export (OpenAI usage CSV)",
+                                             metavar="FILE")],
+    host: Annotated[list[str] | None, typer.Option(help="ledger hosts billed by this provider")] = None,
+    config: str | None = _common.config_option(),
+) -> None:
+    """Differences per model and day between the ledger and the provider's own usage."""
+    from ..reports.reconcile import ledger_usage, read_openai_usage, reconcile
+
+    cfg = _common.get(config)
+    try:
+        provider = read_openai_usage(usage_csv)
+    except (OSError, ValueError) as exc:
+        _common.fail(str(exc))
+        raise
+    days = {d for d, _ in provider}
+    hosts = set(host) if host else {n for n, h in cfg.hosts.items()
+                                    if h.kind == "openai" and cfg.tiers[h.tier].place == "paid"}
+    if cfg.ledger.url:
+        records = _sql(cfg).iter_records()  # type: ignore[attr-defined]
+    else:
+        from ..ledger import Ledger
+
+        records = Ledger(redis.Redis.from_url(cfg.redis_url, decode_responses=True), cfg).raw_between(0, 4e9)
+    diffs = reconcile(ledger_usage(records, days, hosts), provider)
+    if not diffs:
+        typer.echo(f"no differences over {len(provider)} (day, model) rows")
+        return
+    t = Table("day", "model", "differs", "requests", "input tokens", "output tokens", "cost")
+    for d in diffs:
+        t.add_row(d.day, d.model, ",".join(d.fields),
+                  f"{d.ledger.requests} vs {d.provider.requests}",
+                  f"{d.ledger.tokens_in:,} vs {d.provider.tokens_in:,} "
+                  f"({d.ledger.tokens_in - d.provider.tokens_in:+,})",
+                  f"{d.ledger.tokens_out:,} vs {d.provider.tokens_out:,} "
+                  f"({d.ledger.tokens_out - d.provider.tokens_out:+,})",
+                  "-" if d.provider.cost_usd is None
+                  else f"${d.ledger.cost_usd or 0:.4f} vs ${d.provider.cost_usd:.4f}")
+    _common.console.print(t)
+    raise typer.Exit(1)
+
+
+def ledger_writer(
+    once: Annotated[bool, typer.Option(help="drain what is there now and exit")] = False,
+    config: str | None = _common.config_option(),
+) -> None:
+    """Move the ledger's record stream from Redis into the database at ledger.url."""
+    import threading
+
+    from ..ledger_sql import SqlLedgerWriter
+
+    cfg = _common.get(config)
+    if not cfg.ledger.url:
+        _common.fail("ledger.url is not set: no database to write the ledger to")
+    writer = SqlLedgerWriter(redis.Redis.from_url(cfg.redis_url), cfg)
+    if once:
+        typer.echo(f"{writer.drain()} records written")
+        return
+    writer.run_forever(threading.Event())
+
+
+def register_ledger(app: typer.Typer) -> None:
+    app.add_typer(ledger_app, name="ledger")
+    app.command("ledger-writer")(ledger_writer)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(budget_app, name="budget")
+    register_ledger(app)

@@ -157,14 +157,22 @@ def register(app: typer.Typer) -> None:
         check_: Annotated[
             bool, typer.Option("--check", help="exit 1 with the reasons when an alert fires")
         ] = False,
+        source: Annotated[
+            str | None, typer.Option(help="redis or sql (default: sql when ledger.url is set)")
+        ] = None,
         config: str | None = _common.config_option(),
     ) -> None:
         """Spend, tokens, latency and savings against the baseline model, from the ledger."""
         cfg = _common.get(config)
+        source = source or ("sql" if cfg.ledger.url else "redis")
+        if source not in ("redis", "sql") or (source == "sql" and not cfg.ledger.url):
+            _common.fail("--source sql needs ledger.url in the config" if source == "sql"
+                         else f"--source must be redis or sql, not {source!r}")
+        url = cfg.ledger.url if source == "sql" else None
         client = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=5)
         try:
-            rep = build(since, by, config=cfg, redis=client)
-            previous = previous_report(rep, config=cfg, redis=client) if check_ else None
+            rep = build(since, by, config=cfg, redis=client, sql_url=url)
+            previous = previous_report(rep, config=cfg, redis=client, sql_url=url) if check_ else None
             budget_alerts = BudgetBook(client, cfg).alerts() if check_ else []
         except redis.RedisError as exc:
             _common.fail(f"cannot read the ledger from Redis at {_redact_url(cfg.redis_url)}: {exc}")
