@@ -198,6 +198,9 @@ class Ledger:
         if retention_days is None:
             retention_days = config.ledger.redis_days()
         self.retention_s = int(retention_days * 86400)
+        # The raw per-day lists serve reports from Redis; once SQL holds the ledger, reports
+        # read it there and Redis keeps one copy less of every record.
+        self.day_lists = config.ledger.url is None
         self.write_jsonl = write_jsonl
         self._p = keys.ledger_prefix(config)
         self._log_key = keys.ledger_log(config)
@@ -272,8 +275,9 @@ class Ledger:
                     pipe.multi()
                     pipe.hset(job_key, field, line)
                     pipe.expire(job_key, self.retention_s)
-                    pipe.rpush(self._day_key(day), line)
-                    pipe.expire(self._day_key(day), self.retention_s)
+                    if self.day_lists:
+                        pipe.rpush(self._day_key(day), line)
+                        pipe.expire(self._day_key(day), self.retention_s)
                     counters = _counters(rec)
                     for dim, value in _dim_values(rec).items():
                         key = self._agg_key(day, dim)

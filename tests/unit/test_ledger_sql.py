@@ -48,13 +48,15 @@ def sql_config(core_config: FleetConfig, tmp_path: Path) -> FleetConfig:
 
 def test_the_writer_moves_every_record_once_and_reports_agree(
         sql_config: FleetConfig, fake_redis: fakeredis.FakeRedis) -> None:
-    fill(sql_config, fake_redis, 300)
+    url, sql_config.ledger.url = sql_config.ledger.url, None
+    fill(sql_config, fake_redis, 300)  # Redis keeps its day lists: a report to compare with
+    sql_config.ledger.url = url
     writer = SqlLedgerWriter(fake_redis, sql_config)
     assert writer.drain(batch=64) == 300
     assert writer.drain() == 0
     assert writer.sql.count() == 300
     end = time.time()
-    from_redis = report("7d", "tier", config=sql_config, redis=fake_redis, end=end)
+    from_redis = report("7d", "tier", config=sql_config, redis=fake_redis, end=end, sql_url="")
     from_sql = report("7d", "tier", config=sql_config, redis=fake_redis, end=end,
                       sql_url=sql_config.ledger.url)
     assert from_sql.model_dump() == from_redis.model_dump()
@@ -106,6 +108,8 @@ def test_the_stream_is_trimmed_only_below_both_readers(
 def test_redis_keeps_a_short_window_once_sql_holds_the_ledger(
         sql_config: FleetConfig, fake_redis: fakeredis.FakeRedis) -> None:
     assert Ledger(fake_redis, sql_config).retention_s == 3 * 86400
+    fill(sql_config, fake_redis, 10)
+    assert fake_redis.keys("tierfleet:ledger:day:*") == []  # SQL serves the reports
     sql_config.ledger.redis_retention_days = 1
     assert Ledger(fake_redis, sql_config).retention_s == 86400
     sql_config.ledger.url = None
@@ -115,7 +119,9 @@ def test_redis_keeps_a_short_window_once_sql_holds_the_ledger(
 
 def test_reconcile_prints_differences_per_model_and_day(
         sql_config: FleetConfig, fake_redis: fakeredis.FakeRedis, tmp_path: Path) -> None:
+    sql_config.ledger.url = None
     fill(sql_config, fake_redis, 60)
+    sql_config.ledger.url = None
     recs = Ledger(fake_redis, sql_config).raw_between(0, 4e9)
     ours = ledger_usage(recs, hosts={"openai"})
     path = tmp_path / "usage.csv"

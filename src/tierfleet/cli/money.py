@@ -168,7 +168,7 @@ def register(app: typer.Typer) -> None:
         if source not in ("redis", "sql") or (source == "sql" and not cfg.ledger.url):
             _common.fail("--source sql needs ledger.url in the config" if source == "sql"
                          else f"--source must be redis or sql, not {source!r}")
-        url = cfg.ledger.url if source == "sql" else None
+        url = cfg.ledger.url if source == "sql" else ""  # "": Redis
         client = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=5)
         try:
             rep = build(since, by, config=cfg, redis=client, sql_url=url)

@@ -280,11 +280,13 @@ def report(
     sql_url: str | None = None,
 ) -> Report:
     """The report for the ``since`` period ending at ``end`` (default now); from the SQL
-    ledger at ``sql_url`` when given (the same records, so the same figures)."""
+    ledger at ``sql_url`` (default ``ledger.url``; ``""`` reads Redis) — the same records,
+    so the same figures."""
     config = config or get_config()
     end = time.time() if end is None else end
     start = end - parse_since(since)
-    if sql_url is not None:
+    sql_url = config.ledger.url if sql_url is None else sql_url
+    if sql_url:
         from ..ledger_sql import SqlLedger  # SQLAlchemy only for SQL reads
 
         records = SqlLedger(sql_url).raw_between(start, end)
