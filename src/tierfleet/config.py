@@ -204,10 +204,64 @@ class ReliabilityConfig(_Strict):
 
 class LedgerConfig(_Strict):
     dir: str = "tierfleet-ledger"
+    # The ledger's database (SQLAlchemy URL): "sqlite:///tierfleet-ledger/ledger.db" on one
+    # machine, "postgresql+psycopg://user@host/db" for a fleet. Unset: Redis and JSONL only.
+    url: str | None = None
+    # How long Redis keeps records (days): the whole history without a database, a short
+    # window (budgets and today's reports) once ``url`` holds it.
+    redis_retention_days: float | None = Field(default=None, gt=0)
     baseline_model: str | None = None
     alert_cost_increase: float = Field(default=0.20, ge=0)
     max_fallback_rate: float = Field(default=0.20, ge=0, le=1)
     max_escalation_rate: float = Field(default=0.15, ge=0, le=1)
+
+    def redis_days(self) -> float:
+        if self.redis_retention_days is not None:
+            return self.redis_retention_days
+        return 400.0 if self.url is None else 3.0
+
+
+class BudgetConfig(_Strict):
+    """One spending limit (``[budgets.NAME]``); ``tierfleet budget set`` overrides it at run time.
+
+    ``scope`` is ``fleet``, ``workflow:NAME``, ``tag:NAME`` (a tag in the job's
+    ``metadata["tags"]``, comma separated) or ``user_tier:NAME``. Only rented and paid
+    calls count: our own hardware has no marginal cost.
+    """
+
+    scope: str = "fleet"
+    limit_usd: float = Field(ge=0)
+    period: Literal["day", "month"] = "day"
+    # What a job that cannot reserve its estimate does: an allowed cheaper tier (else it
+    # parks), wait in the parked set until the period resets, or fail with the reason.
+    on_exhausted: Literal["cheaper", "park", "reject"] = "cheaper"
+    alerts: list[float] = Field(default_factory=lambda: [0.8, 1.0])
+
+    @model_validator(mode="after")
+    def _known_scope(self) -> BudgetConfig:
+        kind, _, value = self.scope.partition(":")
+        if kind == "fleet" and not value:
+            return self
+        if kind not in ("workflow", "tag", "user_tier") or not value:
+            raise ValueError(f"scope {self.scope!r}: use fleet, workflow:NAME, tag:NAME or user_tier:NAME")
+        return self
+
+
+class FlowConfig(_Strict):
+    """A provider's limits on a host or an account (``[flow.NAME]``), shared by every worker.
+
+    ``hosts`` lists the hosts that draw on it: one host, or every host of one account.
+    ``window_s`` is the length of the provider's "minute" (tests scale it down);
+    ``safety`` widens our window a little, so requests that leave the workers a few
+    milliseconds apart still reach the provider inside its own limit.
+    """
+
+    hosts: list[str] = Field(min_length=1)
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
+    concurrency: int | None = Field(default=None, gt=0)
+    window_s: float = Field(default=60.0, gt=0)
+    safety: float = Field(default=0.05, ge=0, le=1)
 
 
 class CacheConfig(_Strict):
@@ -277,6 +331,8 @@ class FleetConfig(BaseSettings):
     reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    budgets: dict[str, BudgetConfig] = Field(default_factory=dict)
+    flow: dict[str, FlowConfig] = Field(default_factory=dict)
     rules: RulesConfig = Field(default_factory=RulesConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
@@ -322,6 +378,10 @@ class FleetConfig(BaseSettings):
                             f"models.{m}: paid tier {name} uses it but it has no "
                             "input_per_mtok/output_per_mtok price"
                         )
+        for fname, flow in self.flow.items():
+            for h in flow.hosts:
+                if h not in self.hosts:
+                    problems.append(f"flow.{fname}.hosts: unknown host {h!r}")
         for kind, t in self.policy.kind_tiers.items():
             if t not in self.tiers:
                 problems.append(f"policy.kind_tiers.{kind}: unknown tier {t!r}")

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import keys, rules
 from .broker import make_celery, redis_client, send
+from .budgets import BudgetBook
 from .config import FleetConfig, LimitsConfig, get_config
 from .durability import DurableSubmit
 from .envelope import Delivery
@@ -222,6 +223,8 @@ class Dispatcher:
             live_workers=workers,
             service_time_s={t: float(v) for t, v in (svc or {}).items()},
             open_hosts=self.breaker.open_hosts(),
+            # The policy's budget stage steers a job off a tier its budgets cannot pay for.
+            budgets=BudgetBook(self.redis, self.config).left(),
         )
         with self._lock:
             self._state = (time.monotonic(), state)
@@ -237,6 +240,7 @@ class Dispatcher:
         return FleetState(
             queue_depth=state.queue_depth, live_workers=state.live_workers,
             service_time_s=state.service_time_s, open_hosts=state.open_hosts,
+            budgets=state.budgets,
             session_tiers={job.session: list(reversed(recent))},
         )
 

@@ -145,10 +145,18 @@ class HealthChecker:
             v = self.breaker.view(host)
             return False, f"breaker open ({v.reason or 'failures'})"
         health = self.probe(host)
+        if not health.ok and health.local_fault:
+            # This worker's own key: the host stays usable for everyone else.
+            return False, f"refused this worker's key: {health.detail}"
         if not health.ok:
             self.breaker.failure(host, f"health check failed: {health.detail}")
             return False, f"health check failed: {health.detail}"
         return True, "ok"
+
+    def local_fault(self, host: str) -> bool:
+        """Whether ``host``'s last probe here failed for this process's own reason (auth)."""
+        hit = self._cache.get(host)
+        return bool(hit and hit[1].local_fault)
 
     def forget(self, host: str) -> None:
         self._cache.pop(host, None)

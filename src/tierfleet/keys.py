@@ -29,6 +29,11 @@ P:ledger:log                   stream       ledger.Ledger (records to export as 
 P:ledger:log:cursor            string       ledger.LedgerExport (last exported id)
 P:ledger:export:lock           string       ledger.LedgerExport (one exporter at a time)
 P:cache:{privacy}:{digest}     string JSON  cache.AnswerCache
+P:budget:conf                  hash         budgets.BudgetBook (run-time budget overrides)
+P:budget:{name}:{period}       hash         budgets.BudgetBook (spent nanos, r:{hold})
+P:flow:{name}:req|tok|conc     zset, hash   flow.Flow (calls in the window, tokens, busy)
+P:flow:host:{host}:until       string       flow.Flow (a 429's Retry-After end)
+P:ledger:sql:cursor|lock       string       ledger_sql.SqlLedgerWriter
 P:metrics:{name}               hash         metrics
 P:stats:{name}                 counter      reaper (jobs restored from dead nodes)
 P:reaper:lock                  string       reaper.Reaper (one sweeper at a time)

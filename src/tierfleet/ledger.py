@@ -190,12 +190,17 @@ class Ledger:
         redis_client: redis.Redis,
         config: FleetConfig,
         *,
-        retention_days: int = DEFAULT_RETENTION_DAYS,
+        retention_days: float | None = None,
         write_jsonl: bool = True,
     ) -> None:
         self.redis = redis_client
         self.config = config
+        if retention_days is None:
+            retention_days = config.ledger.redis_days()
         self.retention_s = int(retention_days * 86400)
+        # The raw per-day lists serve reports from Redis; once SQL holds the ledger, reports
+        # read it there and Redis keeps one copy less of every record.
+        self.day_lists = config.ledger.url is None
         self.write_jsonl = write_jsonl
         self._p = keys.ledger_prefix(config)
         self._log_key = keys.ledger_log(config)
@@ -270,8 +275,9 @@ class Ledger:
                     pipe.multi()
                     pipe.hset(job_key, field, line)
                     pipe.expire(job_key, self.retention_s)
-                    pipe.rpush(self._day_key(day), line)
-                    pipe.expire(self._day_key(day), self.retention_s)
+                    if self.day_lists:
+                        pipe.rpush(self._day_key(day), line)
+                        pipe.expire(self._day_key(day), self.retention_s)
                     counters = _counters(rec)
                     for dim, value in _dim_values(rec).items():
                         key = self._agg_key(day, dim)
@@ -426,6 +432,25 @@ class InFlight:
         return settled
 
 
+def sql_cursor_key(config: FleetConfig) -> str:
+    return keys.key(config, "ledger", "sql", "cursor")
+
+
+def trim_ledger_stream(client: redis.Redis, config: FleetConfig, own_last: str | None = None) -> None:
+    """Trim the record stream below the slowest reader's cursor (the JSONL export, and the
+    SQL writer when ``ledger.url`` is set), so neither loses a record to the other's trim."""
+    cursors = [keys.ledger_log_cursor(config)]
+    if config.ledger.url:
+        cursors.append(sql_cursor_key(config))
+    values = client.mget(cursors)
+    if any(v is None for v in values):
+        return  # a reader that has not started yet still needs everything
+    ids = [_str(v) for v in values]
+    lowest = min(ids, key=lambda i: tuple(int(x) for x in i.split("-")))
+    # XTRIM MINID keeps the entry equal to ``lowest``; its reader's cursor skips it.
+    client.xtrim(keys.ledger_log(config), minid=lowest, approximate=False)
+
+
 class LedgerExport:
     """Appends the ledger's record stream to the JSONL files, then trims the stream.
 
@@ -470,11 +495,8 @@ class LedgerExport:
                     finally:
                         os.close(fd)
                 last = _str(entries[-1][0])
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.set(self.cursor_key, last)
-                pipe.xtrim(self.stream, minid=last)
-                pipe.execute()
-                # XTRIM MINID keeps the entry equal to ``last``; the cursor skips it.
+                self.redis.set(self.cursor_key, last)
+                trim_ledger_stream(self.redis, self.config)
                 written += len(entries)
         finally:
             self.redis.delete(self.lock_key)

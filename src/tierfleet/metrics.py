@@ -293,7 +293,23 @@ class FleetCollector(Collector):
                                       "Messages delivered to workers and not yet acknowledged",
                                       value=float(unacked))
         return [jobs, attempts, latency, toks, cost, wfcost, depth, workers, processes, busy,
-                breakers, parked, dead, in_flight]
+                breakers, parked, dead, in_flight, *self._budget_families()]
+
+    def _budget_families(self) -> list[Metric]:
+        from .budgets import BudgetBook  # budgets import the policy; metrics stay light otherwise
+
+        spent = GaugeMetricFamily("tierfleet_budget_spent_usd",
+                                  "Spend in each budget's current period", labels=["budget", "period"])
+        limit = GaugeMetricFamily("tierfleet_budget_limit_usd", "Each budget's limit per period",
+                                  labels=["budget", "period"])
+        used = GaugeMetricFamily("tierfleet_budget_used_ratio",
+                                 "Spent / limit; alert at the budget's thresholds (0.8, 1.0)",
+                                 labels=["budget", "period"])
+        for s in BudgetBook(self.redis, self.config).status():
+            spent.add_metric([s.name, s.period], s.spent_usd)
+            limit.add_metric([s.name, s.period], s.limit_usd)
+            used.add_metric([s.name, s.period], s.used)
+        return [spent, limit, used]
 
 
 def fleet_registry(client: redis.Redis, config: FleetConfig) -> CollectorRegistry:

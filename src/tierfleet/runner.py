@@ -47,10 +47,12 @@ from .backends.base import (
     QuotaExhausted,
     RateLimited,
 )
+from .budgets import BudgetBook, Hold, Refusal
 from .cache import AnswerCache
 from .config import FleetConfig
 from .envelope import Delivery
-from .fleet import FleetView
+from .fleet import DEFAULT_OUT_TOKENS, FleetView
+from .flow import Flow, Slot
 from .health import Breaker, HealthChecker
 from .jobs import Attempt, Job, Reason, Result, Status
 from .ledger import InFlight, Ledger, Recorded
@@ -152,6 +154,10 @@ class Runner:
         self.cache = AnswerCache(client, config)
         self.breaker = Breaker(client, config)
         self.external_ids = RedisExternalIds(client, config)
+        self.budgets = BudgetBook(client, config)
+        self._hold: Hold | None = None  # the budget reservation of the call under way
+        self.flow = Flow(client, config)
+        self._slot: Slot | None = None  # the flow-control slot of the call under way
         self._backend_for = backend_for or self._make_backend
         self._backends: dict[str, Backend] = {}
         self.health = HealthChecker(self.breaker, self.backend, config)
@@ -252,12 +258,15 @@ class Runner:
             # On a Redis blink the lease expires; a takeover checks the owner's heartbeat.
             with contextlib.suppress(redis.RedisError):
                 self.leases.release(d.job.id, token)
+            self._release_hold()
+            self._end_slot()
 
     def _try_hosts(self, d: Delivery, model: str) -> Outcome:
         route = d.route
         request = self._request(d.job, model)
         problems: list[str] = []
         need_window = 0
+        refused_here = False  # a host refused this worker's key: not the job's or host's fault
         for host, window in self._host_order(d, model):
             if route.tokens_in and route.tokens_in > window:
                 problems.append(f"{host}: prompt larger than its window")
@@ -265,10 +274,29 @@ class Runner:
             ok, why = self.health.available(host)
             if not ok:
                 problems.append(f"{host}: {why}")
+                refused_here = refused_here or self.health.local_fault(host)
                 continue
+            wait = self._take_slot(d, host)
+            if wait is not None:
+                if self._may_wait(d, wait):
+                    return self._wait_for(d, host, wait)
+                problems.append(f"{host}: rate limited for {wait:.2f}s, beyond the job's latency budget")
+                continue
+            refused = self._reserve(d, host, model)
+            if refused is not None:
+                return self._over_budget(d, model, refused)
             try:
                 completion, call = self._complete(d, host, model, request)
             except BackendError as exc:
+                self._end_slot()
+                if isinstance(exc, RateLimited) and exc.reached:
+                    self._record(d, host, model, None, outcome="host_error", error=str(exc),
+                                 call=getattr(exc, "call", None))
+                    wait = exc.retry_after if exc.retry_after is not None else 1.0
+                    if self._may_wait(d, wait):  # a rate limit is waited out, not a fault
+                        return self._wait_for(d, host, wait)
+                    problems.append(f"{host}: rate limited for {wait:.2f}s, beyond the job's latency budget")
+                    continue
                 if not exc.fallback:
                     # Bad request, auth, model missing: every other host would say the same.
                     self._record(d, host, model, None, outcome="failed", error=str(exc),
@@ -284,15 +312,118 @@ class Runner:
                     # Our count said it fits, the host says not: only a larger window helps.
                     need_window = max(need_window, window, route.tokens_in or 1)
                 continue
+            reported = (None if completion.tokens_in is None or completion.tokens_out is None
+                        else completion.tokens_in + completion.tokens_out)
+            self._end_slot(reported)
             self.breaker.success(host)
             return self._accept(d, host, model, completion, call)
+        if refused_here:
+            # Moving on would bill a pricier tier for this worker's misconfiguration: park,
+            # so the job re-enters its own route, where a well-configured worker takes it.
+            why = "; ".join(problems)
+            self._record(d, None, d.route.model, None, outcome="fallback", error=why)
+            return self._park(d, why)
         return self._fall_back(d, "; ".join(problems) or f"no host of {d.tier} serves {model}",
                                need_window=need_window)
+
+    # -- budgets: reserve before a rented or paid call, spend with its record, release after --
+
+    def _estimate(self, d: Delivery, host: str, model: str) -> float:
+        """The call's cost if it uses its whole output allowance (what the dispatcher estimates)."""
+        tin = d.route.tokens_in or tokens.count(d.job.text())
+        return self.fleet.cost(d.tier, model, tin, d.job.max_tokens or DEFAULT_OUT_TOKENS)
+
+    def _reserve(self, d: Delivery, host: str, model: str) -> Refusal | None:
+        """Hold the call's estimate on every budget covering the job; the Refusal if one is full."""
+        self._release_hold()
+        if self.config.tiers[d.tier].place not in ("rented", "paid"):
+            return None
+        timeout = float(self.config.hosts[host].timeout_s) + self.config.reliability.task_time_limit_s
+        got = self.budgets.reserve(d.job, self._estimate(d, host, model), f"{d.job.id}:{d.attempt}",
+                                   hold_s=timeout)
+        if isinstance(got, Refusal):
+            return got
+        self._hold = got
+        return None
+
+    def _release_hold(self) -> None:
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            with contextlib.suppress(redis.RedisError):  # its deadline frees it otherwise
+                self.budgets.release(hold)
+
+    def _over_budget(self, d: Delivery, model: str, refused: Refusal) -> Outcome:
+        """A job whose budget is full: a cheaper allowed tier, a park until reset, or a refusal."""
+        why = refused.reason
+        action = refused.budget.on_exhausted
+        if action == "reject":
+            self._record(d, None, model, None, outcome="failed", error=why)
+            return self._fail(d, f"{why} (on_exhausted = reject)")
+        self._record(d, None, model, None, outcome="fallback", error=why)
+        if action == "cheaper":
+            rank = {"rules": 0, "local": 1, "rented": 2, "paid": 3}
+            here = rank[self.config.tiers[d.tier].place]
+            cheaper = [t for t in self._next_tiers(d, list(self.fleet.ladder))
+                       if 0 < rank[self.config.tiers[t].place] < here]
+            if cheaper:  # the strongest tier that costs less
+                return self._move(d, max(cheaper, key=lambda t: self.fleet.rank.get(t, -1)), why)
+        return self._park_until(d, why, refused.resets_at)
+
+    def _park_until(self, d: Delivery, why: str, due: float) -> Parked:
+        """Park until ``due`` (a budget's reset, a rate limit's free slot). Waiting is not a
+        failure, so the job's park count (which ends in the dead letters) does not grow."""
+        back = d.restarted(why)
+        back = back.model_copy(update={"parks": d.parks})
+        if back.route.model is None:
+            model = self.fleet.model_for(back.tier, d.route.kind.value)
+            back = back.model_copy(update={"route": back.route.model_copy(update={"model": model})})
+        self.parking.park(back, 0, why)
+        # Parking.park schedules by its backoff; this wait has a known end instead. A crash
+        # before this line only brings the job back early, to park again.
+        self.redis.zadd(self.parking.parked_index, {d.job.id: due}, xx=True)
+        result = Result(job_id=d.job.id, status=Status.PARKED, kind=d.route.kind.value,
+                        attempts=d.attempt, trail=[*d.trail, d.tier],
+                        error=f"parked until {time.strftime('%H:%M:%S', time.localtime(due))}: {why}")
+        self.results.save(result)
+        return Parked(result, due)
+
+    # -- flow control: a slot per call within the host's shared limits ------------------------
+
+    def _take_slot(self, d: Delivery, host: str) -> float | None:
+        """Take a call slot on ``host``'s flows; the seconds to wait when none is free."""
+        self._end_slot()
+        tin = d.route.tokens_in or tokens.count(d.job.text())
+        hold = float(self.config.hosts[host].timeout_s) + 5.0
+        got = self.flow.acquire(host, f"{d.job.id}:{d.attempt}:{os.urandom(3).hex()}",
+                                tin + (d.job.max_tokens or DEFAULT_OUT_TOKENS), hold_s=hold)
+        if isinstance(got, Slot):
+            self._slot = got
+            return None
+        return got
+
+    def _end_slot(self, reported_tokens: int | None = None) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None and slot.flows:
+            with contextlib.suppress(redis.RedisError):  # the slot's deadline frees it otherwise
+                self.flow.release(slot, reported_tokens)
+
+    @staticmethod
+    def _may_wait(d: Delivery, wait: float) -> bool:
+        """Waiting fits when the job has no latency budget or the wait is inside it."""
+        budget = d.job.latency_budget_s
+        return budget is None or wait <= budget
+
+    def _wait_for(self, d: Delivery, host: str, wait: float) -> Parked:
+        """Park the job for the time the limit needs (no worker sleeps or spins on it)."""
+        return self._park_until(d, f"{host}: rate limit, a slot is free in {wait:.2f}s",
+                                time.time() + wait)
 
     def _host_failed(self, host: str, exc: BackendError) -> str:
         """Feed the breaker for a failure another place may fix; returns the problem line."""
         if isinstance(exc, ContextTooLong):
             return f"{host}: context too long ({exc.message})"  # the host is fine
+        if isinstance(exc, RateLimited):
+            return f"{host}: rate limited ({exc.message})"  # the limiter knows; the host is fine
         if isinstance(exc, QuotaExhausted):
             self.breaker.failure(host, f"quota exhausted: {exc.message}",
                                  hard_s=self.config.reliability.breaker_open_s * 20)
@@ -317,6 +448,8 @@ class Runner:
         except RateLimited as exc:
             exc.call = call  # type: ignore[attr-defined]
             wait = exc.retry_after if exc.retry_after is not None else 1.0
+            # Every worker now waits for this host, through the same limiter.
+            self.flow.block(host, time.time() + wait)
             if wait > self.config.reliability.retry_after_budget_s:
                 raise
             self._record(d, host, model, None, outcome="host_error", error=str(exc), call=call)
@@ -462,8 +595,12 @@ class Runner:
         """Ledger, metrics and the end of the call's in-flight note in one transaction,
         only for a new record: a redelivery is billed and counted once. The ledger prices
         the attempt."""
+        hold = self._hold
+
         def also(pipe: Any, a: Attempt) -> None:
             metrics.add_attempt(pipe, self.config, a)
+            if hold is not None:  # the budget's spend moves with the record, exactly once
+                self.budgets.spend(pipe, hold, a.cost_usd)
             if a.call:
                 self.inflight.end(a.call, pipe)
 

@@ -37,6 +37,7 @@ from .envelope import Delivery
 from .heartbeats import Watchdog, write_heartbeat
 from .ledger import LedgerExport
 from .logs import json_wanted, setup_celery_logging, setup_logging
+from .preflight import host_problems
 from .reaper import Reaper
 from .runner import Duplicate, Moved, Parked, Runner
 from .shown import JobNotSucceeded, crash_error, is_confidential, not_succeeded, task_summary
@@ -184,6 +185,21 @@ def _tier_defaults(instance: Any = None, conf: Any = None, options: dict[str, An
 
 
 @worker_init.connect
+def _preflight(sender: Any = None, **_: Any) -> None:
+    """Refuse to consume when a host of this worker's tiers lacks what it needs (its API
+    key, say): failing here is local and loud, where failing per job tripped the host's
+    shared breaker and billed the jobs on the paid tier."""
+    selected = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
+    consumed = getattr(selected, "consume_from", None)
+    tiers = [t for t in (consumed or config.tiers) if t in config.tiers]
+    problems = host_problems(config, tiers)
+    if problems:
+        log.error("worker refuses to start: %s", "; ".join(problems))
+        # SystemExit passes through Celery's signal dispatch (it catches Exception only).
+        raise SystemExit(78)  # EX_CONFIG
+
+
+@worker_init.connect
 def _preload(**_: Any) -> None:
     # Load the tokenizer once before the pool forks, so no job (a first fallback, say)
     # waits ~0.5 s for it.
@@ -266,6 +282,13 @@ class Heartbeat(bootsteps.StartStopStep):
             threading.Thread(target=export.run_forever, args=(self._stop,),
                              name="tierfleet-ledger-export", daemon=True),
         ]
+        if config.ledger.url:
+            # Imported here: SQLAlchemy loads only on workers that write the ledger to SQL.
+            from .ledger_sql import SqlLedgerWriter
+
+            sql = SqlLedgerWriter(redis_client(config), config)
+            self._threads.append(threading.Thread(target=sql.run_forever, args=(self._stop,),
+                                                  name="tierfleet-ledger-sql", daemon=True))
         for t in self._threads:
             t.start()
 

@@ -82,7 +82,6 @@ def test_a_host_down_moves_the_job_to_the_next_allowed_tier(
 
 @pytest.mark.parametrize("error", [
     HostDown("ollama-gpu", "connection refused"),
-    RateLimited("ollama-gpu", "slow down", retry_after=60.0),  # beyond retry_after_budget_s
     QuotaExhausted("ollama-gpu", "insufficient_quota"),
 ])
 def test_each_host_failure_falls_back_and_feeds_the_breaker(
@@ -364,3 +363,34 @@ def test_a_crash_stores_a_failed_result(runner: Runner, core_config: FleetConfig
     assert stored is not None and stored.status is Status.FAILED
     assert stored.error == "internal error: RuntimeError: boom"
 
+
+
+def test_a_rate_limit_beyond_the_wait_budget_parks_the_job_for_its_retry_after(
+    runner: Runner, published: list[Delivery], stub_backends: dict[str, StubBackend],
+    core_config: FleetConfig,
+) -> None:
+    stub_backends["ollama-gpu"].script(RateLimited("ollama-gpu", "slow down", retry_after=60.0))
+    before = time.time()
+
+    outcome = runner.run(delivery(core_config))
+
+    assert isinstance(outcome, Parked) and before + 59 < outcome.due < time.time() + 61
+    assert published == []
+    assert runner.breaker.view("ollama-gpu").failures == 0  # a rate limit is no fault
+    # Every worker's limiter now holds the host back until the Retry-After ends.
+    assert runner.flow.acquire("ollama-gpu", "c", 10, hold_s=1) == pytest.approx(60, abs=1)
+
+
+def test_a_rate_limit_beyond_the_jobs_latency_budget_moves_on_without_the_breaker(
+    runner: Runner, published: list[Delivery], stub_backends: dict[str, StubBackend],
+    core_config: FleetConfig,
+) -> None:
+    stub_backends["ollama-gpu"].script(RateLimited("ollama-gpu", "slow down", retry_after=60.0))
+    d = delivery(core_config)
+    d = d.model_copy(update={"job": d.job.model_copy(update={"latency_budget_s": 5.0})})
+
+    outcome = runner.run(d)
+
+    assert isinstance(outcome, Moved) and outcome.to == "local-mac"
+    assert "rate limited" in outcome.why
+    assert runner.breaker.view("ollama-gpu").failures == 0

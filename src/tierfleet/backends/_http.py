@@ -300,7 +300,7 @@ class HttpBackend:
             return response, json_body(self.name, response)
         except BackendError as exc:
             return HostHealth(host=self.name, ok=False, latency_s=time.monotonic() - started,
-                              detail=exc.message)
+                              detail=exc.message, local_fault=isinstance(exc, AuthError))
 
 
 def reported_count(value: Any) -> int | None:

@@ -64,6 +64,9 @@ class HostHealth(BaseModel):
     model_present: bool | None = None
     load: dict[str, Any] = Field(default_factory=dict)  # Runpod: workers and jobs in queue
     simulated: bool = False
+    # The probe failed for this process's own reason (its key missing or refused, 401/403):
+    # the host may be fine for every other worker, so no shared breaker may hear of it.
+    local_fault: bool = False
 
 
 class BackendError(TierfleetError):

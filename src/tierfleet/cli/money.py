@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..budgets import BudgetBook
 from ..errors import TierfleetError
 from ..reports.inventory import Inventory, Throughput, plot_inventory, project
 from ..reports.spend import GroupBy, Report, check, plot_report, previous_report
@@ -151,6 +152,10 @@ def _print_inventory(inv: Inventory) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    from . import books
+
+    books.register(app)
+
     @app.command("report")
     def report_cmd(
         since: Annotated[str, typer.Option(help="period: 30d, 12h, 2w")] = "30d",
@@ -162,14 +167,23 @@ def register(app: typer.Typer) -> None:
         check_: Annotated[
             bool, typer.Option("--check", help="exit 1 with the reasons when an alert fires")
         ] = False,
+        source: Annotated[
+            str | None, typer.Option(help="redis or sql (default: sql when ledger.url is set)")
+        ] = None,
         config: str | None = _common.config_option(),
     ) -> None:
         """Spend, tokens, latency and savings against the baseline model, from the ledger."""
         cfg = _common.get(config)
+        source = source or ("sql" if cfg.ledger.url else "redis")
+        if source not in ("redis", "sql") or (source == "sql" and not cfg.ledger.url):
+            _common.fail("--source sql needs ledger.url in the config" if source == "sql"
+                         else f"--source must be redis or sql, not {source!r}")
+        url = cfg.ledger.url if source == "sql" else ""  # "": Redis
         client = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=5)
         try:
-            rep = build(since, by, config=cfg, redis=client)
-            previous = previous_report(rep, config=cfg, redis=client) if check_ else None
+            rep = build(since, by, config=cfg, redis=client, sql_url=url)
+            previous = previous_report(rep, config=cfg, redis=client, sql_url=url) if check_ else None
+            budget_alerts = BudgetBook(client, cfg).alerts() if check_ else []
         except redis.RedisError as exc:
             _common.fail(f"cannot read the ledger from Redis at {_redact_url(cfg.redis_url)}: {exc}")
             raise  # unreachable: fail exits
@@ -189,7 +203,9 @@ def register(app: typer.Typer) -> None:
             alerts = check(rep, previous)
             for a in alerts:
                 _err.print(f"[red]ALERT[/red] {a.name}: {a.reason}", highlight=False)
-            if alerts:
+            for name, _threshold, text in budget_alerts:
+                _err.print(f"[red]ALERT[/red] budget:{name}: {text}", highlight=False)
+            if alerts or budget_alerts:
                 raise typer.Exit(1)
             _err.print("no alerts", highlight=False)
 

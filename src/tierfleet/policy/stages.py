@@ -30,7 +30,7 @@ from ..errors import NoRoute
 from ..fleet import DEFAULT_OUT_TOKENS, FleetView
 from ..jobs import RULES_KINDS, Job, Kind, Privacy, Reason, Risk, UserTier
 from .models import Signals
-from .state import FleetState
+from .state import FleetState, scope_matches
 
 # Below this classifier confidence a job's own text is a weak signal: the
 # session's recent kind wins.
@@ -561,6 +561,47 @@ class Cost:
         d.decide(self.name, new, text)
 
 
+# -- 9. budgets ---------------------------------------------------------------------------------
+
+
+class Budget:
+    """Routes around a budget that cannot take the job's estimate on its chosen tier.
+
+    Reads ``FleetState.budgets`` (the dispatcher's snapshot); the worker's reservation
+    is what enforces a budget, this only spares the job a trip to a tier it cannot pay
+    for. ``cheaper`` budgets move it to the strongest allowed tier that costs less;
+    ``park`` and ``reject`` budgets leave the tier to the worker, which acts on them.
+    """
+
+    name = "budget"
+
+    def apply(self, d: Draft) -> None:
+        if d.tier is None or not d.state.budgets or d.fleet.place.get(d.tier) not in ("rented", "paid"):
+            return
+        need = d.cost_on(d.tier)
+        for b in d.state.budgets:
+            if not scope_matches(b.scope, d.job):
+                continue
+            if b.left_usd >= need:
+                d.note(self.name, f"budget {b.name}: ${b.left_usd:.4f} left, {d.tier} ~${need:.4f} fits")
+                continue
+            if b.on_exhausted != "cheaper" or d.pinned:
+                d.note(self.name, f"budget {b.name}: ${b.left_usd:.4f} left, {d.tier} needs ~${need:.4f}; "
+                                  f"the worker will {b.on_exhausted} it")
+                return
+            cheaper = [t for t in d.candidates() if d.cost_on(t) <= b.left_usd and t != d.tier]
+            if not cheaper:
+                d.note(self.name, f"budget {b.name}: ${b.left_usd:.4f} left and no allowed tier fits; "
+                                  "the worker parks it until the period resets")
+                return
+            dear = {t for t in d.permitted if d.cost_on(t) > b.left_usd}
+            d.forbid(dear)
+            new = cheaper[-1]
+            d.decide(self.name, new, f"budget {b.name}: ${b.left_usd:.4f} left, {d.tier} needs "
+                                     f"~${need:.4f} -> {new} (~${d.cost_on(new):.4f})")
+            return
+
+
 DEFAULT_STAGES: tuple[Stage, ...] = (
     Constraints(),
     Rules(),
@@ -571,4 +612,5 @@ DEFAULT_STAGES: tuple[Stage, ...] = (
     Size(),
     Load(),
     Cost(),
+    Budget(),
 )

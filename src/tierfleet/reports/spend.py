@@ -294,12 +294,20 @@ def report(
     config: FleetConfig | None = None,
     redis: redis_lib.Redis | None = None,
     end: float | None = None,
+    sql_url: str | None = None,
 ) -> Report:
-    """The report for the ``since`` period ending at ``end`` (default now)."""
+    """The report for the ``since`` period ending at ``end`` (default now); from the SQL
+    ledger at ``sql_url`` (default ``ledger.url``; ``""`` reads Redis) — the same records,
+    so the same figures."""
     config = config or get_config()
     end = time.time() if end is None else end
     start = end - parse_since(since)
-    if redis is not None:
+    sql_url = config.ledger.url if sql_url is None else sql_url
+    if sql_url:
+        from ..ledger_sql import SqlLedger  # SQLAlchemy only for SQL reads
+
+        records = SqlLedger(sql_url).raw_between(start, end)
+    elif redis is not None:
         records = Ledger(redis, config).raw_between(start, end)
     else:
         with redis_lib.Redis.from_url(config.redis_url) as client:
@@ -308,10 +316,12 @@ def report(
 
 
 def previous_report(
-    current: Report, *, config: FleetConfig | None = None, redis: redis_lib.Redis | None = None
+    current: Report, *, config: FleetConfig | None = None, redis: redis_lib.Redis | None = None,
+    sql_url: str | None = None,
 ) -> Report:
     """The period of the same length just before ``current``, for :func:`check`."""
-    return report(current.since, current.by, config=config, redis=redis, end=current.start)
+    return report(current.since, current.by, config=config, redis=redis, end=current.start,
+                  sql_url=sql_url)
 
 
 def check(current: Report, previous: Report | None = None) -> list[Alert]:
