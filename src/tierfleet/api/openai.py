@@ -20,9 +20,13 @@ accepted and ignored; ``max_tokens``/``max_completion_tokens`` and
 server-sent-event stream once the job has finished. The call waits up to
 ``api.wait_timeout_s`` (or ``tierfleet.wait_s``, never longer); on timeout it
 answers 504 with the job id (``error.job_id`` and ``x-tierfleet-job-id``) so
-the caller can poll ``GET /v1/jobs/{id}``. A request naming a job id
-(``tierfleet.id`` or ``X-Tierfleet-Job-Id``) that has already finished gets
-the stored answer instead of a second run, so a client may retry safely.
+the caller can poll ``GET /v1/jobs/{id}``. Retries never run twice
+(:mod:`.retries`): an ``Idempotency-Key`` header or a producer-set job id
+(``tierfleet.id``, ``X-Tierfleet-Job-Id``) names the job, and a request the
+OpenAI SDK marks as a retry (``x-stainless-retry-count``) with the same body and
+token as a recent one attaches to the first try's job; a finished job's stored
+answer is returned instead of a second run. The default wait (600 s) is the
+SDK's own timeout, so the client, not the API, decides when to give up.
 Answers carry ``x-tierfleet-tier``, ``x-tierfleet-route`` (the tiers tried,
 ``a->b``), ``x-tierfleet-job-id`` and, for simulated hosts,
 ``x-tierfleet-simulated: 1``; the body adds a ``tierfleet`` object (job id,
@@ -39,14 +43,16 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, FastAPI, Header
+from fastapi import Body, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..config import FleetConfig
 from ..dispatch import Dispatcher, parse_job
+from ..errors import JobRejected
 from ..jobs import MODEL_KINDS, TERMINAL, Job, Kind, Privacy, Result, Risk, Status, UserTier
+from . import retries
 from .errors import ERROR_RESPONSES, ApiError, ErrorResponse
 
 __all__ = ["ChatCompletion", "ChatCompletionRequest", "add_chat_route", "resolve_target"]
@@ -267,10 +273,13 @@ def _image_b64(url: str, where: str) -> str:
 
 
 def _chat_job(config: FleetConfig, body: ChatCompletionRequest,
-              headers: Mapping[str, str | None]) -> tuple[Job, float | None]:
+              headers: Mapping[str, str | None], *,
+              job_id: str | None = None) -> tuple[Job, float | None]:
     """The Job a chat request stands for, and the wait the caller asked for."""
     opts = body.tierfleet.model_dump(exclude_none=True) if body.tierfleet else {}
     wait_s = opts.pop("wait_s", None)
+    if job_id is not None:
+        opts["id"] = job_id
     for name, value in headers.items():
         if value is not None and name not in opts:
             opts[name] = value
@@ -361,6 +370,7 @@ def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
         },
     )
     async def chat_completions(
+        request: Request,
         body: Annotated[ChatCompletionRequest, Body(openapi_examples=CHAT_EXAMPLES)],
         x_tierfleet_privacy: Annotated[Privacy | None, Header()] = None,
         x_tierfleet_risk: Annotated[Risk | None, Header()] = None,
@@ -369,6 +379,7 @@ def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
         x_tierfleet_session: Annotated[str | None, Header(max_length=128)] = None,
         x_tierfleet_user_tier: Annotated[UserTier | None, Header()] = None,
         x_tierfleet_job_id: Annotated[str | None, Header(max_length=128)] = None,
+        idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
     ) -> Response:
         headers = {
             "privacy": x_tierfleet_privacy, "risk": x_tierfleet_risk,
@@ -376,14 +387,29 @@ def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
             "session": x_tierfleet_session, "user_tier": x_tierfleet_user_tier,
             "id": x_tierfleet_job_id,
         }
-        job, wait_s = _chat_job(cfg, body, {k: (v.value if hasattr(v, "value") else v)
-                                            for k, v in headers.items()})
+        tags = {k: (v.value if hasattr(v, "value") else v) for k, v in headers.items()}
+        header_id = tags.pop("id")
+        producer_id = (body.tierfleet.id if body.tierfleet else None) or header_id
+        # The fingerprint covers the tags too: a retry carries the same headers.
+        ident = await run_in_threadpool(
+            retries.identify, d.r, cfg, request.headers,
+            {"body": body.model_dump(mode="json"), "tags": tags}, producer_id)
+        job, wait_s = _chat_job(cfg, body, tags, job_id=ident.job_id)
         limit = min(wait_s or cfg.api.wait_timeout_s, cfg.api.wait_timeout_s)
         stored = await run_in_threadpool(d.results.get, job.id)
         if stored is None or stored.status not in TERMINAL:
-            # A repeated request with the same job id gets the stored answer, not a second run.
-            await run_in_threadpool(d.submit, job)
-        res = await wait_final(job.id, limit)
+            # A repeated request with the same job id gets the stored answer, not a second run;
+            # one still running is the same job (admission is idempotent by id).
+            try:
+                await run_in_threadpool(d.submit, job)
+            except JobRejected as exc:
+                if exc.field == "id" and ident.source == "idempotency-key":
+                    raise ApiError(422, f"Idempotency-Key {idempotency_key!r} was used for "
+                                   "another request body", code="idempotency_key_reused",
+                                   param="idempotency-key") from None
+                raise
+            await run_in_threadpool(retries.remember, d.r, cfg, ident)
+        res = await _wait_or_disconnect(request, job.id, limit)
         if res is None or res.status not in TERMINAL:
             raise ApiError(504, f"job {job.id} not finished after {limit:g}s; poll "
                            f"GET /v1/jobs/{job.id}", code="timeout", job_id=job.id,
@@ -401,3 +427,16 @@ def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
             return StreamingResponse(iter(_sse(completion, include)),
                                      media_type="text/event-stream", headers=extra)
         return JSONResponse(completion.model_dump(mode="json"), headers=extra)
+
+    async def _wait_or_disconnect(request: Request, job_id: str, seconds: float) -> Result | None:
+        """``wait_final`` in short slices, stopping when the client has hung up: a client
+        that timed out will retry (and attach to this job) or has given up; either way
+        nobody reads this answer, and holding the slot for 600 s would only waste it."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            res = await wait_final(job_id, max(0.0, min(1.0, left)))
+            if res is None or res.status in TERMINAL or left <= 1.0:
+                return res
+            if await request.is_disconnected():
+                return res
