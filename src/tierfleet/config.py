@@ -51,6 +51,12 @@ class ModelConfig(_Strict):
     output_per_mtok: float | None = Field(default=None, ge=0, description="USD per 1M output")
     context_window: int | None = Field(default=None, gt=0)
     vision: bool = False
+    # Function calling: jobs with ``tools`` are kept off tiers whose model cannot. Most
+    # current chat models can; set false for one that cannot (a tiny or base model).
+    tools: bool = True
+    # Constrained decoding to a JSON Schema (Ollama ``format``, OpenAI ``json_schema``);
+    # without it the schema goes in the prompt and the fleet's validation still applies.
+    json_schema: bool = True
 
 
 class TierConfig(_Strict):

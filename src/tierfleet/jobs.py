@@ -232,6 +232,13 @@ class Result(BaseModel):
     cache_hit: bool = False
     simulated: bool = False
     error: str | None = None
+    # What the host said about its answer: why it stopped ("stop", "length",
+    # "tool_calls"), the model name it reported, and function calls in OpenAI's shape.
+    finish_reason: str | None = None
+    served_model: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    # The route's reasons (dispatcher stages, then every worker move), for the caller.
+    reasons: list[str] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:

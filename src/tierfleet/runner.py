@@ -345,6 +345,8 @@ class Runner:
             tokens_out=att.tokens_out, tokens_estimated=att.tokens_estimated,
             cost_usd=spent, latency_s=c.latency_s, attempts=d.attempt,
             trail=[*d.trail, d.tier], simulated=c.simulated,
+            finish_reason=c.finish_reason, served_model=c.model, tool_calls=c.tool_calls,
+            reasons=route.explain(),
         )
         stored = self.results.save(result)
         if stored is result and verdict.ok:

@@ -129,3 +129,23 @@ def test_sdk_retries_make_no_second_job(fleet: Fleet) -> None:
     assert {r["outcome"] for r in records} == {"ok"}
     assert {r["job_id"] for r in records} == set(job_ids)
     assert fleet.sim.counters("mac").get("chat", 0) - calls_before == 100
+
+
+# -- 2. honest fields --------------------------------------------------------------------
+
+
+def test_a_cut_answer_is_length_with_the_hosts_counts(fleet: Fleet) -> None:
+    completion = sdk(fleet).chat.completions.create(
+        model="tier:local-mac", max_tokens=5,
+        messages=[{"role": "user", "content": "Write a long story about the sea, please."}])
+    assert completion.choices[0].finish_reason == "length", completion
+    assert completion.model == "qwen3:4b"
+    assert completion.usage is not None and completion.usage.completion_tokens == 5
+    info = (completion.model_extra or {})["tierfleet"]
+    assert info["tier"] == "local-mac" and info["host"] == "mac" and info["fallbacks"] == []
+    assert info["reasons"]
+
+
+def test_models_through_the_sdk(fleet: Fleet) -> None:
+    ids = [m.id for m in sdk(fleet).models.list()]
+    assert ids[0] == "auto" and "qwen3:4b" in ids and "tier:paid" in ids

@@ -16,6 +16,7 @@ Endpoints (all ``/v1`` ones need ``Authorization: Bearer <token>`` when tokens a
   404 for an unknown id
 - ``GET  /v1/status``          queues, workers, hosts and breakers, parked jobs, dead letters
 - ``POST /v1/chat/completions`` OpenAI-compatible; waits for the answer (below)
+- ``GET  /v1/models``          ``auto``, the models and ``tier:NAME``, with privacy and capabilities
 - ``GET  /metrics``            Prometheus text format: fleet-wide (from Redis) plus this
   API process's requests
 - ``GET  /healthz``            200 when Redis answers, else 503
@@ -67,6 +68,7 @@ from ..rules._common import MAX_JSON_DEPTH, json_depth_over
 from .auth import is_loopback, load_tokens, token_check
 from .errors import ERROR_RESPONSES, ApiError, ErrorResponse, install_handlers
 from .middleware import BodyLimit, RequestMetrics
+from .models import add_models_route
 from .openai import JOB_ID_PATTERN, add_chat_route
 
 __all__ = ["create_app", "serve"]
@@ -203,6 +205,7 @@ def create_app(config: FleetConfig | None = None, dispatcher: Dispatcher | None 
         return await run_in_threadpool(d.status)
 
     add_chat_route(app, cfg, d, auth=auth, wait_final=wait_final)
+    add_models_route(app, cfg, auth=auth)
 
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (text format)",

@@ -148,9 +148,22 @@ class ChatCompletionRequest(BaseModel):
 
 
 
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str  # a JSON string, as OpenAI sends it
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    refusal: None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class Choice(BaseModel):
@@ -170,7 +183,10 @@ class TierfleetInfo(BaseModel):
     job_id: str
     tier: str | None
     host: str | None
+    model: str | None  # the model the fleet asked for (``model`` above is the host's name)
     trail: list[str]
+    fallbacks: list[str]  # tiers tried before the one that answered
+    reasons: list[str]  # why the job went where it went: dispatcher stages, worker moves
     cost_usd: float
     cache_hit: bool
     simulated: bool
@@ -318,18 +334,31 @@ def _result_headers(result: Result) -> dict[str, str]:
     return h
 
 
+def _finish_reason(result: Result) -> str:
+    """The host's reason ("length" when cut, "tool_calls" when it called a function)."""
+    if result.tool_calls:
+        return "tool_calls"
+    return result.finish_reason or "stop"
+
+
 def _completion(result: Result, requested: str) -> ChatCompletion:
     text = result.text if result.text is not None else (
         result.output if isinstance(result.output, str) else json.dumps(result.output))
+    calls = [ToolCallOut.model_validate(c) for c in result.tool_calls or []] or None
     return ChatCompletion(
         id=f"chatcmpl-{result.job_id}",
         created=int(time.time()),
-        model=result.model or (f"tier:{result.tier}" if result.tier else requested),
-        choices=[Choice(message=ChatMessageOut(content=text or ""))],
+        model=(result.served_model or result.model
+               or (f"tier:{result.tier}" if result.tier else requested)),
+        # OpenAI sends content null beside tool calls; an empty answer stays "".
+        choices=[Choice(message=ChatMessageOut(content=(text or None) if calls else (text or ""),
+                                               tool_calls=calls),
+                        finish_reason=_finish_reason(result))],
         usage=Usage(prompt_tokens=result.tokens_in, completion_tokens=result.tokens_out,
                     total_tokens=result.tokens_in + result.tokens_out),
         tierfleet=TierfleetInfo(
-            job_id=result.job_id, tier=result.tier, host=result.host, trail=result.trail,
+            job_id=result.job_id, tier=result.tier, host=result.host, model=result.model,
+            trail=result.trail, fallbacks=result.trail[:-1], reasons=result.reasons,
             cost_usd=result.cost_usd, cache_hit=result.cache_hit, simulated=result.simulated,
             tokens_estimated=result.tokens_estimated,
         ),
@@ -343,7 +372,8 @@ def _sse(completion: ChatCompletion, include_usage: bool) -> list[str]:
     chunks: list[dict[str, Any]] = [
         {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": content},
                               "finish_reason": None}]},
-        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {**base, "choices": [{"index": 0, "delta": {},
+                              "finish_reason": completion.choices[0].finish_reason}]},
     ]
     if include_usage:
         chunks.append({**base, "choices": [], "usage": completion.usage.model_dump()})

@@ -53,6 +53,9 @@ class Completion(BaseModel):
     simulated: bool = False
     external_id: str | None = None  # e.g. the Runpod job id
     billed_seconds: float | None = None  # Runpod executionTime, for per-second billing
+    # Function calls in OpenAI's shape: [{"id", "type": "function", "function": {"name",
+    # "arguments": "<JSON string>"}}]; None when the model answered in text.
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class HostHealth(BaseModel):
