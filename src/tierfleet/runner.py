@@ -225,11 +225,20 @@ class Runner:
         return fits
 
     def _request(self, job: Job, model: str) -> CompletionRequest:
-        msgs = [ChatMessage(role=m.role, content=m.content, images=m.images) for m in job.chat_messages()]
+        msgs = [ChatMessage(role=m.role, content=m.content, images=m.images,
+                            tool_calls=m.tool_calls, tool_call_id=m.tool_call_id)
+                for m in job.chat_messages()]
         return CompletionRequest(
             model=model, messages=msgs, max_tokens=job.max_tokens, json_output=job.json_output,
-            job_id=job.id,
+            job_id=job.id, json_schema=job.json_schema if self._constrains(model) else None,
+            tools=job.tools, tool_choice=job.tool_choice,
         )
+
+    def _constrains(self, model: str) -> bool:
+        """Whether ``model`` decodes to a JSON Schema (config ``json_schema``); without it
+        the job asks for plain JSON and the schema is still checked on the answer."""
+        mc = self.config.models.get(model)
+        return mc.json_schema if mc is not None else True
 
     def _run_model(self, d: Delivery) -> Outcome:
         route = d.route

@@ -5,7 +5,9 @@ worker subprocesses."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from typing import Any
 
 import httpx
 import openai
+import pydantic
 import pytest
 import redis
 import uvicorn
@@ -47,6 +50,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     folder = tmp_path_factory.mktemp("front-fleet")
     server = EmbeddedRedis().start()
     body = api_fleet().format(mac=free_port(), gpu=free_port(), cloud=free_port())
+    # The small model cannot decode to a schema (its answers are checked and escalated);
+    # the coder cannot call tools (tool jobs never go there).
+    body = body.replace('[models."qwen3:4b"]\nvision = true',
+                        '[models."qwen3:4b"]\nvision = true\njson_schema = false')
+    body = body.replace('[models."qwen3-coder:30b"]\n', '[models."qwen3-coder:30b"]\ntools = false\n')
+    assert "json_schema = false" in body and "tools = false" in body
     path = write_config(folder / "fleet.toml", server.url, body)
     config = load_config(path)
     sim = SimFleet.from_config(config, scale=0.0, admin_port=None, names=["mac", "cloud"]).start()
@@ -149,3 +158,77 @@ def test_a_cut_answer_is_length_with_the_hosts_counts(fleet: Fleet) -> None:
 def test_models_through_the_sdk(fleet: Fleet) -> None:
     ids = [m.id for m in sdk(fleet).models.list()]
     assert ids[0] == "auto" and "qwen3:4b" in ids and "tier:paid" in ids
+
+
+# -- 3. structured output and tools -------------------------------------------------------
+
+WEATHER: Any = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+
+
+class Trip(pydantic.BaseModel):
+    city: str
+    days: int
+    sights: list[str]
+
+
+@pytest.mark.parametrize(("model", "host"), [("tier:local-mac", "mac"), ("tier:paid", "cloud")])
+def test_tool_calls_round_trip_through_both_wire_formats(fleet: Fleet, model: str,
+                                                         host: str) -> None:
+    client = sdk(fleet)
+    question: Any = [{"role": "user", "content": f"What is the weather in Oslo? ({model})"}]
+    first = client.chat.completions.create(model=model, messages=question, tools=[WEATHER],
+                                           tool_choice="auto")
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls is not None
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+    assert (first.model_extra or {})["tierfleet"]["host"] == host
+    follow: Any = [*question, choice.message.model_dump(exclude_none=True),
+                   {"role": "tool", "tool_call_id": call.id, "content": "3 degrees and snow"}]
+    second = client.chat.completions.create(model=model, messages=follow, tools=[WEATHER])
+    assert second.choices[0].finish_reason == "stop"
+    assert "3 degrees and snow" in (second.choices[0].message.content or "")
+    sent = [r["body"] for r in fleet.sim.requests(host) if "tools" in (r["body"] or {})]
+    assert sent and sent[-1]["tools"][0]["function"]["name"] == "get_weather"
+
+
+def test_a_tools_job_skips_the_tier_that_cannot_call_tools(fleet: Fleet) -> None:
+    raw = sdk(fleet).chat.completions.with_raw_response.create(
+        model="auto", tools=[WEATHER],
+        messages=[{"role": "user", "content": "Refactor this code, then check the weather"}],
+        extra_body={"tierfleet": {"kind": "code"}})
+    info = (raw.parse().model_extra or {})["tierfleet"]
+    assert info["tier"] != "local-gpu"
+    assert any("cannot call tools" in r for r in info["reasons"])
+
+
+def test_parse_validates_the_schema_and_escalates_an_invalid_answer(fleet: Fleet) -> None:
+    parsed = sdk(fleet).beta.chat.completions.parse(
+        model="auto", response_format=Trip,
+        messages=[{"role": "user", "content": "Plan a short trip to Lisbon with sights"}])
+    trip = parsed.choices[0].message.parsed
+    assert isinstance(trip, Trip) and trip.sights
+    info = (parsed.model_extra or {})["tierfleet"]
+    # local-mac cannot decode to a schema: its plain JSON failed the check, paid answered.
+    assert info["fallbacks"] == ["local-mac"] and info["tier"] == "paid"
+    assert any("JSON schema" in r for r in info["reasons"])
+    sent = fleet.sim.requests("cloud")[-1]["body"]
+    assert sent["response_format"]["type"] == "json_schema"
+
+
+def test_async_sdk_parse_on_a_host_that_constrains(fleet: Fleet) -> None:
+    async def go() -> Trip | None:
+        client = openai.AsyncOpenAI(base_url=f"{fleet.base_url}/v1", api_key=TOKENS[0],
+                                    max_retries=0)
+        done = await client.beta.chat.completions.parse(
+            model="tier:paid", response_format=Trip,
+            messages=[{"role": "user", "content": "A trip to Porto"}])
+        await client.close()
+        return done.choices[0].message.parsed
+
+    assert isinstance(asyncio.run(go()), Trip)

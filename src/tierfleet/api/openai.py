@@ -52,6 +52,7 @@ from ..config import FleetConfig
 from ..dispatch import Dispatcher, parse_job
 from ..errors import JobRejected
 from ..jobs import MODEL_KINDS, TERMINAL, Job, Kind, Privacy, Result, Risk, Status, UserTier
+from ..rules import json_validate
 from . import retries
 from .errors import ERROR_RESPONSES, ApiError, ErrorResponse
 
@@ -72,6 +73,21 @@ CHAT_EXAMPLES: dict[str, Any] = {
         "tierfleet": {"workflow": "support", "privacy": "confidential", "kind": "classification"}}},
 }
 
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    arguments: str
+
+
+class ToolCallIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(max_length=256)
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ImageUrl(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -90,16 +106,44 @@ class ContentPart(BaseModel):
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    # Tool and function messages are not supported: the schema says so, and so does a 422.
-    role: Literal["system", "developer", "user", "assistant"]
+    # "function" (OpenAI's deprecated predecessor of "tool") is not supported: a 422.
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # an assistant turn that called functions
+    tool_call_id: str | None = Field(default=None, max_length=256)  # a tool turn's call
+
+
+class FunctionIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[\w-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"]
+    function: FunctionIn
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(default="response", max_length=64)
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
 
 
 class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
 
 
 class StreamOptions(BaseModel):
@@ -142,7 +186,9 @@ class ChatCompletionRequest(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1, le=1, description="only 1 is supported")
-    tools: list[Any] | None = None
+    tools: list[ToolIn] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     tierfleet: TierfleetOptions | None = None
 
 
@@ -251,8 +297,9 @@ def _convert_messages(messages: list[ChatMessageIn]) -> list[dict[str, Any]]:
         if isinstance(m.content, str):
             texts.append(m.content)
         elif m.content is None:
-            raise ApiError(422, "message content is missing", code="invalid_value",
-                           param=f"messages.{i}.content")
+            if not m.tool_calls:  # OpenAI sends null content beside tool calls
+                raise ApiError(422, "message content is missing", code="invalid_value",
+                               param=f"messages.{i}.content")
         else:
             for j, part in enumerate(m.content):
                 where = f"messages.{i}.content.{j}"
@@ -263,7 +310,15 @@ def _convert_messages(messages: list[ChatMessageIn]) -> list[dict[str, Any]]:
                 else:
                     raise ApiError(422, f"unsupported content part {part.type!r} (text and "
                                    "image_url are)", code="unsupported_value", param=where)
-        out.append({"role": role, "content": "\n".join(texts), "images": images})
+        msg: dict[str, Any] = {"role": role, "content": "\n".join(texts), "images": images}
+        if m.tool_calls:
+            msg["tool_calls"] = [c.model_dump(mode="json") for c in m.tool_calls]
+        if m.role == "tool":
+            if not m.tool_call_id:
+                raise ApiError(422, "a tool message needs the tool_call_id it answers",
+                               code="invalid_value", param=f"messages.{i}.tool_call_id")
+            msg["tool_call_id"] = m.tool_call_id
+        out.append(msg)
     if not any(m["content"].strip() or m["images"] for m in out):
         raise ApiError(422, "every message is empty: nothing to answer", code="invalid_value",
                        param="messages")
@@ -299,9 +354,6 @@ def _chat_job(config: FleetConfig, body: ChatCompletionRequest,
     for name, value in headers.items():
         if value is not None and name not in opts:
             opts[name] = value
-    if body.tools:
-        raise ApiError(422, "tool calls are not supported", code="unsupported_value",
-                       param="tools")
     kind = Kind(opts.pop("kind", Kind.AUTO))
     if kind not in MODEL_KINDS and kind is not Kind.AUTO:
         raise ApiError(422, f"kind {kind.value!r} is a rules kind: submit it to POST /v1/jobs",
@@ -318,7 +370,33 @@ def _chat_job(config: FleetConfig, body: ChatCompletionRequest,
         "json_output": bool(body.response_format
                             and body.response_format.type in ("json_object", "json_schema")),
     }
+    schema = _json_schema(config, body.response_format)
+    if schema is not None:
+        data["json_schema"] = schema
+    if body.tools:
+        data["tools"] = [t.model_dump(mode="json", exclude_none=True) for t in body.tools]
+        data["tool_choice"] = body.tool_choice
+    if schema is not None or body.tools:
+        # The cache keeps text only: no tool calls, and no record of which schema it met.
+        data["cache"] = False
     return parse_job(data), wait_s
+
+
+def _json_schema(config: FleetConfig, fmt: ResponseFormat | None) -> dict[str, Any] | None:
+    """The schema of a ``json_schema`` response format, checked as the rules tier checks one."""
+    if fmt is None or fmt.type != "json_schema":
+        return None
+    spec = fmt.json_schema
+    if spec is None or spec.schema_ is None:
+        raise ApiError(422, "response_format json_schema needs a schema", code="invalid_value",
+                       param="response_format.json_schema.schema")
+    inp = json_validate.JsonValidateInput(document=None, schema=spec.schema_)
+    try:
+        json_validate.check(inp, config.limits)
+    except JobRejected as exc:
+        param = exc.field.replace("input.schema", "response_format.json_schema.schema", 1)
+        raise ApiError(422, exc.message, code="invalid_value", param=param) from None
+    return spec.schema_
 
 
 def _result_headers(result: Result) -> dict[str, str]:

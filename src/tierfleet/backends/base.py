@@ -26,9 +26,11 @@ from ..errors import TierfleetError
 
 
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
     images: list[str] = Field(default_factory=list)  # base64, no data: prefix
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI's shape, on assistant turns
+    tool_call_id: str | None = None  # on tool turns
 
 
 class CompletionRequest(BaseModel):
@@ -37,6 +39,9 @@ class CompletionRequest(BaseModel):
     max_tokens: int | None = None
     temperature: float | None = 0.0
     json_output: bool = False
+    json_schema: dict[str, Any] | None = None  # constrain the answer to this schema
+    tools: list[dict[str, Any]] | None = None  # OpenAI's tools shape
+    tool_choice: str | dict[str, Any] | None = None
     # Used by hosts whose jobs outlive a request (Runpod) to resume instead of paying twice.
     job_id: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)

@@ -32,6 +32,14 @@ def image_mime(b64: str) -> str:
 
 
 def message_payload(m: ChatMessage) -> dict[str, Any]:
+    if m.tool_calls or m.role == "tool":
+        msg: dict[str, Any] = {"role": m.role, "content": m.content or None}
+        if m.tool_calls:
+            msg["tool_calls"] = m.tool_calls
+        if m.tool_call_id is not None:
+            msg["tool_call_id"] = m.tool_call_id
+            msg["content"] = m.content
+        return msg
     if not m.images:
         return {"role": m.role, "content": m.content}
     parts: list[dict[str, Any]] = [{"type": "text", "text": m.content}]
@@ -54,8 +62,15 @@ class OpenAICompatBackend(HttpBackend):
             body["temperature"] = request.temperature
         if request.max_tokens is not None:
             body["max_tokens"] = request.max_tokens
-        if request.json_output:
+        if request.json_schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "answer", "schema": request.json_schema}}
+        elif request.json_output:
             body["response_format"] = {"type": "json_object"}
+        if request.tools:
+            body["tools"] = request.tools
+            if request.tool_choice is not None:
+                body["tool_choice"] = request.tool_choice
         # Provider-specific fields (seed, top_p, reasoning_effort, ...) pass through as given.
         body.update(request.options)
         if "max_completion_tokens" in request.options:
@@ -73,6 +88,7 @@ class OpenAICompatBackend(HttpBackend):
         choice = choices[0]
         message = choice.get("message") or {}
         usage = body.get("usage") or {}
+        calls = [c for c in message.get("tool_calls") or [] if isinstance(c, dict)] or None
         return Completion(
             text=message.get("content") or "",
             model=str(body.get("model") or request.model),
@@ -83,6 +99,7 @@ class OpenAICompatBackend(HttpBackend):
             finish_reason=choice.get("finish_reason"),
             simulated=is_simulated(response),
             external_id=body.get("id"),
+            tool_calls=calls,
         )
 
     def health(self, model: str | None = None) -> HostHealth:

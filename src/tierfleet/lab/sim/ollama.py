@@ -96,19 +96,28 @@ def chat(ex: Exchange, body: Any, job_id: str | None, query: dict[str, list[str]
         if body.get("truncate", True) is False or n_in <= window:
             raise HttpError(400, "the input length exceeds the context length")
         n_in = window  # Ollama's default: the prompt is silently cut to fit
+    fmt = body.get("format")
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else None
     answer = ex.answer(
         model,
         messages,
-        json_output=body.get("format") is not None,
+        json_output=fmt is not None,
         max_tokens=max_tokens,
         route="chat",
+        schema=fmt if isinstance(fmt, dict) else None,
+        tools=tools,
     )
+    message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+    if answer.tool_call is not None:
+        # Ollama's shape: arguments as an object; it says "stop" even when it called one.
+        message["tool_calls"] = [{"function": {"name": answer.tool_call[0],
+                                               "arguments": answer.tool_call[1]}}]
     total_ns = max(int(answer.latency_s * 1e9), 1000)
     final: dict[str, Any] = {
         "model": name,
         "created_at": now_iso(),
-        "message": {"role": "assistant", "content": answer.text},
-        "done_reason": answer.finish_reason,
+        "message": message,
+        "done_reason": "stop" if answer.tool_call is not None else answer.finish_reason,
         "done": True,
         "total_duration": total_ns,
         "load_duration": total_ns // 100,

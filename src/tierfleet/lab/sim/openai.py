@@ -88,9 +88,23 @@ def chat(ex: Exchange, body: Any, job_id: str | None, query: dict[str, list[str]
             "messages",
         )
         return
+    schema = None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        spec = fmt.get("json_schema") or {}
+        schema = spec.get("schema") if isinstance(spec.get("schema"), dict) else None
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else None
+    if body.get("tool_choice") == "none":
+        tools = None
     answer = ex.answer(
-        model, messages, json_output=json_output, max_tokens=max_tokens, route="openai_chat"
+        model, messages, json_output=json_output, max_tokens=max_tokens, route="openai_chat",
+        schema=schema, tools=tools,
     )
+    message: dict[str, Any] = {"role": "assistant", "content": answer.text, "refusal": None}
+    if answer.tool_call is not None:
+        call_id = "call_" + hashlib.sha256(json.dumps(answer.tool_call).encode()).hexdigest()[:20]
+        message["content"] = None
+        message["tool_calls"] = [{"id": call_id, "type": "function", "function": {
+            "name": answer.tool_call[0], "arguments": json.dumps(answer.tool_call[1])}}]
     created = int(time.time())
     cid = (
         "chatcmpl-sim" + hashlib.sha256(f"{created}{answer.text}{uuid.uuid4()}".encode()).hexdigest()[:24]
@@ -104,7 +118,7 @@ def chat(ex: Exchange, body: Any, job_id: str | None, query: dict[str, list[str]
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": answer.text, "refusal": None},
+                "message": message,
                 "finish_reason": answer.finish_reason,
                 "logprobs": None,
             }

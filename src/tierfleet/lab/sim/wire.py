@@ -135,6 +135,8 @@ class Exchange(BaseHTTPRequestHandler):
         json_output: bool,
         max_tokens: int | None,
         route: str,
+        schema: dict[str, Any] | None = None,
+        tools: list[Any] | None = None,
     ) -> Answer:
         """Compose the answer and spend its latency, holding one of the host's parallel slots."""
         host = self.host
@@ -145,6 +147,8 @@ class Exchange(BaseHTTPRequestHandler):
             max_tokens=max_tokens,
             vision=model.vision,
             scale=host.scale,
+            schema=schema,
+            tools=tools,
         )
         if host.take("refusal", route) is not None:
             text = f"[simulated {model.name}] I'm sorry, but I can't help with that."
