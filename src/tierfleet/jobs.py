@@ -105,6 +105,8 @@ class Job(BaseModel):
         "hosts that support it constrain decoding, and the fleet validates and escalates")
     tools: list[dict[str, Any]] | None = Field(
         default=None, description="functions the model may call (OpenAI's tools shape)")
+    stream: bool = Field(default=False, description="stream tokens to P:stream:{id} as "
+                         "the host produces them (the API's stream=true)")
     tool_choice: str | dict[str, Any] | None = Field(
         default=None, description='"auto", "none", "required" or a named function')
     cache: bool = Field(default=True, description="allow an answer from the exact-match cache")

@@ -56,6 +56,7 @@ from .jobs import Attempt, Job, Reason, Result, Status
 from .ledger import InFlight, Ledger, Recorded
 from .quality import check
 from .store import Leases, OpenJobs, Parking, ResultStore
+from .streams import TokenSink
 
 __all__ = ["Duplicate", "Moved", "Outcome", "Parked", "Publish", "RedisExternalIds", "Runner", "Stored"]
 
@@ -317,6 +318,10 @@ class Runner:
         """
         backend = self.backend(host)
         call = self.inflight.begin(d, host, model, self._owner)
+        if d.job.stream:
+            # A streamed job's tokens go to its Redis Stream as the host produces them.
+            request = request.model_copy(update={
+                "on_token": TokenSink(self.redis, self.config, d.job.id).attempt(d.tier, host)})
         try:
             return backend.complete(request), call
         except RateLimited as exc:

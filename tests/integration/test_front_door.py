@@ -232,3 +232,79 @@ def test_async_sdk_parse_on_a_host_that_constrains(fleet: Fleet) -> None:
         return done.choices[0].message.parsed
 
     assert isinstance(asyncio.run(go()), Trip)
+
+
+# -- 4. true streaming through the queue ----------------------------------------------------
+
+
+@pytest.fixture
+def slow_mac(fleet: Fleet) -> Iterator[Any]:
+    """The mac host at a speed where tokens are spread out (scale 5: ~8 ms a token)."""
+    host = fleet.sim.host("mac")
+    host.scale = 5.0
+    yield host
+    host.scale = 0.0
+    if not host.is_up:
+        host.up()
+
+
+def test_stream_relays_tokens_as_the_host_makes_them(fleet: Fleet, slow_mac: Any) -> None:
+    stream = sdk(fleet).chat.completions.create(
+        model="tier:local-mac", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "Stream me a greeting for the operators."}])
+    chunks = list(stream)
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 5  # token by token, not one blob at the end
+    text = "".join(pieces)
+    assert text.startswith("[simulated qwen3:4b]")
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "stop" and set(finishes[:-1]) == {None}
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 5
+    job_id = chunks[0].id.removeprefix("chatcmpl-")
+    events = fleet.client.xrange(f"tf:stream:{job_id}")
+    assert events[0][1]["t"] == "attempt"
+    assert "".join(e.get("text", "") for _, e in events) == text
+    assert fleet.client.ttl(f"tf:stream:{job_id}") > 0
+
+
+def test_stream_read_with_httpx_from_an_openai_host(fleet: Fleet) -> None:
+    body = {"model": "tier:paid", "stream": True,
+            "messages": [{"role": "user", "content": "Say hello from the paid tier."}]}
+    with httpx.stream("POST", f"{fleet.base_url}/v1/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {TOKENS[0]}"}) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        data = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert "[simulated gpt-test]" in "".join(c["choices"][0]["delta"].get("content") or ""
+                                              for c in chunks)
+
+
+def test_a_retry_after_tokens_ends_the_stream_with_an_error(fleet: Fleet,
+                                                            slow_mac: Any) -> None:
+    """The host dies after 3 tokens and is back a moment later: the job's next attempt
+    would start a second answer, so the client's stream ends with an error instead, and
+    the job still finishes (its answer is at GET /v1/jobs/{id})."""
+    stream = sdk(fleet).chat.completions.create(
+        model="tier:local-mac", stream=True,
+        messages=[{"role": "user", "content": "Tell the operators a long greeting story."}])
+    got: list[str] = []
+    job_id = ""
+    with pytest.raises(openai.APIError) as info:
+        for c in stream:
+            job_id = c.id.removeprefix("chatcmpl-")
+            if c.choices and c.choices[0].delta.content:
+                got.append(c.choices[0].delta.content)
+                if len(got) == 3:
+                    fleet.sim.down("mac")  # the host dies mid-answer...
+                    threading.Timer(1.0, fleet.sim.up, args=("mac",)).start()  # ...and returns
+    assert len(got) == 3 and "moved to another attempt" in str(info.value)
+    res = httpx.get(f"{fleet.base_url}/v1/jobs/{job_id}?wait=60", timeout=90,
+                    headers={"Authorization": f"Bearer {TOKENS[0]}"}).json()
+    assert res["status"] == "succeeded"
+    kinds = [e["t"] for _, e in fleet.client.xrange(f"tf:stream:{job_id}")]
+    assert kinds.count("attempt") >= 2

@@ -17,7 +17,7 @@ in ``X-Tierfleet-Privacy``/``-Risk``/``-Workflow``/``-Kind``/``-Session``/
 parameters the fleet has no use for (temperature, top_p, seed, ...) are
 accepted and ignored; ``max_tokens``/``max_completion_tokens`` and
 ``response_format`` (JSON) are honoured; ``stream: true`` is answered as a
-server-sent-event stream once the job has finished. The call waits up to
+server-sent-event stream of the host's tokens as they come (:mod:`.streaming`). The call waits up to
 ``api.wait_timeout_s`` (or ``tierfleet.wait_s``, never longer); on timeout it
 answers 504 with the job id (``error.job_id`` and ``x-tierfleet-job-id``) so
 the caller can poll ``GET /v1/jobs/{id}``. Retries never run twice
@@ -53,7 +53,7 @@ from ..dispatch import Dispatcher, parse_job
 from ..errors import JobRejected
 from ..jobs import MODEL_KINDS, TERMINAL, Job, Kind, Privacy, Result, Risk, Status, UserTier
 from ..rules import json_validate
-from . import retries
+from . import retries, streaming
 from .errors import ERROR_RESPONSES, ApiError, ErrorResponse
 
 __all__ = ["ChatCompletion", "ChatCompletionRequest", "add_chat_route", "resolve_target"]
@@ -367,6 +367,7 @@ def _chat_job(config: FleetConfig, body: ChatCompletionRequest,
         "tier": tier,
         "model": model,
         "max_tokens": body.max_completion_tokens or body.max_tokens,
+        "stream": bool(body.stream),
         "json_output": bool(body.response_format
                             and body.response_format.type in ("json_object", "json_schema")),
     }
@@ -443,21 +444,6 @@ def _completion(result: Result, requested: str) -> ChatCompletion:
     )
 
 
-def _sse(completion: ChatCompletion, include_usage: bool) -> list[str]:
-    base = {"id": completion.id, "object": "chat.completion.chunk", "created": completion.created,
-            "model": completion.model}
-    content = completion.choices[0].message.content
-    chunks: list[dict[str, Any]] = [
-        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": content},
-                              "finish_reason": None}]},
-        {**base, "choices": [{"index": 0, "delta": {},
-                              "finish_reason": completion.choices[0].finish_reason}]},
-    ]
-    if include_usage:
-        chunks.append({**base, "choices": [], "usage": completion.usage.model_dump()})
-    return [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
-
-
 def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
                    auth: list[Any],
                    wait_final: Callable[[str, float], Awaitable[Result | None]]) -> None:
@@ -517,24 +503,32 @@ def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
                                    param="idempotency-key") from None
                 raise
             await run_in_threadpool(retries.remember, d.r, cfg, ident)
+        if body.stream:
+            include = bool(body.stream_options and body.stream_options.include_usage)
+            events = streaming.relay(request, d, job.id, model=job.model or body.model,
+                                     limit_s=limit, include_usage=include, failure=_failure)
+            _, whole = await streaming.primed(events)  # HTTP errors until the first token
+            return StreamingResponse(whole, media_type="text/event-stream",
+                                     headers={"x-tierfleet-job-id": job.id,
+                                              "cache-control": "no-cache"})
         res = await _wait_or_disconnect(request, job.id, limit)
         if res is None or res.status not in TERMINAL:
             raise ApiError(504, f"job {job.id} not finished after {limit:g}s; poll "
                            f"GET /v1/jobs/{job.id}", code="timeout", job_id=job.id,
                            headers={"x-tierfleet-job-id": job.id})
+        if res.status is not Status.SUCCEEDED:
+            raise _failure(res)
         extra = _result_headers(res)
-        if res.status is Status.FAILED:
-            raise ApiError(502, f"job {job.id} failed: {res.error or 'unknown error'}",
-                           code="job_failed", job_id=job.id, headers=extra)
-        if res.status is Status.DEAD:
-            raise ApiError(503, f"job {job.id} was given up on: {res.error or 'no tier up'}",
-                           code="job_dead", job_id=job.id, headers=extra)
         completion = _completion(res, body.model)
-        if body.stream:
-            include = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(iter(_sse(completion, include)),
-                                     media_type="text/event-stream", headers=extra)
         return JSONResponse(completion.model_dump(mode="json"), headers=extra)
+
+    def _failure(res: Result) -> ApiError:
+        extra = _result_headers(res)
+        if res.status is Status.DEAD:
+            return ApiError(503, f"job {res.job_id} was given up on: {res.error or 'no tier up'}",
+                            code="job_dead", job_id=res.job_id, headers=extra)
+        return ApiError(502, f"job {res.job_id} failed: {res.error or 'unknown error'}",
+                        code="job_failed", job_id=res.job_id, headers=extra)
 
     async def _wait_or_disconnect(request: Request, job_id: str, seconds: float) -> Result | None:
         """``wait_final`` in short slices, stopping when the client has hung up: a client

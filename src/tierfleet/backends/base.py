@@ -18,6 +18,7 @@ ModelNotFound     configuration error: fail, alert
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
@@ -44,6 +45,9 @@ class CompletionRequest(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     # Used by hosts whose jobs outlive a request (Runpod) to resume instead of paying twice.
     job_id: str | None = None
+    # Called with each piece of text as the host streams it: set, the backend asks its host
+    # to stream (Ollama NDJSON, OpenAI SSE); unset, it asks for one answer. Not sent.
+    on_token: Callable[[str], None] | None = Field(default=None, exclude=True, repr=False)
     options: dict[str, Any] = Field(default_factory=dict)
 
 

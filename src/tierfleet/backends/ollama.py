@@ -13,8 +13,10 @@ import json
 import time
 from typing import Any
 
+import httpx
+
 from ._http import HttpBackend, error_from_message, is_simulated, json_body, reported_count
-from .base import Completion, CompletionRequest, HostHealth
+from .base import Completion, CompletionRequest, HostDown, HostHealth
 
 # Request fields that sit beside ``options`` in Ollama's body rather than inside it.
 _TOP_LEVEL = frozenset({"keep_alive", "think", "truncate", "shift", "format", "tools", "logprobs"})
@@ -92,10 +94,36 @@ class OllamaBackend(HttpBackend):
             body["tools"] = request.tools
         return body
 
+    def _streamed(self, request: CompletionRequest) -> tuple[httpx.Response, dict[str, Any]]:
+        """Ollama's NDJSON stream: text chunks to ``on_token``; returns the final record
+        with the whole text put back, so the caller reads it like a one-shot answer."""
+        assert request.on_token is not None
+        body = {**self._body(request), "stream": True}
+        parts: list[str] = []
+        for response, line in self._stream_lines(f"{self.base_url}/api/chat", body):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                raise HostDown(self.name, f"unreadable stream line: {line[:200]}") from None
+            if "error" in rec:  # mid-stream errors come as a line, the status already 200
+                raise error_from_message(self.name, str(rec["error"]), self._key)
+            piece = (rec.get("message") or {}).get("content") or ""
+            if piece:
+                parts.append(piece)
+                request.on_token(piece)
+            if rec.get("done"):
+                rec.setdefault("message", {})["content"] = "".join(parts)
+                return response, rec
+        raise HostDown(self.name, "stream ended before its final record")
+
     def complete(self, request: CompletionRequest) -> Completion:
         started = time.monotonic()
-        response = self._request("POST", f"{self.base_url}/api/chat", json_data=self._body(request))
-        body = json_body(self.name, response)
+        if request.on_token is not None and not request.tools:
+            response, body = self._streamed(request)
+        else:
+            response = self._request("POST", f"{self.base_url}/api/chat",
+                                     json_data=self._body(request))
+            body = json_body(self.name, response)
         if "error" in body:
             # Ollama reports some failures inside a 200 answer.
             raise error_from_message(self.name, str(body["error"]), self._key)

@@ -9,8 +9,11 @@ LiteLLM, OpenRouter and paid providers.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
+
+import httpx
 
 from ._http import HttpBackend, is_simulated, json_body, reported_count
 from .base import ChatMessage, Completion, CompletionRequest, HostDown, HostHealth
@@ -78,10 +81,46 @@ class OpenAICompatBackend(HttpBackend):
             body.pop("max_tokens", None)
         return body
 
+    def _streamed(self, request: CompletionRequest) -> tuple[httpx.Response, dict[str, Any]]:
+        """OpenAI's SSE stream: deltas to ``on_token``; returns a one-shot-shaped answer
+        (text joined, the last chunk's finish_reason, the usage chunk's counts)."""
+        assert request.on_token is not None
+        body = {**self._body(request), "stream": True, "stream_options": {"include_usage": True}}
+        parts: list[str] = []
+        out: dict[str, Any] = {"choices": [{"message": {}, "finish_reason": None}]}
+        for response, line in self._stream_lines(f"{self.base_url}/chat/completions", body):
+            if not line.startswith("data:"):
+                continue  # SSE comments and event names
+            data = line[5:].strip()
+            if data == "[DONE]":
+                out["choices"][0]["message"]["content"] = "".join(parts)
+                return response, out
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                raise HostDown(self.name, f"unreadable stream event: {data[:200]}") from None
+            if "error" in chunk:
+                raise HostDown(self.name, str(chunk["error"])[:500])
+            out["id"], out["model"] = chunk.get("id", out.get("id")), chunk.get("model", out.get("model"))
+            if chunk.get("usage"):
+                out["usage"] = chunk["usage"]
+            for choice in chunk.get("choices") or []:
+                piece = (choice.get("delta") or {}).get("content") or ""
+                if piece:
+                    parts.append(piece)
+                    request.on_token(piece)
+                if choice.get("finish_reason"):
+                    out["choices"][0]["finish_reason"] = choice["finish_reason"]
+        raise HostDown(self.name, "stream ended without [DONE]")
+
     def complete(self, request: CompletionRequest) -> Completion:
         started = time.monotonic()
-        response = self._request("POST", f"{self.base_url}/chat/completions", json_data=self._body(request))
-        body = json_body(self.name, response)
+        if request.on_token is not None and not request.tools:
+            response, body = self._streamed(request)
+        else:
+            response = self._request("POST", f"{self.base_url}/chat/completions",
+                                     json_data=self._body(request))
+            body = json_body(self.name, response)
         choices = body.get("choices") or []
         if not choices:
             raise HostDown(self.name, "answer has no choices", status=response.status_code)

@@ -77,6 +77,23 @@ class Answer:
     latency_s: float  # already scaled
     # A function call instead of text: (name, arguments), for requests offering tools.
     tool_call: tuple[str, dict[str, Any]] | None = None
+    per_token_s: float = 0.0  # already scaled: a stream spends it between tokens
+
+
+def pieces(text: str) -> list[str]:
+    """The answer as the model emits it, one token's text at a time."""
+    enc = tokens.encoding()
+    out: list[str] = []
+    pending: list[int] = []
+    for tid in enc.encode(text, disallowed_special=()):
+        pending.append(tid)
+        piece = enc.decode(pending)
+        if "\ufffd" not in piece:  # a multi-byte character spans several tokens
+            out.append(piece)
+            pending = []
+    if pending:
+        out.append(enc.decode(pending))
+    return out
 
 
 def prompt_tokens(messages: list[dict[str, Any]]) -> int:
@@ -222,4 +239,5 @@ def compose(
         tokens_out=produced,
         finish_reason=reason,
         latency_s=latency,
+        per_token_s=profile.per_token_s * scale,
     )

@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from .answers import prompt_tokens
+from .answers import pieces, prompt_tokens
 from .wire import Exchange, HttpError, ModelInfo, Route, now_iso, ollama_name
 
 SIM_VERSION = "0.12.6"
@@ -106,6 +106,7 @@ def chat(ex: Exchange, body: Any, job_id: str | None, query: dict[str, list[str]
         route="chat",
         schema=fmt if isinstance(fmt, dict) else None,
         tools=tools,
+        stream=body.get("stream", True) is not False,
     )
     message: dict[str, Any] = {"role": "assistant", "content": answer.text}
     if answer.tool_call is not None:
@@ -133,15 +134,14 @@ def chat(ex: Exchange, body: Any, job_id: str | None, query: dict[str, list[str]
     if body.get("stream", True) is False:
         ex.send(200, final)
         return
-    chunk = {
-        "model": name,
-        "created_at": final["created_at"],
-        "message": {"role": "assistant", "content": answer.text},
-        "done": False,
-    }
-    final["message"] = {"role": "assistant", "content": ""}
-    lines = json.dumps(chunk) + "\n" + json.dumps(final) + "\n"
-    ex.send(200, lines, content_type="application/x-ndjson")
+    # Token by token at the model's speed, then the final record with the counts.
+    ex.stream_start("application/x-ndjson")
+    for piece in pieces(answer.text):
+        chunk = {"model": name, "created_at": now_iso(),
+                 "message": {"role": "assistant", "content": piece}, "done": False}
+        ex.stream_write(json.dumps(chunk) + "\n", answer.per_token_s)
+    final["message"] = {**message, "content": ""}
+    ex.stream_write(json.dumps(final) + "\n")
 
 
 # (method, path) -> (route name, answer); the route name is what the counters and faults use.

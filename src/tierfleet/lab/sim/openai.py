@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any
 
-from .answers import prompt_tokens
+from .answers import pieces, prompt_tokens
 from .wire import Exchange, Route
 
 
@@ -97,7 +97,7 @@ def chat(ex: Exchange, body: Any, job_id: str | None, query: dict[str, list[str]
         tools = None
     answer = ex.answer(
         model, messages, json_output=json_output, max_tokens=max_tokens, route="openai_chat",
-        schema=schema, tools=tools,
+        schema=schema, tools=tools, stream=bool(body.get("stream")) and tools is None,
     )
     message: dict[str, Any] = {"role": "assistant", "content": answer.text, "refusal": None}
     if answer.tool_call is not None:
@@ -134,22 +134,26 @@ def chat(ex: Exchange, body: Any, job_id: str | None, query: dict[str, list[str]
     if not body.get("stream"):
         ex.send(200, payload)
         return
-    delta = {
-        "id": cid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": name,
-        "choices": [
-            {
-                "index": 0,
-                "delta": {"role": "assistant", "content": answer.text},
-                "finish_reason": None,
-            }
-        ],
-    }
-    end = dict(delta, choices=[{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}])
-    stream = f"data: {json.dumps(delta)}\n\ndata: {json.dumps(end)}\n\ndata: [DONE]\n\n"
-    ex.send(200, stream, content_type="text/event-stream")
+    base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name}
+    if answer.tool_call is not None:
+        # Tool calls arrive whole, in one delta (as many servers send them).
+        first = {**base, "choices": [{"index": 0, "finish_reason": None, "delta": {
+            "role": "assistant", "content": None, "tool_calls": [
+                {"index": 0, **message["tool_calls"][0]}]}}]}
+        texts: list[dict[str, Any]] = [first]
+    else:
+        texts = [{**base, "choices": [{"index": 0, "finish_reason": None, "delta": (
+            {"role": "assistant", "content": piece} if i == 0 else {"content": piece})}]}
+            for i, piece in enumerate(pieces(answer.text) or [""])]
+    ex.stream_start("text/event-stream")
+    for chunk in texts:
+        ex.stream_write(f"data: {json.dumps(chunk)}\n\n", answer.per_token_s)
+    end = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}]}
+    ex.stream_write(f"data: {json.dumps(end)}\n\n")
+    options = body.get("stream_options") or {}
+    if isinstance(options, dict) and options.get("include_usage") and "usage" in payload:
+        ex.stream_write(f"data: {json.dumps({**base, 'choices': [], 'usage': payload['usage']})}\n\n")
+    ex.stream_write("data: [DONE]\n\n")
 
 
 def error_body(message: str, etype: str, code: str | None, param: str | None = None) -> dict[str, Any]:
