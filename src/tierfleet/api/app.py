@@ -20,7 +20,7 @@ Endpoints (all ``/v1`` ones need ``Authorization: Bearer <token>`` when tokens a
 - ``GET  /metrics``            Prometheus text format: fleet-wide (from Redis) plus this
   API process's requests
 - ``GET  /healthz``            200 when Redis answers, else 503
-- ``GET  /openapi.json``, ``/docs``
+- ``GET  /openapi.json``     the schema (no ``/docs`` page: it would load Swagger from a CDN)
 
 This module builds the app and holds the job, status and operations routes; the chat
 endpoint is in :mod:`.openai`, error shapes in :mod:`.errors`, tokens in :mod:`.auth`.
@@ -122,6 +122,10 @@ def create_app(config: FleetConfig | None = None, dispatcher: Dispatcher | None 
         summary="Send every AI job to the cheapest place that can do it well.",
         description=(__doc__ or "").split("\n\n", 1)[0],
         responses={},
+        # FastAPI's /docs and /redoc load their scripts from a CDN: blank without internet,
+        # and a page that fetches third-party code. The schema itself is served offline.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.config = cfg
     app.state.dispatcher = d

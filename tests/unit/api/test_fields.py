@@ -62,3 +62,9 @@ def test_model_capabilities_come_from_the_config(config: FleetConfig) -> None:
     assert caps["qwen3:4b"].vision and not caps["qwen3:4b"].tools
     assert caps["qwen3:4b"].context_window == 4096
     assert caps["gpt-test"].tools
+
+
+def test_schema_is_served_and_no_page_needs_a_cdn(client: TestClient) -> None:
+    assert client.get("/openapi.json").json()["paths"]["/v1/models"]
+    assert client.get("/docs").status_code == 404
+    assert client.get("/redoc").status_code == 404
