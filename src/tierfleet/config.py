@@ -51,6 +51,12 @@ class ModelConfig(_Strict):
     output_per_mtok: float | None = Field(default=None, ge=0, description="USD per 1M output")
     context_window: int | None = Field(default=None, gt=0)
     vision: bool = False
+    # Function calling: jobs with ``tools`` are kept off tiers whose model cannot. Most
+    # current chat models can; set false for one that cannot (a tiny or base model).
+    tools: bool = True
+    # Constrained decoding to a JSON Schema (Ollama ``format``, OpenAI ``json_schema``);
+    # without it the schema goes in the prompt and the fleet's validation still applies.
+    json_schema: bool = True
 
 
 class TierConfig(_Strict):
@@ -289,7 +295,12 @@ class ApiConfig(_Strict):
     # Names of environment variables holding producer tokens (comma separated values allowed).
     tokens_env: str = "TIERFLEET_API_TOKENS"
     max_body_bytes: int = Field(default=4_000_000, gt=0)
-    wait_timeout_s: float = Field(default=120.0, gt=0)
+    # As long as the OpenAI SDK waits by default (600 s): the client's timeout, not ours,
+    # decides when to give up, so a slow job is not answered 504 and retried as a new call.
+    wait_timeout_s: float = Field(default=600.0, gt=0)
+    # How long a request's fingerprint is kept for the SDK's retries to attach to its job:
+    # a retry comes after a whole client timeout plus backoff.
+    retry_window_s: float = Field(default=900.0, gt=0)
 
 
 class RedisConfig(_Strict):

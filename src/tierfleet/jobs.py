@@ -61,10 +61,14 @@ class UserTier(StrEnum):
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
     # Base64 images, as Ollama takes them; the OpenAI client turns them into data URLs.
     images: list[str] = Field(default_factory=list)
+    # An assistant turn that called functions (OpenAI's shape), and a tool turn's answer
+    # to one of them, so a multi-turn tool conversation goes through unchanged.
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
 
 def _new_id() -> str:
@@ -96,6 +100,15 @@ class Job(BaseModel):
     model: str | None = Field(default=None, description="explicit model override (within privacy)")
     max_tokens: int | None = Field(default=None, gt=0, le=131072)
     json_output: bool = Field(default=False, description="ask the model for a JSON answer")
+    json_schema: dict[str, Any] | None = Field(
+        default=None, description="the answer must be JSON valid against this JSON Schema; "
+        "hosts that support it constrain decoding, and the fleet validates and escalates")
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, description="functions the model may call (OpenAI's tools shape)")
+    stream: bool = Field(default=False, description="stream tokens to P:stream:{id} as "
+                         "the host produces them (the API's stream=true)")
+    tool_choice: str | dict[str, Any] | None = Field(
+        default=None, description='"auto", "none", "required" or a named function')
     cache: bool = Field(default=True, description="allow an answer from the exact-match cache")
     metadata: dict[str, str] = Field(default_factory=dict)
 
@@ -232,6 +245,13 @@ class Result(BaseModel):
     cache_hit: bool = False
     simulated: bool = False
     error: str | None = None
+    # What the host said about its answer: why it stopped ("stop", "length",
+    # "tool_calls"), the model name it reported, and function calls in OpenAI's shape.
+    finish_reason: str | None = None
+    served_model: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    # The route's reasons (dispatcher stages, then every worker move), for the caller.
+    reasons: list[str] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:

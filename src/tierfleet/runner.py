@@ -58,6 +58,7 @@ from .jobs import Attempt, Job, Reason, Result, Status
 from .ledger import InFlight, Ledger, Recorded
 from .quality import check
 from .store import Leases, OpenJobs, Parking, ResultStore
+from .streams import TokenSink
 
 __all__ = ["Duplicate", "Moved", "Outcome", "Parked", "Publish", "RedisExternalIds", "Runner", "Stored"]
 
@@ -235,11 +236,20 @@ class Runner:
         return fits
 
     def _request(self, job: Job, model: str) -> CompletionRequest:
-        msgs = [ChatMessage(role=m.role, content=m.content, images=m.images) for m in job.chat_messages()]
+        msgs = [ChatMessage(role=m.role, content=m.content, images=m.images,
+                            tool_calls=m.tool_calls, tool_call_id=m.tool_call_id)
+                for m in job.chat_messages()]
         return CompletionRequest(
             model=model, messages=msgs, max_tokens=job.max_tokens, json_output=job.json_output,
-            job_id=job.id,
+            job_id=job.id, json_schema=job.json_schema if self._constrains(model) else None,
+            tools=job.tools, tool_choice=job.tool_choice,
         )
+
+    def _constrains(self, model: str) -> bool:
+        """Whether ``model`` decodes to a JSON Schema (config ``json_schema``); without it
+        the job asks for plain JSON and the schema is still checked on the answer."""
+        mc = self.config.models.get(model)
+        return mc.json_schema if mc is not None else True
 
     def _run_model(self, d: Delivery) -> Outcome:
         route = d.route
@@ -443,6 +453,10 @@ class Runner:
         """
         backend = self.backend(host)
         call = self.inflight.begin(d, host, model, self._owner)
+        if d.job.stream:
+            # A streamed job's tokens go to its Redis Stream as the host produces them.
+            request = request.model_copy(update={
+                "on_token": TokenSink(self.redis, self.config, d.job.id).attempt(d.tier, host)})
         try:
             return backend.complete(request), call
         except RateLimited as exc:
@@ -482,6 +496,8 @@ class Runner:
             tokens_out=att.tokens_out, tokens_estimated=att.tokens_estimated,
             cost_usd=spent, latency_s=c.latency_s, attempts=d.attempt,
             trail=[*d.trail, d.tier], simulated=c.simulated,
+            finish_reason=c.finish_reason, served_model=c.model, tool_calls=c.tool_calls,
+            reasons=route.explain(),
         )
         stored = self.results.save(result)
         if stored is result and verdict.ok:

@@ -16,10 +16,11 @@ Endpoints (all ``/v1`` ones need ``Authorization: Bearer <token>`` when tokens a
   404 for an unknown id
 - ``GET  /v1/status``          queues, workers, hosts and breakers, parked jobs, dead letters
 - ``POST /v1/chat/completions`` OpenAI-compatible; waits for the answer (below)
+- ``GET  /v1/models``          ``auto``, the models and ``tier:NAME``, with privacy and capabilities
 - ``GET  /metrics``            Prometheus text format: fleet-wide (from Redis) plus this
   API process's requests
 - ``GET  /healthz``            200 when Redis answers, else 503
-- ``GET  /openapi.json``, ``/docs``
+- ``GET  /openapi.json``     the schema (no ``/docs`` page: it would load Swagger from a CDN)
 
 This module builds the app and holds the job, status and operations routes; the chat
 endpoint is in :mod:`.openai`, error shapes in :mod:`.errors`, tokens in :mod:`.auth`.
@@ -67,6 +68,7 @@ from ..rules._common import MAX_JSON_DEPTH, json_depth_over
 from .auth import is_loopback, load_tokens, token_check
 from .errors import ERROR_RESPONSES, ApiError, ErrorResponse, install_handlers
 from .middleware import BodyLimit, RequestMetrics
+from .models import add_models_route
 from .openai import JOB_ID_PATTERN, add_chat_route
 
 __all__ = ["create_app", "serve"]
@@ -120,6 +122,10 @@ def create_app(config: FleetConfig | None = None, dispatcher: Dispatcher | None 
         summary="Send every AI job to the cheapest place that can do it well.",
         description=(__doc__ or "").split("\n\n", 1)[0],
         responses={},
+        # FastAPI's /docs and /redoc load their scripts from a CDN: blank without internet,
+        # and a page that fetches third-party code. The schema itself is served offline.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.config = cfg
     app.state.dispatcher = d
@@ -203,6 +209,7 @@ def create_app(config: FleetConfig | None = None, dispatcher: Dispatcher | None 
         return await run_in_threadpool(d.status)
 
     add_chat_route(app, cfg, d, auth=auth, wait_final=wait_final)
+    add_models_route(app, cfg, auth=auth)
 
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (text format)",

@@ -17,12 +17,16 @@ in ``X-Tierfleet-Privacy``/``-Risk``/``-Workflow``/``-Kind``/``-Session``/
 parameters the fleet has no use for (temperature, top_p, seed, ...) are
 accepted and ignored; ``max_tokens``/``max_completion_tokens`` and
 ``response_format`` (JSON) are honoured; ``stream: true`` is answered as a
-server-sent-event stream once the job has finished. The call waits up to
+server-sent-event stream of the host's tokens as they come (:mod:`.streaming`). The call waits up to
 ``api.wait_timeout_s`` (or ``tierfleet.wait_s``, never longer); on timeout it
 answers 504 with the job id (``error.job_id`` and ``x-tierfleet-job-id``) so
-the caller can poll ``GET /v1/jobs/{id}``. A request naming a job id
-(``tierfleet.id`` or ``X-Tierfleet-Job-Id``) that has already finished gets
-the stored answer instead of a second run, so a client may retry safely.
+the caller can poll ``GET /v1/jobs/{id}``. Retries never run twice
+(:mod:`.retries`): an ``Idempotency-Key`` header or a producer-set job id
+(``tierfleet.id``, ``X-Tierfleet-Job-Id``) names the job, and a request the
+OpenAI SDK marks as a retry (``x-stainless-retry-count``) with the same body and
+token as a recent one attaches to the first try's job; a finished job's stored
+answer is returned instead of a second run. The default wait (600 s) is the
+SDK's own timeout, so the client, not the API, decides when to give up.
 Answers carry ``x-tierfleet-tier``, ``x-tierfleet-route`` (the tiers tried,
 ``a->b``), ``x-tierfleet-job-id`` and, for simulated hosts,
 ``x-tierfleet-simulated: 1``; the body adds a ``tierfleet`` object (job id,
@@ -39,14 +43,17 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, FastAPI, Header
+from fastapi import Body, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..config import FleetConfig
 from ..dispatch import Dispatcher, parse_job
+from ..errors import JobRejected
 from ..jobs import MODEL_KINDS, TERMINAL, Job, Kind, Privacy, Result, Risk, Status, UserTier
+from ..rules import json_validate
+from . import retries, streaming
 from .errors import ERROR_RESPONSES, ApiError, ErrorResponse
 
 __all__ = ["ChatCompletion", "ChatCompletionRequest", "add_chat_route", "resolve_target"]
@@ -66,6 +73,21 @@ CHAT_EXAMPLES: dict[str, Any] = {
         "tierfleet": {"workflow": "support", "privacy": "confidential", "kind": "classification"}}},
 }
 
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    arguments: str
+
+
+class ToolCallIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(max_length=256)
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ImageUrl(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -84,16 +106,44 @@ class ContentPart(BaseModel):
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    # Tool and function messages are not supported: the schema says so, and so does a 422.
-    role: Literal["system", "developer", "user", "assistant"]
+    # "function" (OpenAI's deprecated predecessor of "tool") is not supported: a 422.
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # an assistant turn that called functions
+    tool_call_id: str | None = Field(default=None, max_length=256)  # a tool turn's call
+
+
+class FunctionIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[\w-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"]
+    function: FunctionIn
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(default="response", max_length=64)
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
 
 
 class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
 
 
 class StreamOptions(BaseModel):
@@ -136,15 +186,30 @@ class ChatCompletionRequest(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1, le=1, description="only 1 is supported")
-    tools: list[Any] | None = None
+    tools: list[ToolIn] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     tierfleet: TierfleetOptions | None = None
 
 
 
 
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str  # a JSON string, as OpenAI sends it
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    refusal: None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class Choice(BaseModel):
@@ -164,7 +229,10 @@ class TierfleetInfo(BaseModel):
     job_id: str
     tier: str | None
     host: str | None
+    model: str | None  # the model the fleet asked for (``model`` above is the host's name)
     trail: list[str]
+    fallbacks: list[str]  # tiers tried before the one that answered
+    reasons: list[str]  # why the job went where it went: dispatcher stages, worker moves
     cost_usd: float
     cache_hit: bool
     simulated: bool
@@ -229,8 +297,9 @@ def _convert_messages(messages: list[ChatMessageIn]) -> list[dict[str, Any]]:
         if isinstance(m.content, str):
             texts.append(m.content)
         elif m.content is None:
-            raise ApiError(422, "message content is missing", code="invalid_value",
-                           param=f"messages.{i}.content")
+            if not m.tool_calls:  # OpenAI sends null content beside tool calls
+                raise ApiError(422, "message content is missing", code="invalid_value",
+                               param=f"messages.{i}.content")
         else:
             for j, part in enumerate(m.content):
                 where = f"messages.{i}.content.{j}"
@@ -241,7 +310,15 @@ def _convert_messages(messages: list[ChatMessageIn]) -> list[dict[str, Any]]:
                 else:
                     raise ApiError(422, f"unsupported content part {part.type!r} (text and "
                                    "image_url are)", code="unsupported_value", param=where)
-        out.append({"role": role, "content": "\n".join(texts), "images": images})
+        msg: dict[str, Any] = {"role": role, "content": "\n".join(texts), "images": images}
+        if m.tool_calls:
+            msg["tool_calls"] = [c.model_dump(mode="json") for c in m.tool_calls]
+        if m.role == "tool":
+            if not m.tool_call_id:
+                raise ApiError(422, "a tool message needs the tool_call_id it answers",
+                               code="invalid_value", param=f"messages.{i}.tool_call_id")
+            msg["tool_call_id"] = m.tool_call_id
+        out.append(msg)
     if not any(m["content"].strip() or m["images"] for m in out):
         raise ApiError(422, "every message is empty: nothing to answer", code="invalid_value",
                        param="messages")
@@ -267,16 +344,16 @@ def _image_b64(url: str, where: str) -> str:
 
 
 def _chat_job(config: FleetConfig, body: ChatCompletionRequest,
-              headers: Mapping[str, str | None]) -> tuple[Job, float | None]:
+              headers: Mapping[str, str | None], *,
+              job_id: str | None = None) -> tuple[Job, float | None]:
     """The Job a chat request stands for, and the wait the caller asked for."""
     opts = body.tierfleet.model_dump(exclude_none=True) if body.tierfleet else {}
     wait_s = opts.pop("wait_s", None)
+    if job_id is not None:
+        opts["id"] = job_id
     for name, value in headers.items():
         if value is not None and name not in opts:
             opts[name] = value
-    if body.tools:
-        raise ApiError(422, "tool calls are not supported", code="unsupported_value",
-                       param="tools")
     kind = Kind(opts.pop("kind", Kind.AUTO))
     if kind not in MODEL_KINDS and kind is not Kind.AUTO:
         raise ApiError(422, f"kind {kind.value!r} is a rules kind: submit it to POST /v1/jobs",
@@ -290,10 +367,37 @@ def _chat_job(config: FleetConfig, body: ChatCompletionRequest,
         "tier": tier,
         "model": model,
         "max_tokens": body.max_completion_tokens or body.max_tokens,
+        "stream": bool(body.stream),
         "json_output": bool(body.response_format
                             and body.response_format.type in ("json_object", "json_schema")),
     }
+    schema = _json_schema(config, body.response_format)
+    if schema is not None:
+        data["json_schema"] = schema
+    if body.tools:
+        data["tools"] = [t.model_dump(mode="json", exclude_none=True) for t in body.tools]
+        data["tool_choice"] = body.tool_choice
+    if schema is not None or body.tools:
+        # The cache keeps text only: no tool calls, and no record of which schema it met.
+        data["cache"] = False
     return parse_job(data), wait_s
+
+
+def _json_schema(config: FleetConfig, fmt: ResponseFormat | None) -> dict[str, Any] | None:
+    """The schema of a ``json_schema`` response format, checked as the rules tier checks one."""
+    if fmt is None or fmt.type != "json_schema":
+        return None
+    spec = fmt.json_schema
+    if spec is None or spec.schema_ is None:
+        raise ApiError(422, "response_format json_schema needs a schema", code="invalid_value",
+                       param="response_format.json_schema.schema")
+    inp = json_validate.JsonValidateInput(document=None, schema=spec.schema_)
+    try:
+        json_validate.check(inp, config.limits)
+    except JobRejected as exc:
+        param = exc.field.replace("input.schema", "response_format.json_schema.schema", 1)
+        raise ApiError(422, exc.message, code="invalid_value", param=param) from None
+    return spec.schema_
 
 
 def _result_headers(result: Result) -> dict[str, str]:
@@ -309,36 +413,35 @@ def _result_headers(result: Result) -> dict[str, str]:
     return h
 
 
+def _finish_reason(result: Result) -> str:
+    """The host's reason ("length" when cut, "tool_calls" when it called a function)."""
+    if result.tool_calls:
+        return "tool_calls"
+    return result.finish_reason or "stop"
+
+
 def _completion(result: Result, requested: str) -> ChatCompletion:
     text = result.text if result.text is not None else (
         result.output if isinstance(result.output, str) else json.dumps(result.output))
+    calls = [ToolCallOut.model_validate(c) for c in result.tool_calls or []] or None
     return ChatCompletion(
         id=f"chatcmpl-{result.job_id}",
         created=int(time.time()),
-        model=result.model or (f"tier:{result.tier}" if result.tier else requested),
-        choices=[Choice(message=ChatMessageOut(content=text or ""))],
+        model=(result.served_model or result.model
+               or (f"tier:{result.tier}" if result.tier else requested)),
+        # OpenAI sends content null beside tool calls; an empty answer stays "".
+        choices=[Choice(message=ChatMessageOut(content=(text or None) if calls else (text or ""),
+                                               tool_calls=calls),
+                        finish_reason=_finish_reason(result))],
         usage=Usage(prompt_tokens=result.tokens_in, completion_tokens=result.tokens_out,
                     total_tokens=result.tokens_in + result.tokens_out),
         tierfleet=TierfleetInfo(
-            job_id=result.job_id, tier=result.tier, host=result.host, trail=result.trail,
+            job_id=result.job_id, tier=result.tier, host=result.host, model=result.model,
+            trail=result.trail, fallbacks=result.trail[:-1], reasons=result.reasons,
             cost_usd=result.cost_usd, cache_hit=result.cache_hit, simulated=result.simulated,
             tokens_estimated=result.tokens_estimated,
         ),
     )
-
-
-def _sse(completion: ChatCompletion, include_usage: bool) -> list[str]:
-    base = {"id": completion.id, "object": "chat.completion.chunk", "created": completion.created,
-            "model": completion.model}
-    content = completion.choices[0].message.content
-    chunks: list[dict[str, Any]] = [
-        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": content},
-                              "finish_reason": None}]},
-        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
-    ]
-    if include_usage:
-        chunks.append({**base, "choices": [], "usage": completion.usage.model_dump()})
-    return [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
 
 
 def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
@@ -361,6 +464,7 @@ def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
         },
     )
     async def chat_completions(
+        request: Request,
         body: Annotated[ChatCompletionRequest, Body(openapi_examples=CHAT_EXAMPLES)],
         x_tierfleet_privacy: Annotated[Privacy | None, Header()] = None,
         x_tierfleet_risk: Annotated[Risk | None, Header()] = None,
@@ -369,6 +473,7 @@ def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
         x_tierfleet_session: Annotated[str | None, Header(max_length=128)] = None,
         x_tierfleet_user_tier: Annotated[UserTier | None, Header()] = None,
         x_tierfleet_job_id: Annotated[str | None, Header(max_length=128)] = None,
+        idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
     ) -> Response:
         headers = {
             "privacy": x_tierfleet_privacy, "risk": x_tierfleet_risk,
@@ -376,28 +481,64 @@ def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
             "session": x_tierfleet_session, "user_tier": x_tierfleet_user_tier,
             "id": x_tierfleet_job_id,
         }
-        job, wait_s = _chat_job(cfg, body, {k: (v.value if hasattr(v, "value") else v)
-                                            for k, v in headers.items()})
+        tags = {k: (v.value if hasattr(v, "value") else v) for k, v in headers.items()}
+        header_id = tags.pop("id")
+        producer_id = (body.tierfleet.id if body.tierfleet else None) or header_id
+        # The fingerprint covers the tags too: a retry carries the same headers.
+        ident = await run_in_threadpool(
+            retries.identify, d.r, cfg, request.headers,
+            {"body": body.model_dump(mode="json"), "tags": tags}, producer_id)
+        job, wait_s = _chat_job(cfg, body, tags, job_id=ident.job_id)
         limit = min(wait_s or cfg.api.wait_timeout_s, cfg.api.wait_timeout_s)
         stored = await run_in_threadpool(d.results.get, job.id)
         if stored is None or stored.status not in TERMINAL:
-            # A repeated request with the same job id gets the stored answer, not a second run.
-            await run_in_threadpool(d.submit, job)
-        res = await wait_final(job.id, limit)
+            # A repeated request with the same job id gets the stored answer, not a second run;
+            # one still running is the same job (admission is idempotent by id).
+            try:
+                await run_in_threadpool(d.submit, job)
+            except JobRejected as exc:
+                if exc.field == "id" and ident.source == "idempotency-key":
+                    raise ApiError(422, f"Idempotency-Key {idempotency_key!r} was used for "
+                                   "another request body", code="idempotency_key_reused",
+                                   param="idempotency-key") from None
+                raise
+            await run_in_threadpool(retries.remember, d.r, cfg, ident)
+        if body.stream:
+            include = bool(body.stream_options and body.stream_options.include_usage)
+            events = streaming.relay(request, d, job.id, model=job.model or body.model,
+                                     limit_s=limit, include_usage=include, failure=_failure)
+            _, whole = await streaming.primed(events)  # HTTP errors until the first token
+            return StreamingResponse(whole, media_type="text/event-stream",
+                                     headers={"x-tierfleet-job-id": job.id,
+                                              "cache-control": "no-cache"})
+        res = await _wait_or_disconnect(request, job.id, limit)
         if res is None or res.status not in TERMINAL:
             raise ApiError(504, f"job {job.id} not finished after {limit:g}s; poll "
                            f"GET /v1/jobs/{job.id}", code="timeout", job_id=job.id,
                            headers={"x-tierfleet-job-id": job.id})
+        if res.status is not Status.SUCCEEDED:
+            raise _failure(res)
         extra = _result_headers(res)
-        if res.status is Status.FAILED:
-            raise ApiError(502, f"job {job.id} failed: {res.error or 'unknown error'}",
-                           code="job_failed", job_id=job.id, headers=extra)
-        if res.status is Status.DEAD:
-            raise ApiError(503, f"job {job.id} was given up on: {res.error or 'no tier up'}",
-                           code="job_dead", job_id=job.id, headers=extra)
         completion = _completion(res, body.model)
-        if body.stream:
-            include = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(iter(_sse(completion, include)),
-                                     media_type="text/event-stream", headers=extra)
         return JSONResponse(completion.model_dump(mode="json"), headers=extra)
+
+    def _failure(res: Result) -> ApiError:
+        extra = _result_headers(res)
+        if res.status is Status.DEAD:
+            return ApiError(503, f"job {res.job_id} was given up on: {res.error or 'no tier up'}",
+                            code="job_dead", job_id=res.job_id, headers=extra)
+        return ApiError(502, f"job {res.job_id} failed: {res.error or 'unknown error'}",
+                        code="job_failed", job_id=res.job_id, headers=extra)
+
+    async def _wait_or_disconnect(request: Request, job_id: str, seconds: float) -> Result | None:
+        """``wait_final`` in short slices, stopping when the client has hung up: a client
+        that timed out will retry (and attach to this job) or has given up; either way
+        nobody reads this answer, and holding the slot for 600 s would only waste it."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            res = await wait_final(job_id, max(0.0, min(1.0, left)))
+            if res is None or res.status in TERMINAL or left <= 1.0:
+                return res
+            if await request.is_disconnected():
+                return res

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +292,21 @@ class HttpBackend:
         if response.status_code >= 400:
             raise error_from_response(self.name, response, self._key)
         return response
+
+    def _stream_lines(self, url: str, json_data: dict[str, Any]) -> Iterator[tuple[httpx.Response, str]]:
+        """POST and yield the answer's lines as they arrive (NDJSON, SSE), with the same
+        error taxonomy as :meth:`_request`; a connection dropped mid-answer is HostDown."""
+        headers = {**self._headers(), "Accept": "application/x-ndjson, text/event-stream"}
+        try:
+            with self._client.stream("POST", url, json=json_data, headers=headers) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise error_from_response(self.name, response, self._key)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield response, line
+        except httpx.HTTPError as exc:
+            raise transport_error(self.name, exc) from None
 
     def _probe(self, url: str) -> tuple[httpx.Response, dict[str, Any]] | HostHealth:
         """GET a health path with the short health timeout: the answer, or a HostHealth saying down."""

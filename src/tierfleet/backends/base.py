@@ -18,6 +18,7 @@ ModelNotFound     configuration error: fail, alert
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
@@ -26,9 +27,11 @@ from ..errors import TierfleetError
 
 
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
     images: list[str] = Field(default_factory=list)  # base64, no data: prefix
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI's shape, on assistant turns
+    tool_call_id: str | None = None  # on tool turns
 
 
 class CompletionRequest(BaseModel):
@@ -37,8 +40,14 @@ class CompletionRequest(BaseModel):
     max_tokens: int | None = None
     temperature: float | None = 0.0
     json_output: bool = False
+    json_schema: dict[str, Any] | None = None  # constrain the answer to this schema
+    tools: list[dict[str, Any]] | None = None  # OpenAI's tools shape
+    tool_choice: str | dict[str, Any] | None = None
     # Used by hosts whose jobs outlive a request (Runpod) to resume instead of paying twice.
     job_id: str | None = None
+    # Called with each piece of text as the host streams it: set, the backend asks its host
+    # to stream (Ollama NDJSON, OpenAI SSE); unset, it asks for one answer. Not sent.
+    on_token: Callable[[str], None] | None = Field(default=None, exclude=True, repr=False)
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -53,6 +62,9 @@ class Completion(BaseModel):
     simulated: bool = False
     external_id: str | None = None  # e.g. the Runpod job id
     billed_seconds: float | None = None  # Runpod executionTime, for per-second billing
+    # Function calls in OpenAI's shape: [{"id", "type": "function", "function": {"name",
+    # "arguments": "<JSON string>"}}]; None when the model answered in text.
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class HostHealth(BaseModel):

@@ -9,8 +9,11 @@ LiteLLM, OpenRouter and paid providers.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
+
+import httpx
 
 from ._http import HttpBackend, is_simulated, json_body, reported_count
 from .base import ChatMessage, Completion, CompletionRequest, HostDown, HostHealth
@@ -32,6 +35,14 @@ def image_mime(b64: str) -> str:
 
 
 def message_payload(m: ChatMessage) -> dict[str, Any]:
+    if m.tool_calls or m.role == "tool":
+        msg: dict[str, Any] = {"role": m.role, "content": m.content or None}
+        if m.tool_calls:
+            msg["tool_calls"] = m.tool_calls
+        if m.tool_call_id is not None:
+            msg["tool_call_id"] = m.tool_call_id
+            msg["content"] = m.content
+        return msg
     if not m.images:
         return {"role": m.role, "content": m.content}
     parts: list[dict[str, Any]] = [{"type": "text", "text": m.content}]
@@ -54,8 +65,15 @@ class OpenAICompatBackend(HttpBackend):
             body["temperature"] = request.temperature
         if request.max_tokens is not None:
             body["max_tokens"] = request.max_tokens
-        if request.json_output:
+        if request.json_schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "answer", "schema": request.json_schema}}
+        elif request.json_output:
             body["response_format"] = {"type": "json_object"}
+        if request.tools:
+            body["tools"] = request.tools
+            if request.tool_choice is not None:
+                body["tool_choice"] = request.tool_choice
         # Provider-specific fields (seed, top_p, reasoning_effort, ...) pass through as given.
         body.update(request.options)
         if "max_completion_tokens" in request.options:
@@ -63,16 +81,53 @@ class OpenAICompatBackend(HttpBackend):
             body.pop("max_tokens", None)
         return body
 
+    def _streamed(self, request: CompletionRequest) -> tuple[httpx.Response, dict[str, Any]]:
+        """OpenAI's SSE stream: deltas to ``on_token``; returns a one-shot-shaped answer
+        (text joined, the last chunk's finish_reason, the usage chunk's counts)."""
+        assert request.on_token is not None
+        body = {**self._body(request), "stream": True, "stream_options": {"include_usage": True}}
+        parts: list[str] = []
+        out: dict[str, Any] = {"choices": [{"message": {}, "finish_reason": None}]}
+        for response, line in self._stream_lines(f"{self.base_url}/chat/completions", body):
+            if not line.startswith("data:"):
+                continue  # SSE comments and event names
+            data = line[5:].strip()
+            if data == "[DONE]":
+                out["choices"][0]["message"]["content"] = "".join(parts)
+                return response, out
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                raise HostDown(self.name, f"unreadable stream event: {data[:200]}") from None
+            if "error" in chunk:
+                raise HostDown(self.name, str(chunk["error"])[:500])
+            out["id"], out["model"] = chunk.get("id", out.get("id")), chunk.get("model", out.get("model"))
+            if chunk.get("usage"):
+                out["usage"] = chunk["usage"]
+            for choice in chunk.get("choices") or []:
+                piece = (choice.get("delta") or {}).get("content") or ""
+                if piece:
+                    parts.append(piece)
+                    request.on_token(piece)
+                if choice.get("finish_reason"):
+                    out["choices"][0]["finish_reason"] = choice["finish_reason"]
+        raise HostDown(self.name, "stream ended without [DONE]")
+
     def complete(self, request: CompletionRequest) -> Completion:
         started = time.monotonic()
-        response = self._request("POST", f"{self.base_url}/chat/completions", json_data=self._body(request))
-        body = json_body(self.name, response)
+        if request.on_token is not None and not request.tools:
+            response, body = self._streamed(request)
+        else:
+            response = self._request("POST", f"{self.base_url}/chat/completions",
+                                     json_data=self._body(request))
+            body = json_body(self.name, response)
         choices = body.get("choices") or []
         if not choices:
             raise HostDown(self.name, "answer has no choices", status=response.status_code)
         choice = choices[0]
         message = choice.get("message") or {}
         usage = body.get("usage") or {}
+        calls = [c for c in message.get("tool_calls") or [] if isinstance(c, dict)] or None
         return Completion(
             text=message.get("content") or "",
             model=str(body.get("model") or request.model),
@@ -83,6 +138,7 @@ class OpenAICompatBackend(HttpBackend):
             finish_reason=choice.get("finish_reason"),
             simulated=is_simulated(response),
             external_id=body.get("id"),
+            tool_calls=calls,
         )
 
     def health(self, model: str | None = None) -> HostHealth:

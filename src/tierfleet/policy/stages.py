@@ -141,8 +141,16 @@ def _tiers(ts: list[str]) -> str:
 # -- 1. constraints ------------------------------------------------------------------
 
 
+def _can_call_tools(d: Draft, tier: str, kind: str) -> bool:
+    """Whether the model ``tier`` would run for ``kind`` can call tools (config ``tools``)."""
+    model = d.job.model if d.job.model and d.fleet.serves(tier, d.job.model) \
+        else d.fleet.model_for(tier, kind)
+    mc = d.config.models.get(model) if model else None
+    return mc.tools if mc is not None else True
+
+
 class Constraints:
-    """Privacy, explicit tier or model, premium users."""
+    """Privacy, tools, explicit tier or model, premium users."""
 
     name = "constraints"
 
@@ -156,6 +164,16 @@ class Constraints:
                 f"privacy=confidential: local tiers only ({_tiers(d.permitted)}), for the "
                 f"first attempt and every fallback; never {_tiers(sorted(away))}",
             )
+        if job.tools and job.tool_choice != "none":
+            # A job that may call functions needs a model that can: never the others,
+            # neither first nor as a fallback.
+            kind = job.kind.value if job.kind.value != "auto" else "chat"
+            cannot = {t for t in d.permitted
+                      if fleet.place.get(t) != "rules" and not _can_call_tools(d, t, kind)}
+            if cannot:
+                d.forbid(cannot)
+                d.note(self.name, f"tools: {_tiers(sorted(cannot))} cannot call tools; "
+                       f"only {_tiers(d.permitted)}")
         if job.tier is not None:
             self._tier_override(d, job.tier)
         if job.model is not None:

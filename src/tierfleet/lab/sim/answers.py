@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ... import tokens
+from .structured import call_for, instance_for
 
 # Ollama and llama.cpp charge a vision prompt a few hundred tokens per image.
 IMAGE_TOKENS = 256
@@ -72,8 +73,27 @@ class Answer:
     text: str
     tokens_in: int
     tokens_out: int
-    finish_reason: str  # "stop" or "length"
+    finish_reason: str  # "stop", "length" or "tool_calls"
     latency_s: float  # already scaled
+    # A function call instead of text: (name, arguments), for requests offering tools.
+    tool_call: tuple[str, dict[str, Any]] | None = None
+    per_token_s: float = 0.0  # already scaled: a stream spends it between tokens
+
+
+def pieces(text: str) -> list[str]:
+    """The answer as the model emits it, one token's text at a time."""
+    enc = tokens.encoding()
+    out: list[str] = []
+    pending: list[int] = []
+    for tid in enc.encode(text, disallowed_special=()):
+        pending.append(tid)
+        piece = enc.decode(pending)
+        if "\ufffd" not in piece:  # a multi-byte character spans several tokens
+            out.append(piece)
+            pending = []
+    if pending:
+        out.append(enc.decode(pending))
+    return out
 
 
 def prompt_tokens(messages: list[dict[str, Any]]) -> int:
@@ -158,6 +178,8 @@ def compose(
     max_tokens: int | None = None,
     vision: bool = False,
     scale: float = 1.0,
+    schema: dict[str, Any] | None = None,
+    tools: list[Any] | None = None,
 ) -> Answer:
     """The simulated answer to a chat request, labelled as simulated.
 
@@ -173,7 +195,22 @@ def compose(
     target = rng.randint(lo, hi)
     classify = bool(_CLASSIFY.search(last))
     label = rng.choice(words) if words else "other"
-    if json_output:
+    last_role = str(messages[-1].get("role")) if messages else ""
+    call = call_for(tools, last, rng, words) if tools and last_role != "tool" else None
+    if call is not None:
+        # The model calls a function: no text; the arguments are what it "produced".
+        produced = tokens.count(json.dumps(call[1]))
+        base = profile.base_s[0] + rng.random() * (profile.base_s[1] - profile.base_s[0])
+        return Answer(text="", tokens_in=prompt_tokens(messages), tokens_out=max(1, produced),
+                      finish_reason="tool_calls",
+                      latency_s=(base + profile.per_token_s * produced) * scale, tool_call=call)
+    if last_role == "tool":
+        # Answering with a tool's result: say what the tool said.
+        said = " ".join(str(messages[-1].get("content") or "").split())[:200]
+        text = f"[simulated {model}] The tool answered: {said}"
+    elif schema is not None:
+        text = json.dumps(instance_for(schema, rng, words), ensure_ascii=False)
+    elif json_output:
         body: dict[str, Any] = {"simulated": True, "model": model}
         if classify:
             body["label"] = label
@@ -202,4 +239,5 @@ def compose(
         tokens_out=produced,
         finish_reason=reason,
         latency_s=latency,
+        per_token_s=profile.per_token_s * scale,
     )

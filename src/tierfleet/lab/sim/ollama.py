@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from .answers import prompt_tokens
+from .answers import pieces, prompt_tokens
 from .wire import Exchange, HttpError, ModelInfo, Route, now_iso, ollama_name
 
 SIM_VERSION = "0.12.6"
@@ -96,19 +96,29 @@ def chat(ex: Exchange, body: Any, job_id: str | None, query: dict[str, list[str]
         if body.get("truncate", True) is False or n_in <= window:
             raise HttpError(400, "the input length exceeds the context length")
         n_in = window  # Ollama's default: the prompt is silently cut to fit
+    fmt = body.get("format")
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else None
     answer = ex.answer(
         model,
         messages,
-        json_output=body.get("format") is not None,
+        json_output=fmt is not None,
         max_tokens=max_tokens,
         route="chat",
+        schema=fmt if isinstance(fmt, dict) else None,
+        tools=tools,
+        stream=body.get("stream", True) is not False,
     )
+    message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+    if answer.tool_call is not None:
+        # Ollama's shape: arguments as an object; it says "stop" even when it called one.
+        message["tool_calls"] = [{"function": {"name": answer.tool_call[0],
+                                               "arguments": answer.tool_call[1]}}]
     total_ns = max(int(answer.latency_s * 1e9), 1000)
     final: dict[str, Any] = {
         "model": name,
         "created_at": now_iso(),
-        "message": {"role": "assistant", "content": answer.text},
-        "done_reason": answer.finish_reason,
+        "message": message,
+        "done_reason": "stop" if answer.tool_call is not None else answer.finish_reason,
         "done": True,
         "total_duration": total_ns,
         "load_duration": total_ns // 100,
@@ -124,15 +134,14 @@ def chat(ex: Exchange, body: Any, job_id: str | None, query: dict[str, list[str]
     if body.get("stream", True) is False:
         ex.send(200, final)
         return
-    chunk = {
-        "model": name,
-        "created_at": final["created_at"],
-        "message": {"role": "assistant", "content": answer.text},
-        "done": False,
-    }
-    final["message"] = {"role": "assistant", "content": ""}
-    lines = json.dumps(chunk) + "\n" + json.dumps(final) + "\n"
-    ex.send(200, lines, content_type="application/x-ndjson")
+    # Token by token at the model's speed, then the final record with the counts.
+    ex.stream_start("application/x-ndjson")
+    for piece in pieces(answer.text):
+        chunk = {"model": name, "created_at": now_iso(),
+                 "message": {"role": "assistant", "content": piece}, "done": False}
+        ex.stream_write(json.dumps(chunk) + "\n", answer.per_token_s)
+    final["message"] = {**message, "content": ""}
+    ex.stream_write(json.dumps(final) + "\n")
 
 
 # (method, path) -> (route name, answer); the route name is what the counters and faults use.

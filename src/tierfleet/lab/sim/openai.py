@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any
 
-from .answers import prompt_tokens
+from .answers import pieces, prompt_tokens
 from .wire import Exchange, Route
 
 
@@ -88,9 +88,23 @@ def chat(ex: Exchange, body: Any, job_id: str | None, query: dict[str, list[str]
             "messages",
         )
         return
+    schema = None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        spec = fmt.get("json_schema") or {}
+        schema = spec.get("schema") if isinstance(spec.get("schema"), dict) else None
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else None
+    if body.get("tool_choice") == "none":
+        tools = None
     answer = ex.answer(
-        model, messages, json_output=json_output, max_tokens=max_tokens, route="openai_chat"
+        model, messages, json_output=json_output, max_tokens=max_tokens, route="openai_chat",
+        schema=schema, tools=tools, stream=bool(body.get("stream")) and tools is None,
     )
+    message: dict[str, Any] = {"role": "assistant", "content": answer.text, "refusal": None}
+    if answer.tool_call is not None:
+        call_id = "call_" + hashlib.sha256(json.dumps(answer.tool_call).encode()).hexdigest()[:20]
+        message["content"] = None
+        message["tool_calls"] = [{"id": call_id, "type": "function", "function": {
+            "name": answer.tool_call[0], "arguments": json.dumps(answer.tool_call[1])}}]
     created = int(time.time())
     cid = (
         "chatcmpl-sim" + hashlib.sha256(f"{created}{answer.text}{uuid.uuid4()}".encode()).hexdigest()[:24]
@@ -104,7 +118,7 @@ def chat(ex: Exchange, body: Any, job_id: str | None, query: dict[str, list[str]
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": answer.text, "refusal": None},
+                "message": message,
                 "finish_reason": answer.finish_reason,
                 "logprobs": None,
             }
@@ -120,22 +134,26 @@ def chat(ex: Exchange, body: Any, job_id: str | None, query: dict[str, list[str]
     if not body.get("stream"):
         ex.send(200, payload)
         return
-    delta = {
-        "id": cid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": name,
-        "choices": [
-            {
-                "index": 0,
-                "delta": {"role": "assistant", "content": answer.text},
-                "finish_reason": None,
-            }
-        ],
-    }
-    end = dict(delta, choices=[{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}])
-    stream = f"data: {json.dumps(delta)}\n\ndata: {json.dumps(end)}\n\ndata: [DONE]\n\n"
-    ex.send(200, stream, content_type="text/event-stream")
+    base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name}
+    if answer.tool_call is not None:
+        # Tool calls arrive whole, in one delta (as many servers send them).
+        first = {**base, "choices": [{"index": 0, "finish_reason": None, "delta": {
+            "role": "assistant", "content": None, "tool_calls": [
+                {"index": 0, **message["tool_calls"][0]}]}}]}
+        texts: list[dict[str, Any]] = [first]
+    else:
+        texts = [{**base, "choices": [{"index": 0, "finish_reason": None, "delta": (
+            {"role": "assistant", "content": piece} if i == 0 else {"content": piece})}]}
+            for i, piece in enumerate(pieces(answer.text) or [""])]
+    ex.stream_start("text/event-stream")
+    for chunk in texts:
+        ex.stream_write(f"data: {json.dumps(chunk)}\n\n", answer.per_token_s)
+    end = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}]}
+    ex.stream_write(f"data: {json.dumps(end)}\n\n")
+    options = body.get("stream_options") or {}
+    if isinstance(options, dict) and options.get("include_usage") and "usage" in payload:
+        ex.stream_write(f"data: {json.dumps({**base, 'choices': [], 'usage': payload['usage']})}\n\n")
+    ex.stream_write("data: [DONE]\n\n")
 
 
 def error_body(message: str, etype: str, code: str | None, param: str | None = None) -> dict[str, Any]:

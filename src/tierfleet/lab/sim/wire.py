@@ -135,6 +135,9 @@ class Exchange(BaseHTTPRequestHandler):
         json_output: bool,
         max_tokens: int | None,
         route: str,
+        schema: dict[str, Any] | None = None,
+        tools: list[Any] | None = None,
+        stream: bool = False,
     ) -> Answer:
         """Compose the answer and spend its latency, holding one of the host's parallel slots."""
         host = self.host
@@ -145,6 +148,8 @@ class Exchange(BaseHTTPRequestHandler):
             max_tokens=max_tokens,
             vision=model.vision,
             scale=host.scale,
+            schema=schema,
+            tools=tools,
         )
         if host.take("refusal", route) is not None:
             text = f"[simulated {model.name}] I'm sorry, but I can't help with that."
@@ -155,11 +160,27 @@ class Exchange(BaseHTTPRequestHandler):
         while not host._slots.acquire(timeout=0.05):
             if self.server.gone.is_set():
                 raise Abort
+        # A stream spends the time to its first token here and the rest between tokens.
+        ahead = answer.per_token_s * answer.tokens_out if stream else 0.0
         try:
-            self.sleep(answer.latency_s + extra)
+            self.sleep(max(0.0, answer.latency_s - ahead) + extra)
         finally:
             host._slots.release()
         return answer
+
+    def stream_start(self, content_type: str) -> None:
+        """Headers of a streamed answer: no length, the body ends when the connection does."""
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header(SIMULATED_HEADER, "1")
+        self.end_headers()
+        self.close_connection = True
+
+    def stream_write(self, data: str, pause_s: float = 0.0) -> None:
+        """One piece of a stream, sent now; ``pause_s`` first (the model's time per token)."""
+        self.sleep(pause_s)
+        self.wfile.write(data.encode())
+        self.wfile.flush()
 
 
 
