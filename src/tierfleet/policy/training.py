@@ -432,6 +432,26 @@ def fit_small_ok(
     return _fit([r.prompt for r in rows], y, w, SMALL_OK_C, ["0", "1"], soft=True, vocab=vocab)
 
 
+def fit_models(
+    kind_rows: Sequence[KindRow], ok_rows: Sequence[OkRow]
+) -> tuple[LinearModel | None, LinearModel | None]:
+    """Both models on one shared vocabulary, as ``tierfleet train`` ships them.
+
+    The benchmark's leave-one-benchmark-out folds call this too, so what it
+    measures is what the command writes. A model with too few rows (or one class
+    only) comes back as None: the caller keeps the current one.
+    """
+    fit_k = len(kind_rows) >= MIN_ROWS and len({r.kind for r in kind_rows}) >= 2
+    fit_o = len(ok_rows) >= MIN_ROWS and len({r.small_ok > 0.5 for r in ok_rows}) == 2
+    vocab = None
+    if fit_k and fit_o:
+        texts = [r.prompt for r in cap_rows(kind_rows, KIND_CAP_PER_TASK, SEED)]
+        vocab = fit_vocabulary(texts + [r.prompt for r in ok_rows])
+    kind = fit_kind(kind_rows, vocab=vocab) if fit_k else None
+    small_ok = fit_small_ok(ok_rows, vocab=vocab) if fit_o else None
+    return kind, small_ok
+
+
 # -- the command ------------------------------------------------------------------------------
 
 
@@ -469,25 +489,18 @@ def train(
     target.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"out": str(target), "sources": sources, "problems": problems[:20]}
 
-    kinds_present = {r.kind for r in kind_rows}
-    ys = {r.small_ok > 0.5 for r in ok_rows}
-    fit_k = len(kind_rows) >= MIN_ROWS and len(kinds_present) >= 2
-    fit_o = len(ok_rows) >= MIN_ROWS and len(ys) == 2
-    vocab = None
-    if fit_k and fit_o:
-        texts = [r.prompt for r in cap_rows(kind_rows, KIND_CAP_PER_TASK, SEED)]
-        vocab = fit_vocabulary(texts + [r.prompt for r in ok_rows])
-    if fit_k:
-        fit_kind(kind_rows, vocab=vocab).save(target / KIND_FILE)
+    kind_model, ok_model = fit_models(kind_rows, ok_rows)
+    if kind_model is not None:
+        kind_model.save(target / KIND_FILE)
         summary["kind"] = {
             "rows": len(kind_rows),
             "per_kind": dict(sorted(Counter(r.kind.value for r in kind_rows).items())),
         }
     else:
-        why = f"{len(kind_rows)} rows, {len(kinds_present)} kinds"
+        why = f"{len(kind_rows)} rows, {len({r.kind for r in kind_rows})} kinds"
         summary["kind"] = _keep(current, target, KIND_FILE, why)
-    if fit_o:
-        fit_small_ok(ok_rows, vocab=vocab).save(target / SMALL_OK_FILE)
+    if ok_model is not None:
+        ok_model.save(target / SMALL_OK_FILE)
         summary["small_ok"] = {
             "rows": len(ok_rows),
             "mean_label": round(float(np.mean([r.small_ok for r in ok_rows])), 4),
