@@ -602,7 +602,7 @@ def lobo_kind() -> dict[str, Any]:
         train = [r for r in rows if bench_of(r.source, r.task) != b] + synth
         test = [r for r in rows if bench_of(r.source, r.task) == b]
         oks = [r for r in ok_rows if bench_of(r.source, r.task) != b]
-        kind, small = fit_models(train, oks)
+        kind, small, _ = fit_models(train, oks)
         reader = Reader("learned", Models(kind=kind, small_ok=small))
         keyword = KeywordClassifier()
         pred = [s.guess.kind for s in reader.read_many([r.prompt for r in test])]
@@ -659,8 +659,8 @@ def _baselines(rows: Sequence[OkRow]) -> dict[str, np.ndarray]:
     }
 
 
-def _learned_need(kind: Any, small: Any, rows: Sequence[OkRow]) -> np.ndarray:
-    reader = Reader("learned", Models(kind=kind, small_ok=small))
+def _learned_need(kind: Any, small: Any, rows: Sequence[OkRow], correction: Any = None) -> np.ndarray:
+    reader = Reader("learned", Models(kind=kind, small_ok=small, correction=correction))
     return 1.0 - np.array([s.p_small_ok for s in reader.read_many([r.prompt for r in rows])])
 
 
@@ -686,7 +686,7 @@ def lobo_small_ok() -> dict[str, Any]:
     for b in sorted({bench_of(s, t) for s, t in room}):
         train = [r for r in rows if bench_of(r.source, r.task) != b]
         krows = [r for r in kind_rows if bench_of(r.source, r.task) != b]
-        kind, small = fit_models(krows, train)
+        kind, small, _ = fit_models(krows, train)
         held = {k: v for k, v in room.items() if bench_of(*k) == b}
         # 5% of each held-out task as labelled traffic, the rest to measure on.
         labels: list[OkRow] = []
@@ -698,7 +698,9 @@ def lobo_small_ok() -> dict[str, Any]:
             n_lab = max(1, round(len(rs) * LABEL_SHARE))
             labels += [OkRow(r.prompt, r.small_ok, "labels", r.task, {}) for r in shuffled[:n_lab]]
             rest[key] = shuffled[n_lab:]
-        kind_l, small_l = fit_models(krows, train + labels)
+        # As `tierfleet train --labels FILE --with-dev` fits them: the dev data's models plus
+        # a correction fitted on the labels (see training.fit_models).
+        kind_l, small_l, corr = fit_models(krows, train, labels)
         for key, rs in held.items():
             s, la = _group_scores(rs)
             routers = {"learned": _learned_need(kind, small, rs), **_baselines(rs)}
@@ -710,7 +712,7 @@ def lobo_small_ok() -> dict[str, Any]:
             }
             rr = rest[key]
             s2, la2 = _group_scores(rr)
-            with_labels = {"learned": _learned_need(kind_l, small_l, rr),
+            with_labels = {"learned": _learned_need(kind_l, small_l, rr, corr),
                            "learned (no labels)": _learned_need(kind, small, rr), **_baselines(rr)}
             entry["labels_5pct"] = {
                 "labels": len(rs) - len(rr), "n": len(rr),

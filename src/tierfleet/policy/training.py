@@ -61,6 +61,7 @@ from .. import tokens
 from ..errors import ConfigError
 from ..jobs import MODEL_KINDS, Kind
 from . import synth
+from .correction import CORRECTION_FILE, LabelCorrection
 from .features import DENSE_NAMES, Vocabulary, dense
 from .linear import LinearModel
 from .models import KIND_FILE, META_FILE, SMALL_OK_FILE, artifacts_dir
@@ -433,14 +434,22 @@ def fit_small_ok(
 
 
 def fit_models(
-    kind_rows: Sequence[KindRow], ok_rows: Sequence[OkRow]
-) -> tuple[LinearModel | None, LinearModel | None]:
+    kind_rows: Sequence[KindRow], ok_rows: Sequence[OkRow], label_rows: Sequence[OkRow] = ()
+) -> tuple[LinearModel | None, LinearModel | None, LabelCorrection | None]:
     """Both models on one shared vocabulary, as ``tierfleet train`` ships them.
+
+    ``label_rows``: p_small_ok labels from the user's own traffic. With a general
+    model to correct (``ok_rows``, the dev data), they do not join its fit, where
+    a few hundred rows would be drowned by thousands or overfit twenty thousand
+    weights; they fit a ``LabelCorrection`` on top of it instead, scored by a model
+    that never saw them. Without ``ok_rows`` they are the training data.
 
     The benchmark's leave-one-benchmark-out folds call this too, so what it
     measures is what the command writes. A model with too few rows (or one class
     only) comes back as None: the caller keeps the current one.
     """
+    if not ok_rows:
+        ok_rows, label_rows = list(label_rows), ()
     fit_k = len(kind_rows) >= MIN_ROWS and len({r.kind for r in kind_rows}) >= 2
     fit_o = len(ok_rows) >= MIN_ROWS and len({r.small_ok > 0.5 for r in ok_rows}) == 2
     vocab = None
@@ -449,7 +458,18 @@ def fit_models(
         vocab = fit_vocabulary(texts + [r.prompt for r in ok_rows])
     kind = fit_kind(kind_rows, vocab=vocab) if fit_k else None
     small_ok = fit_small_ok(ok_rows, vocab=vocab) if fit_o else None
-    return kind, small_ok
+    correction = None
+    if small_ok is not None and len(label_rows) >= MIN_ROWS:
+        correction = fit_correction(small_ok, label_rows)
+    return kind, small_ok, correction
+
+
+def fit_correction(model: LinearModel, rows: Sequence[OkRow]) -> LabelCorrection:
+    terms, feats = featurize([r.prompt for r in rows])
+    encoded = model.encode(terms)
+    z = model.decision(terms, feats, encoded)[:, 0]
+    y = np.array([r.small_ok for r in rows], dtype=np.float64)
+    return LabelCorrection.fit(z, feats[:, DENSE_NAMES.index("log_tokens")], y, encoded, len(model.vocab))
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -470,6 +490,7 @@ def train(
     current = artifacts_dir()
     kind_rows: list[KindRow] = []
     ok_rows: list[OkRow] = []
+    label_ok: list[OkRow] = []
     sources: dict[str, Any] = {}
     problems: list[str] = []
     if labels is None or with_dev:
@@ -483,13 +504,22 @@ def train(
     if labels is not None:
         uk, uo, problems = load_user_labels(labels)
         kind_rows += uk
-        ok_rows += uo
+        label_ok = uo
         sources["labels"] = {"file": str(labels), "sha": _sha(Path(labels)), "kind_rows": len(uk),
                              "small_ok_rows": len(uo), "skipped": len(problems)}
     target.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"out": str(target), "sources": sources, "problems": problems[:20]}
 
-    kind_model, ok_model = fit_models(kind_rows, ok_rows)
+    kind_model, ok_model, correction = fit_models(kind_rows, ok_rows, label_ok)
+    if ok_model is not None and not ok_rows:
+        ok_rows = label_ok  # no dev data: the labels were the training rows
+    stale = target / CORRECTION_FILE
+    if correction is not None:
+        correction.save(stale)
+        summary["correction"] = {"labels": correction.n_labels, "recalibration": [
+            round(float(c), 4) for c in correction.coef]}
+    elif stale.exists() and (ok_model is not None or current.resolve() != target.resolve()):
+        stale.unlink()  # a correction belongs to the model it was fitted on
     if kind_model is not None:
         kind_model.save(target / KIND_FILE)
         summary["kind"] = {
