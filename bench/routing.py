@@ -23,6 +23,7 @@ import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -821,7 +822,8 @@ def main() -> int:
     show_lobo(res)
     if only_lobo:
         res["took_s"] = round(time.perf_counter() - t0, 1)
-        out = OUT.with_name("routing_results_lobo.json")
+        # A partial run does not overwrite the full results that ship with the repo.
+        out = Path(tempfile.gettempdir()) / "routing_results_lobo.json"
         out.write_text(json.dumps(res, indent=1, default=_plain) + "\n", encoding="utf-8")
         console.print(f"wrote {out} in {res['took_s']} s")
         return 0
