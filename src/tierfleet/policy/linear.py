@@ -25,10 +25,16 @@ FORMAT_VERSION = 1
 DENSE_CLIP = 2.5
 
 
-def standardise(dense: np.ndarray, mean: np.ndarray, scale: np.ndarray, clip: float) -> np.ndarray:
-    """(x - mean) / scale, clipped to +-clip when clip > 0."""
+def standardise(
+    dense: np.ndarray, mean: np.ndarray, scale: np.ndarray, clip: float | np.ndarray
+) -> np.ndarray:
+    """(x - mean) / scale, clipped to +-clip (one bound, or one per feature; 0: no clip)."""
     z = (np.atleast_2d(dense) - mean) / scale
-    return np.clip(z, -clip, clip) if clip > 0 else z
+    bound = np.asarray(clip, dtype=np.float64)
+    if not np.any(bound > 0):
+        return z
+    bound = np.where(bound > 0, bound, np.inf)
+    return np.clip(z, -bound, bound)
 
 
 class LinearModel:
@@ -47,7 +53,7 @@ class LinearModel:
         dense_mean: np.ndarray,
         dense_scale: np.ndarray,
         dense_weight: float,
-        dense_clip: float = 0.0,
+        dense_clip: float | np.ndarray = 0.0,
     ) -> None:
         self.vocab = vocab
         self.coef = np.asarray(coef, dtype=np.float64)
@@ -56,7 +62,7 @@ class LinearModel:
         self.dense_mean = np.asarray(dense_mean, dtype=np.float64)
         self.dense_scale = np.asarray(dense_scale, dtype=np.float64)
         self.dense_weight = float(dense_weight)
-        self.dense_clip = float(dense_clip)
+        self.dense_clip = np.asarray(dense_clip, dtype=np.float64)
         n_terms = len(vocab)
         # Column-major views: one row per term, so a document's terms gather rows.
         self._term_coef = np.ascontiguousarray(self.coef[:, :n_terms].T)
@@ -174,7 +180,7 @@ class LinearModel:
                     z["dense_mean"],
                     z["dense_scale"],
                     float(z["dense_weight"]),
-                    float(z["dense_clip"]) if "dense_clip" in z.files else 0.0,
+                    z["dense_clip"] if "dense_clip" in z.files else 0.0,
                 )
         except (OSError, KeyError, ValueError) as exc:
             raise ConfigError(f"cannot read policy model {path}: {exc}") from exc
