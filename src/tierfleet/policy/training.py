@@ -35,7 +35,11 @@ A user's own traffic
 
 A model with too few labels in the file (fewer than ``MIN_ROWS``, or one class
 only) is copied unchanged from the current artifacts. ``--with-dev`` adds the
-dev data to the user's rows.
+dev data to the user's rows: kind labels join the classifier's training rows;
+p_small_ok labels do not join the general model's fit (a few hundred rows among
+thousands barely move it) but fit a ``LabelCorrection`` on top of it
+(``correction.py``: a recalibration on score and length, and a nearest-neighbour
+residual), written as ``labels.npz`` next to the models.
 
 Everything is seeded, so the same data gives the same weights.
 """

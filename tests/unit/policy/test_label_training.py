@@ -120,3 +120,36 @@ def test_similarities_match_a_dense_dot_product() -> None:
     q[q_idx] = q_w
     np.testing.assert_allclose(corr.similarities(q_idx, q_w), dense @ q)
     assert corr.similarities(np.zeros(0, dtype=np.int64), np.zeros(0)).shape == (7,)
+
+
+def test_train_with_dev_writes_a_correction_and_a_retrain_without_labels_drops_it(tmp_path: Path) -> None:
+    from tierfleet.policy.training import LARGE_MODELS, SMALL_MODELS
+
+    # A stand-in dev folder: topic-blind scores (the small models win half the time).
+    rng = random.Random(5)
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    with (dev / "dcrouter_train.jsonl").open("w", encoding="utf-8") as fh:
+        for i in range(80):
+            win = float(rng.random() < 0.5)
+            scores = {m: win for m in SMALL_MODELS["dcrouter"]} | {m: 1.0 for m in LARGE_MODELS["dcrouter"]}
+            fh.write(json.dumps({"prompt": _prompt(rng, HARD if i % 2 else EASY), "task": "mmlu",
+                                 "scores": scores}) + "\n")
+    labels = tmp_path / "labels.jsonl"
+    with labels.open("w", encoding="utf-8") as fh:
+        for r in _rows(40, seed=6, hard_ok=0.0, easy_ok=1.0):
+            fh.write(json.dumps({"prompt": r.prompt, "small_ok": r.small_ok}) + "\n")
+    out = tmp_path / "model"
+    summary = train(out=out, data_dir=dev, labels=labels, with_dev=True)
+    assert summary["correction"]["labels"] == 40
+    assert (out / CORRECTION_FILE).exists()
+    models = load_models(str(out))
+    assert models.correction is not None and not models.problems
+    reader = Reader("learned", models)
+    hard = reader.read("Tell me about the homology and the tensor in a few words, please.")
+    easy = reader.read("Tell me about the garden and the holiday in a few words, please.")
+    assert hard.p_method == "learned + labels"
+    assert hard.p_small_ok < easy.p_small_ok - 0.3
+    # Retrained on the dev data alone, the old correction would misfit the new model: gone.
+    train(out=out, data_dir=dev)
+    assert not (out / CORRECTION_FILE).exists()
