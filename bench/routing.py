@@ -38,7 +38,7 @@ from tierfleet import tokens
 from tierfleet.config import load_config
 from tierfleet.jobs import Job, Kind
 from tierfleet.policy import KeywordClassifier, Policy
-from tierfleet.policy.models import Models, Reader
+from tierfleet.policy.models import Models, Reader, load_models
 from tierfleet.policy.text import normalize_prompt
 from tierfleet.policy.training import (
     KIND_CAP_PER_TASK,
@@ -492,7 +492,9 @@ def latency() -> dict[str, Any]:
     policy.route_many(batch_jobs)
     batch_s = time.perf_counter() - t
     mean_tokens = statistics.mean(tokens.count_many(prompts))
+    extra = _latency_extras(cfg, prompts)
     return {
+        **extra,
         "prompts": len(prompts),
         "mean_tokens": round(mean_tokens, 1),
         "decisions": len(times),
@@ -507,6 +509,53 @@ def latency() -> dict[str, Any]:
         "batch_10k_1k_token_s": round(batch_s, 2),
         "batch_per_job_us": round(batch_s / len(batch_jobs) * 1e6, 1),
     }
+
+
+def _latency_extras(cfg: Any, prompts: list[str]) -> dict[str, Any]:
+    """The read with a label correction of 250 labels, and the bad-answer memory's lookup."""
+    from tierfleet.policy.memory import BadAnswerMemory
+    from tierfleet.policy.training import fit_correction
+
+    models = load_models()
+    out: dict[str, Any] = {}
+    if models.small_ok is not None:
+        labelled = load_ok_rows(DATA)[::30][:250]
+        corr = fit_correction(models.small_ok, labelled)
+        readers = {
+            "read_plain": Reader(cfg.policy.classifier, models),
+            "read_with_correction": Reader(
+                cfg.policy.classifier, Models(models.kind, models.small_ok, correction=corr)
+            ),
+        }
+        times: dict[str, list[float]] = {k: [] for k in readers}
+        for p in prompts[:20]:
+            for r in readers.values():
+                r.read(p)
+        for _ in range(3):
+            for p in prompts:  # alternating, so both see the same machine load
+                for name, r in readers.items():
+                    t = time.perf_counter()
+                    r.read(p)
+                    times[name].append(time.perf_counter() - t)
+        out["read_with_correction_labels"] = corr.n_labels
+        for name, ts in times.items():
+            us = np.array(ts) * 1e6
+            out[f"{name}_p50_us"] = round(float(np.percentile(us, 50)), 1)
+            out[f"{name}_p99_us"] = round(float(np.percentile(us, 99)), 1)
+    memory = BadAnswerMemory()
+    rows = [r.prompt for r in load_ok_rows(DATA)]
+    for i, p in enumerate(rows[: memory.max_size]):
+        memory.add(p, "local-mac", now=float(i))
+    ts = []
+    for p in prompts:
+        t = time.perf_counter()
+        memory.nearest_text(p)
+        ts.append(time.perf_counter() - t)
+    us = np.array(ts) * 1e6
+    out["memory_entries"] = len(memory)
+    out["memory_lookup_p50_us"] = round(float(np.percentile(us, 50)), 1)
+    out["memory_lookup_p99_us"] = round(float(np.percentile(us, 99)), 1)
+    return out
 
 
 def show(res: dict[str, Any]) -> None:
@@ -563,6 +612,17 @@ def show(res: dict[str, Any]) -> None:
         f"{lat['token_count_p50_us']:.0f} µs); route_many on 10,000 of them "
         f"{lat['batch_10k_1k_token_s']:.2f} s ({lat['batch_per_job_us']:.0f} µs per job); "
         f"load average {lat['load_average_1m']} on {lat['cpus']} CPUs"
+    )
+    if "read_with_correction_p99_us" in lat:
+        console.print(
+            f"  reading a prompt (Reader.read): p50 {lat['read_plain_p50_us']:.0f} µs, p99 "
+            f"{lat['read_plain_p99_us']:.0f} µs; with a label correction of "
+            f"{lat['read_with_correction_labels']} labels p50 {lat['read_with_correction_p50_us']:.0f} µs, "
+            f"p99 {lat['read_with_correction_p99_us']:.0f} µs"
+        )
+    console.print(
+        f"  bad-answer memory lookup with {lat['memory_entries']:,} entries (only when not empty): "
+        f"p50 {lat['memory_lookup_p50_us']:.0f} µs, p99 {lat['memory_lookup_p99_us']:.0f} µs"
     )
 
 
