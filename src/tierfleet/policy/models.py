@@ -26,7 +26,7 @@ from .. import tokens
 from ..errors import ConfigError
 from ..jobs import Kind
 from .correction import CORRECTION_FILE, LabelCorrection
-from .features import dense
+from .features import DENSE_NAMES, dense
 from .keywords import KeywordClassifier, KindGuess, cue_hits
 from .linear import LinearModel
 from .text import read_doc
@@ -38,6 +38,7 @@ CHUNK = 512  # texts read per pass in a batch
 KIND_FILE = "kind.npz"
 SMALL_OK_FILE = "small_ok.npz"
 META_FILE = "meta.json"
+_LOG_TOKENS = DENSE_NAMES.index("log_tokens")  # the label correction's length input
 
 
 def shipped_dir() -> Path:
@@ -166,7 +167,7 @@ class Reader:
                 shared = small.encode(terms)
             z = small.decision(terms, feats, shared)
             if corr is not None and shared is not None:
-                ps = [corr.adjust(float(zi), float(f[0]), idx, w)
+                ps = [corr.adjust(float(zi), float(f[_LOG_TOKENS]), idx, w)
                       for zi, f, (idx, w) in zip(z[:, 0], feats, shared, strict=True)]
                 method = "learned + labels"
             else:
@@ -198,7 +199,7 @@ class Reader:
         zs = z[None, k:] + small.dense_part(feats)
         corr = self.models.correction
         if corr is not None:
-            p, method = corr.adjust(float(zs[0, 0]), float(feats[0, 0]), idx, w), "learned + labels"
+            p, method = corr.adjust(float(zs[0, 0]), float(feats[0, _LOG_TOKENS]), idx, w), "learned + labels"
         else:
             p, method = float(small.proba(zs)[0, 1]), "learned"
         return Signals(n, guess, min(1.0, max(0.0, p)), method, sum(hits))
