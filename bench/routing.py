@@ -23,8 +23,9 @@ import os
 import random
 import statistics
 import sys
+import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from tierfleet import tokens
 from tierfleet.config import load_config
 from tierfleet.jobs import Job, Kind
 from tierfleet.policy import KeywordClassifier, Policy
-from tierfleet.policy.models import Models, Reader
+from tierfleet.policy.models import Models, Reader, load_models
 from tierfleet.policy.text import normalize_prompt
 from tierfleet.policy.training import (
     KIND_CAP_PER_TASK,
@@ -48,6 +49,7 @@ from tierfleet.policy.training import (
     cap_rows,
     find_data_dir,
     fit_kind,
+    fit_models,
     fit_small_ok,
     fit_vocabulary,
     load_kind_rows,
@@ -490,7 +492,9 @@ def latency() -> dict[str, Any]:
     policy.route_many(batch_jobs)
     batch_s = time.perf_counter() - t
     mean_tokens = statistics.mean(tokens.count_many(prompts))
+    extra = _latency_extras(cfg, prompts)
     return {
+        **extra,
         "prompts": len(prompts),
         "mean_tokens": round(mean_tokens, 1),
         "decisions": len(times),
@@ -505,6 +509,53 @@ def latency() -> dict[str, Any]:
         "batch_10k_1k_token_s": round(batch_s, 2),
         "batch_per_job_us": round(batch_s / len(batch_jobs) * 1e6, 1),
     }
+
+
+def _latency_extras(cfg: Any, prompts: list[str]) -> dict[str, Any]:
+    """The read with a label correction of 250 labels, and the bad-answer memory's lookup."""
+    from tierfleet.policy.memory import BadAnswerMemory
+    from tierfleet.policy.training import fit_correction
+
+    models = load_models()
+    out: dict[str, Any] = {}
+    if models.small_ok is not None:
+        labelled = load_ok_rows(DATA)[::30][:250]
+        corr = fit_correction(models.small_ok, labelled)
+        readers = {
+            "read_plain": Reader(cfg.policy.classifier, models),
+            "read_with_correction": Reader(
+                cfg.policy.classifier, Models(models.kind, models.small_ok, correction=corr)
+            ),
+        }
+        times: dict[str, list[float]] = {k: [] for k in readers}
+        for p in prompts[:20]:
+            for r in readers.values():
+                r.read(p)
+        for _ in range(3):
+            for p in prompts:  # alternating, so both see the same machine load
+                for name, r in readers.items():
+                    t = time.perf_counter()
+                    r.read(p)
+                    times[name].append(time.perf_counter() - t)
+        out["read_with_correction_labels"] = corr.n_labels
+        for name, ts in times.items():
+            us = np.array(ts) * 1e6
+            out[f"{name}_p50_us"] = round(float(np.percentile(us, 50)), 1)
+            out[f"{name}_p99_us"] = round(float(np.percentile(us, 99)), 1)
+    memory = BadAnswerMemory()
+    rows = [r.prompt for r in load_ok_rows(DATA)]
+    for i, p in enumerate(rows[: memory.max_size]):
+        memory.add(p, "local-mac", now=float(i))
+    ts = []
+    for p in prompts:
+        t = time.perf_counter()
+        memory.nearest_text(p)
+        ts.append(time.perf_counter() - t)
+    us = np.array(ts) * 1e6
+    out["memory_entries"] = len(memory)
+    out["memory_lookup_p50_us"] = round(float(np.percentile(us, 50)), 1)
+    out["memory_lookup_p99_us"] = round(float(np.percentile(us, 99)), 1)
+    return out
 
 
 def show(res: dict[str, Any]) -> None:
@@ -562,6 +613,252 @@ def show(res: dict[str, Any]) -> None:
         f"{lat['batch_10k_1k_token_s']:.2f} s ({lat['batch_per_job_us']:.0f} µs per job); "
         f"load average {lat['load_average_1m']} on {lat['cpus']} CPUs"
     )
+    if "read_with_correction_p99_us" in lat:
+        console.print(
+            f"  reading a prompt (Reader.read): p50 {lat['read_plain_p50_us']:.0f} µs, p99 "
+            f"{lat['read_plain_p99_us']:.0f} µs; with a label correction of "
+            f"{lat['read_with_correction_labels']} labels p50 {lat['read_with_correction_p50_us']:.0f} µs, "
+            f"p99 {lat['read_with_correction_p99_us']:.0f} µs"
+        )
+    console.print(
+        f"  bad-answer memory lookup with {lat['memory_entries']:,} entries (only when not empty): "
+        f"p50 {lat['memory_lookup_p50_us']:.0f} µs, p99 {lat['memory_lookup_p99_us']:.0f} µs"
+    )
+
+
+# -- leave one benchmark out ------------------------------------------------------------------
+
+# One name per benchmark, whichever set it came from: holding out "mbpp" removes it
+# from dcrouter and routerbench alike, so the model never saw the held-out format.
+BENCH_ALIAS = {
+    "arc_challenge": "arc", "arc-challenge": "arc",
+    "human_eval": "humaneval", "humaneval": "humaneval",
+    "agentverse-mgsm": "mgsm", "mgsm": "mgsm",
+    "agentverse-logicgrid": "logicgrid",
+}
+# 5% of the held-out task's prompts as labels, as `tierfleet train --labels FILE --with-dev` reads them.
+LABEL_SHARE = 0.05
+
+
+def bench_of(source: str, task: str) -> str:
+    """The benchmark a labelled row belongs to (our own templates: "templates", never held out)."""
+    if source in ("vicuna", "belle_zh", "templates"):
+        return source
+    return BENCH_ALIAS.get(task, task)
+
+
+def lobo_kind() -> dict[str, Any]:
+    """Kind accuracy on each benchmark with a classifier trained without it.
+
+    Our own templates stay in every fold: they are part of the shipped training
+    data, not a benchmark. The vocabulary is refit per fold, so the held-out
+    benchmark's words are unknown unless another set uses them.
+    """
+    rows = load_kind_rows(DATA)
+    synth = synth_rows()
+    ok_rows = load_ok_rows(DATA)
+    benches = sorted({bench_of(r.source, r.task) for r in rows})
+    out: dict[str, Any] = {}
+    for b in benches:
+        train = [r for r in rows if bench_of(r.source, r.task) != b] + synth
+        test = [r for r in rows if bench_of(r.source, r.task) == b]
+        oks = [r for r in ok_rows if bench_of(r.source, r.task) != b]
+        kind, small, _ = fit_models(train, oks)
+        reader = Reader("learned", Models(kind=kind, small_ok=small))
+        keyword = KeywordClassifier()
+        pred = [s.guess.kind for s in reader.read_many([r.prompt for r in test])]
+        truth = [r.kind for r in test]
+        kw = [keyword.classify(r.prompt).kind for r in test]
+        out[b] = {
+            "n": len(test),
+            "kinds": dict(sorted(Counter(k.value for k in truth).items())),
+            "learned": _acc(pred, truth),
+            "keyword": _acc(kw, truth),
+            "always_chat": _acc([Kind.CHAT] * len(test), truth),
+            "confusions": dict(Counter(f"{t.value}->{p.value}" for p, t in zip(pred, truth, strict=True)
+                                       if p != t).most_common(4)),
+        }
+    macro = {m: round(statistics.mean(v[m] for v in out.values()), 4)
+             for m in ("learned", "keyword", "always_chat")}
+    n = sum(v["n"] for v in out.values())
+    micro = {m: round(sum(v[m] * v["n"] for v in out.values()) / n, 4)
+             for m in ("learned", "keyword", "always_chat")}
+    return {"by_benchmark": out, "macro": macro, "micro": micro}
+
+
+def _group_scores(rows: Sequence[OkRow]) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt, the mean score of the small group and of the large group of its set."""
+    small = np.array([pooled(r.scores, SMALL_MODELS[r.source]) for r in rows])
+    large = np.array([pooled(r.scores, LARGE_MODELS[r.source]) for r in rows])
+    return small, large
+
+
+def _pair_cuts(rows: Sequence[OkRow], score: np.ndarray) -> float | None:
+    """Mean cut over every (small, large) model pair of the set with room to route."""
+    src = rows[0].source
+    cuts = []
+    for sm in SMALL_MODELS[src]:
+        for lg in LARGE_MODELS[src]:
+            have = np.array([sm in r.scores and lg in r.scores for r in rows])
+            if have.sum() < 20:
+                continue
+            s = np.array([r.scores.get(sm, 0.0) for r in rows])[have]
+            la = np.array([r.scores.get(lg, 0.0) for r in rows])[have]
+            if s.mean() >= TARGET * la.mean():
+                continue
+            cuts.append(cost_cut(score[have], s, la))
+    return round(float(np.mean(cuts)), 4) if cuts else None
+
+
+def _baselines(rows: Sequence[OkRow]) -> dict[str, np.ndarray]:
+    """Need-the-large-model scores of the baseline routers (higher: more need)."""
+    prompts = [r.prompt for r in rows]
+    return {
+        "length": np.array(tokens.count_many(prompts), dtype=float),
+        "random": np.zeros(len(rows)),  # all tied: the expected value of a random router
+        "keyword": np.array([keyword_router_baseline(p) != "quick" for p in prompts], dtype=float),
+    }
+
+
+def _learned_need(kind: Any, small: Any, rows: Sequence[OkRow], correction: Any = None) -> np.ndarray:
+    reader = Reader("learned", Models(kind=kind, small_ok=small, correction=correction))
+    return 1.0 - np.array([s.p_small_ok for s in reader.read_many([r.prompt for r in rows])])
+
+
+def lobo_small_ok() -> dict[str, Any]:
+    """Within-benchmark cut at 95% of always-large quality, trained without that benchmark.
+
+    For every (set, task) with room to route (the small group's mean below 95% of
+    the large group's), the models are trained on everything else and the
+    held-out prompts ranked by 1 - p_small_ok. "5% labels": the same fold plus 5%
+    of the held-out task's prompts as user labels (with the dev data, as
+    ``tierfleet train --labels FILE --with-dev`` does), measured on the other 95%.
+    Quality is the mean score of the small and large groups that define the label
+    (the pooled pair); "pairs" is the mean cut over each single small/large pair.
+    """
+    kind_rows = load_kind_rows(DATA) + synth_rows()
+    rows = load_ok_rows(DATA)
+    tasks: dict[tuple[str, str], list[OkRow]] = defaultdict(list)
+    for r in rows:
+        tasks[(r.source, r.task)].append(r)
+    room = {k: v for k, v in tasks.items()
+            if (lambda s, la: s.mean() < TARGET * la.mean())(*_group_scores(v))}
+    out: dict[str, Any] = {}
+    for b in sorted({bench_of(s, t) for s, t in room}):
+        train = [r for r in rows if bench_of(r.source, r.task) != b]
+        krows = [r for r in kind_rows if bench_of(r.source, r.task) != b]
+        kind, small, _ = fit_models(krows, train)
+        held = {k: v for k, v in room.items() if bench_of(*k) == b}
+        # 5% of each held-out task as labelled traffic, the rest to measure on.
+        labels: list[OkRow] = []
+        rest: dict[tuple[str, str], list[OkRow]] = {}
+        for key, rs in held.items():
+            rng = random.Random(f"{SEED}/{key}")
+            shuffled = rs[:]
+            rng.shuffle(shuffled)
+            n_lab = max(1, round(len(rs) * LABEL_SHARE))
+            labels += [OkRow(r.prompt, r.small_ok, "labels", r.task, {}) for r in shuffled[:n_lab]]
+            rest[key] = shuffled[n_lab:]
+        # As `tierfleet train --labels FILE --with-dev` fits them: the dev data's models plus
+        # a correction fitted on the labels (see training.fit_models).
+        kind_l, small_l, corr = fit_models(krows, train, labels)
+        for key, rs in held.items():
+            s, la = _group_scores(rs)
+            routers = {"learned": _learned_need(kind, small, rs), **_baselines(rs)}
+            entry: dict[str, Any] = {
+                "n": len(rs), "small": round(float(s.mean()), 3), "large": round(float(la.mean()), 3),
+                "oracle": round(cost_cut(la - s, s, la), 4),
+                "cut": {name: round(cost_cut(sc, s, la), 4) for name, sc in routers.items()},
+                "pairs": {name: _pair_cuts(rs, sc) for name, sc in routers.items()},
+            }
+            rr = rest[key]
+            s2, la2 = _group_scores(rr)
+            with_labels = {"learned": _learned_need(kind_l, small_l, rr, corr),
+                           "learned (no labels)": _learned_need(kind, small, rr), **_baselines(rr)}
+            entry["labels_5pct"] = {
+                "labels": len(rs) - len(rr), "n": len(rr),
+                "cut": {name: round(cost_cut(sc, s2, la2), 4) for name, sc in with_labels.items()},
+            }
+            out[f"{key[0]}/{key[1]}"] = entry
+    return out
+
+
+def show_lobo(res: dict[str, Any]) -> None:
+    if "lobo_kind" in res:
+        show_lobo_kind(res["lobo_kind"])
+    if "lobo_small_ok" in res:
+        show_lobo_ok(res)
+
+
+def show_lobo_kind(k: dict[str, Any]) -> None:
+    t = Table(title="leave one benchmark out: kind accuracy on a benchmark the classifier never saw",
+              title_justify="left")
+    for c in ("benchmark", "n", "kinds", "learned", "keyword", "always chat", "top confusions"):
+        t.add_column(c, justify="left" if c in ("benchmark", "kinds", "top confusions") else "right")
+    for b, v in k["by_benchmark"].items():
+        kinds = ", ".join(v["kinds"])
+        conf = ", ".join(f"{c} {n}" for c, n in v["confusions"].items())
+        t.add_row(b, str(v["n"]), kinds[:30], f"{v['learned']:.3f}", f"{v['keyword']:.3f}",
+                  f"{v['always_chat']:.3f}", conf[:60])
+    for m in ("macro", "micro"):
+        t.add_row(f"[bold]{m}", "", "", f"{k[m]['learned']:.3f}", f"{k[m]['keyword']:.3f}",
+                  f"{k[m]['always_chat']:.3f}", "")
+    console.print(t)
+
+
+def show_lobo_ok(res: dict[str, Any]) -> None:
+    o = res["lobo_small_ok"]
+    t = Table(title=f"leave one benchmark out: calls cut at {TARGET:.0%} of always-large quality, within "
+              "each benchmark (pooled small/large groups; 'pairs' = mean over single pairs)",
+              title_justify="left")
+    cols = ("set/task", "n", "S/L", "learned", "length", "random", "keyword", "oracle",
+            "pairs: learned", "length", "| 5% labels: learned", "length", "random")
+    for c in cols:
+        t.add_column(c, justify="left" if c == "set/task" else "right")
+    for name, v in o.items():
+        c, p, lab = v["cut"], v["pairs"], v["labels_5pct"]["cut"]
+
+        def cell(x: float | None, ref: float | None) -> str:
+            if x is None:
+                return "-"
+            s = f"{x:.1%}"
+            return f"[bold]{s}[/]" if ref is not None and x > ref + 1e-9 else s
+
+        t.add_row(name, str(v["n"]), f"{v['small']:.2f}/{v['large']:.2f}",
+                  cell(c["learned"], c["length"]), f"{c['length']:.1%}", f"{c['random']:.1%}",
+                  f"{c['keyword']:.1%}", f"{v['oracle']:.1%}",
+                  cell(p["learned"], p["length"]), cell(p["length"], None),
+                  cell(lab["learned"], lab["length"]), f"{lab['length']:.1%}", f"{lab['random']:.1%}")
+    console.print(t)
+    s = res["lobo_summary"]
+    console.print(
+        f"  learned above length on {s['beats_length']}/{s['tasks']} held-out tasks without labels, "
+        f"{s['beats_length_labels']}/{s['tasks']} with 5% labels; mean cut learned {s['mean_learned']:.1%}, "
+        f"length {s['mean_length']:.1%}, random {s['mean_random']:.1%}; with labels learned "
+        f"{s['mean_learned_labels']:.1%}, length {s['mean_length_labels']:.1%}"
+    )
+
+
+def _plain(o: Any) -> Any:
+    """numpy scalars as plain numbers for json."""
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def lobo_summary(o: dict[str, Any]) -> dict[str, Any]:
+    vs = list(o.values())
+    return {
+        "tasks": len(vs),
+        "beats_length": sum(v["cut"]["learned"] > v["cut"]["length"] for v in vs),
+        "beats_length_labels": sum(v["labels_5pct"]["cut"]["learned"] > v["labels_5pct"]["cut"]["length"]
+                                   for v in vs),
+        "mean_learned": round(statistics.mean(v["cut"]["learned"] for v in vs), 4),
+        "mean_length": round(statistics.mean(v["cut"]["length"] for v in vs), 4),
+        "mean_random": round(statistics.mean(v["cut"]["random"] for v in vs), 4),
+        "mean_learned_labels": round(statistics.mean(v["labels_5pct"]["cut"]["learned"] for v in vs), 4),
+        "mean_length_labels": round(statistics.mean(v["labels_5pct"]["cut"]["length"] for v in vs), 4),
+    }
 
 
 DATA = Path()
@@ -572,6 +869,24 @@ def main() -> int:
     DATA = find_data_dir()
     t0 = time.perf_counter()
     res: dict[str, Any] = {"seed": SEED, "held_out": HELD_OUT, "target": TARGET, "data": str(DATA)}
+    # --lobo: the leave-one-benchmark-out tables alone; --lobo=kind or --lobo=ok: one of them.
+    lobo = next((a.partition("=")[2] or "all" for a in sys.argv[1:] if a.startswith("--lobo")), None)
+    only_lobo = lobo is not None
+    if lobo in (None, "all", "kind"):
+        with console.status("leave one benchmark out: kind..."):
+            res["lobo_kind"] = lobo_kind()
+    if lobo in (None, "all", "ok"):
+        with console.status("leave one benchmark out: p_small_ok..."):
+            res["lobo_small_ok"] = lobo_small_ok()
+        res["lobo_summary"] = lobo_summary(res["lobo_small_ok"])
+    show_lobo(res)
+    if only_lobo:
+        res["took_s"] = round(time.perf_counter() - t0, 1)
+        # A partial run does not overwrite the full results that ship with the repo.
+        out = Path(tempfile.gettempdir()) / "routing_results_lobo.json"
+        out.write_text(json.dumps(res, indent=1, default=_plain) + "\n", encoding="utf-8")
+        console.print(f"wrote {out} in {res['took_s']} s")
+        return 0
     # Latency first, in a process not yet holding the training data.
     with console.status("latency..."):
         res["latency"] = latency()
@@ -585,7 +900,7 @@ def main() -> int:
     res["routellm_published"] = ROUTELLM
     res["took_s"] = round(time.perf_counter() - t0, 1)
     show(res)
-    OUT.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+    OUT.write_text(json.dumps(res, indent=1, default=_plain) + "\n", encoding="utf-8")
     console.print(f"wrote {OUT} in {res['took_s']} s")
     return 0
 

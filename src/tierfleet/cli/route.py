@@ -294,7 +294,10 @@ def register(app: typer.Typer) -> None:
         --labels FILE takes JSON lines of your own traffic, one prompt each:
         {"prompt": "...", "kind": "summary"} trains the classifier; {"prompt": "...",
         "small_ok": 1} (0/1 or a share), or "small_score" and "large_score", trains
-        p_small_ok. Point TIERFLEET_POLICY_ARTIFACTS at --out to route with the result.
+        p_small_ok. With --with-dev, the p_small_ok labels fit a correction on top of the
+        dev data's model (labels.npz: recalibration plus nearest labelled neighbours),
+        so a few hundred labels of your traffic weigh as much as they should.
+        Point TIERFLEET_POLICY_ARTIFACTS at --out to route with the result.
         """
         from ..extras import require
         from ..policy.training import train
@@ -318,6 +321,10 @@ def register(app: typer.Typer) -> None:
             else:
                 t.add_row(name, f"{s['rows']:,}", f"mean label {s['mean_label']}")
         _common.console.print(t)
+        if "correction" in summary:
+            c = summary["correction"]
+            t2 = f"correction from {c['labels']:,} labels of your traffic -> labels.npz"
+            _common.console.print(t2)
         for p in summary.get("problems", []):
             _common.err_console.print(f"[yellow]skipped[/] {p}")
         if out is not None:

@@ -17,6 +17,24 @@ from ..errors import ConfigError
 from .features import DENSE_NAMES, Vocabulary
 
 FORMAT_VERSION = 1
+# Standardised dense features are clipped to +-DENSE_CLIP (training and routing
+# alike): a prompt far longer than any training prompt of its kind must not
+# extrapolate a length weight without bound (a 2,000-word reading question read
+# as a summary request, only because it was long). 0 means no clipping (models
+# written before the clip existed).
+DENSE_CLIP = 2.5
+
+
+def standardise(
+    dense: np.ndarray, mean: np.ndarray, scale: np.ndarray, clip: float | np.ndarray
+) -> np.ndarray:
+    """(x - mean) / scale, clipped to +-clip (one bound, or one per feature; 0: no clip)."""
+    z = (np.atleast_2d(dense) - mean) / scale
+    bound = np.asarray(clip, dtype=np.float64)
+    if not np.any(bound > 0):
+        return z
+    bound = np.where(bound > 0, bound, np.inf)
+    return np.clip(z, -bound, bound)
 
 
 class LinearModel:
@@ -35,6 +53,7 @@ class LinearModel:
         dense_mean: np.ndarray,
         dense_scale: np.ndarray,
         dense_weight: float,
+        dense_clip: float | np.ndarray = 0.0,
     ) -> None:
         self.vocab = vocab
         self.coef = np.asarray(coef, dtype=np.float64)
@@ -43,6 +62,7 @@ class LinearModel:
         self.dense_mean = np.asarray(dense_mean, dtype=np.float64)
         self.dense_scale = np.asarray(dense_scale, dtype=np.float64)
         self.dense_weight = float(dense_weight)
+        self.dense_clip = np.asarray(dense_clip, dtype=np.float64)
         n_terms = len(vocab)
         # Column-major views: one row per term, so a document's terms gather rows.
         self._term_coef = np.ascontiguousarray(self.coef[:, :n_terms].T)
@@ -66,7 +86,7 @@ class LinearModel:
         return self._dense_part(dense)
 
     def _dense_part(self, dense: np.ndarray) -> np.ndarray:
-        z = (np.atleast_2d(dense) - self.dense_mean) / self.dense_scale * self.dense_weight
+        z = standardise(dense, self.dense_mean, self.dense_scale, self.dense_clip) * self.dense_weight
         return z @ self._dense_coef.T + self.intercept
 
     def encode(self, terms: Sequence[Mapping[str, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -135,6 +155,7 @@ class LinearModel:
             dense_mean=self.dense_mean,
             dense_scale=self.dense_scale,
             dense_weight=np.array(self.dense_weight),
+            dense_clip=np.array(self.dense_clip),
         )
         tmp.replace(path)  # a reader never sees half a file
 
@@ -159,6 +180,7 @@ class LinearModel:
                     z["dense_mean"],
                     z["dense_scale"],
                     float(z["dense_weight"]),
+                    z["dense_clip"] if "dense_clip" in z.files else 0.0,
                 )
         except (OSError, KeyError, ValueError) as exc:
             raise ConfigError(f"cannot read policy model {path}: {exc}") from exc

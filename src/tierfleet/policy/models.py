@@ -25,7 +25,8 @@ import numpy as np
 from .. import tokens
 from ..errors import ConfigError
 from ..jobs import Kind
-from .features import dense
+from .correction import CORRECTION_FILE, LabelCorrection
+from .features import DENSE_NAMES, dense
 from .keywords import KeywordClassifier, KindGuess, cue_hits
 from .linear import LinearModel
 from .text import read_doc
@@ -37,6 +38,7 @@ CHUNK = 512  # texts read per pass in a batch
 KIND_FILE = "kind.npz"
 SMALL_OK_FILE = "small_ok.npz"
 META_FILE = "meta.json"
+_LOG_TOKENS = DENSE_NAMES.index("log_tokens")  # the label correction's length input
 
 
 def shipped_dir() -> Path:
@@ -55,6 +57,8 @@ class Models:
     meta: dict[str, Any] = field(default_factory=dict)
     problems: tuple[str, ...] = ()
     where: str = ""
+    # Fitted on the user's labelled traffic by `tierfleet train --labels FILE --with-dev`.
+    correction: LabelCorrection | None = None
 
 
 @cache
@@ -87,9 +91,18 @@ def load_models(folder: str | None = None) -> Models:
     if kind is not None and set(kind.classes) - {k.value for k in Kind}:
         problems.append(f"{path / KIND_FILE}: unknown kinds {sorted(kind.classes)}")
         kind = None
+    correction = None
+    if (path / CORRECTION_FILE).exists() and small is not None:
+        try:
+            correction = LabelCorrection.load(path / CORRECTION_FILE)
+        except ConfigError as exc:
+            problems.append(str(exc))
+        if correction is not None and correction.n_terms != len(small.vocab):
+            problems.append(f"{path / CORRECTION_FILE}: fitted on another p_small_ok model; ignored")
+            correction = None
     for p in problems:
         log.warning("policy artifacts: %s", p)
-    return Models(kind, small, meta, tuple(problems), str(path))
+    return Models(kind, small, meta, tuple(problems), str(path), correction)
 
 
 def prior_small_ok(n_tokens: int) -> float:
@@ -104,7 +117,7 @@ class Signals:
     tokens_in: int
     guess: KindGuess
     p_small_ok: float
-    p_method: str  # "learned" or "length prior"
+    p_method: str  # "learned", "learned + labels" (a label correction) or "length prior"
     cues: int = 0  # keyword cues of any kind found in the text
 
 
@@ -149,9 +162,17 @@ class Reader:
             guesses = [self.keyword.from_hits(h) for h in hits]
         if small is not None:
             shared = encoded if kind is not None and small.vocab is kind.vocab else None
-            p = small.predict_proba(terms, feats, shared)[:, 1]
-            ps = [float(x) for x in p]
-            method = "learned"
+            corr = self.models.correction
+            if corr is not None and shared is None:
+                shared = small.encode(terms)
+            z = small.decision(terms, feats, shared)
+            if corr is not None and shared is not None:
+                ps = [corr.adjust(float(zi), float(f[_LOG_TOKENS]), idx, w)
+                      for zi, f, (idx, w) in zip(z[:, 0], feats, shared, strict=True)]
+                method = "learned + labels"
+            else:
+                ps = [float(x) for x in small.proba(z)[:, 1]]
+                method = "learned"
         else:
             ps = [prior_small_ok(n) for n in counts]
             method = "length prior"
@@ -175,8 +196,13 @@ class Reader:
         order = np.argsort(-pk)
         kinds = self._kinds
         guess = KindGuess(kinds[order[0]], float(pk[order[0]]), "learned", kinds[order[1]])
-        p = float(small.proba(z[None, k:] + small.dense_part(feats))[0, 1])
-        return Signals(n, guess, min(1.0, max(0.0, p)), "learned", sum(hits))
+        zs = z[None, k:] + small.dense_part(feats)
+        corr = self.models.correction
+        if corr is not None:
+            p, method = corr.adjust(float(zs[0, 0]), float(feats[0, _LOG_TOKENS]), idx, w), "learned + labels"
+        else:
+            p, method = float(small.proba(zs)[0, 1]), "learned"
+        return Signals(n, guess, min(1.0, max(0.0, p)), method, sum(hits))
 
 
     @staticmethod

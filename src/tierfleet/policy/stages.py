@@ -22,6 +22,7 @@ as the parameter.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -29,6 +30,7 @@ from ..config import FleetConfig
 from ..errors import NoRoute
 from ..fleet import DEFAULT_OUT_TOKENS, FleetView
 from ..jobs import RULES_KINDS, Job, Kind, Privacy, Reason, Risk, UserTier
+from .memory import BadAnswerMemory
 from .models import Signals
 from .state import FleetState, scope_matches
 
@@ -618,6 +620,53 @@ class Budget:
             d.decide(self.name, new, f"budget {b.name}: ${b.left_usd:.4f} left, {d.tier} needs "
                                      f"~${need:.4f} -> {new} (~${d.cost_on(new):.4f})")
             return
+
+# -- 5b. similar prompts that got a bad answer -----------------------------------------------
+
+
+class SimilarBadAnswer:
+    """Moves a job one tier above where a near-identical prompt recently got a bad answer.
+
+    Reads a ``BadAnswerMemory`` its owner fills from feedback, judges and
+    escalations; the stage itself is pure (the memory's contents in, a decision
+    out). An explicit tier, risk or a premium user's tier is left alone, and the
+    move stays within the allowed tiers, so privacy still holds.
+    """
+
+    name = "memory"
+
+    def __init__(self, memory: BadAnswerMemory) -> None:
+        self.memory = memory
+
+    def apply(self, d: Draft) -> None:
+        if not len(self.memory) or d.tier is None or d.pinned or d.settled or d.job.is_rules:
+            return
+        match = self.memory.nearest_text(d.job.text())
+        if match is None:
+            return
+        fleet, failed = d.fleet, match.entry.tier
+        seen = f"a similar prompt (similarity {match.similarity:.2f}" + (
+            f", job {match.entry.job_id})" if match.entry.job_id else ")"
+        ) + f" got a bad answer on {failed}"
+        if fleet.rank.get(d.tier, -1) > fleet.rank.get(failed, -1):
+            d.note(self.name, f"{seen}; {d.tier} is already above it")
+            return
+        up = [t for t in d.stronger(failed) if fleet.place[t] != "rules"]
+        bigger = next((t for t in fleet.spill if t in up), up[0] if up else None)
+        if bigger is None:
+            d.note(self.name, f"{seen}, but no stronger tier is allowed for this job; it stays on {d.tier}")
+            return
+        d.decide(self.name, bigger, f"{seen} -> {bigger}")
+
+
+def with_memory(memory: BadAnswerMemory, stages: Sequence[Stage] = ()) -> tuple[Stage, ...]:
+    """The default stages (or ``stages``) with ``SimilarBadAnswer`` right after the kind stage."""
+    out: list[Stage] = []
+    for st in stages or DEFAULT_STAGES:
+        out.append(st)
+        if st.name == KindStage.name:
+            out.append(SimilarBadAnswer(memory))
+    return tuple(out)
 
 
 DEFAULT_STAGES: tuple[Stage, ...] = (

@@ -267,6 +267,11 @@ TEMPLATES: dict[Kind, list[str]] = {
         "Proofread and polish this text:\n{passage}",
         "Write the opening scene of a mystery novel set during {topic}.",
         "用轻松的语气写一段关于{topic}的短文。",
+        "请以{topic}为题写一首小诗。",
+        "帮我写一封邀请朋友参加聚会的邮件。",
+        "为我们的新产品想五个宣传口号。",
+        "请把这段话改写得更正式一些：{sentence}",  # noqa: RUF001
+        "写一个关于{topic}的小故事，三百字左右。",  # noqa: RUF001
     ],
     Kind.CHAT: [
         "What do you think about {topic}?",
@@ -301,6 +306,10 @@ TEMPLATES: dict[Kind, list[str]] = {
         "What are some fun things to do in Tokyo?",
         "Could you tell me more about {concept}?",
         "什么是{concept}？",  # noqa: RUF001
+        "你觉得{topic}怎么样？",  # noqa: RUF001
+        "周末去哪里玩比较好？",  # noqa: RUF001
+        "为什么天空是蓝色的？",  # noqa: RUF001
+        "怎样才能睡得更好？",  # noqa: RUF001
     ],
     Kind.CODE: [
         "Write a {clang} script that {task}.",
@@ -340,6 +349,10 @@ TEMPLATES: dict[Kind, list[str]] = {
         "Write a regex that matches {clang} identifiers.",
         "What is the time complexity of this code?\n{code}",
         "用{clang}写一个函数，{task}。",  # noqa: RUF001
+        # Code completion: a stub with its docstring, the body left to write.
+        "Complete this function:\n{stub}",
+        "{stub}\n    # TODO: implement",
+        "Fill in the body of this Python function so the docstring holds:\n\n{stub}",
     ],
     Kind.REASONING: [
         "If {a} workers finish a job in {b} days, how many days do {c} workers need?",
@@ -417,6 +430,13 @@ KEYS = ["name, date, amount", "title, owner, due", "sender, subject, action"]
 DOCS = ["report", "email thread", "article", "memo", "transcript", "policy"]
 
 
+def _stub(task: tuple[str, str], rng: random.Random) -> str:
+    """A function stub with a docstring, as code-completion requests send it."""
+    name = "_".join(w for w in task[1].split()[:3] if w not in ("a", "an", "the")).lower()
+    arg = rng.choice(["items", "text", "values", "path", "data"])
+    return f'def {name}({arg}):\n    """{task[1].capitalize()}.\n    >>> {name}(...)\n    """'
+
+
 def _fill(template: str, rng: random.Random) -> str:
     task = rng.choice(CODE_TASKS)
     values = {
@@ -431,6 +451,7 @@ def _fill(template: str, rng: random.Random) -> str:
         "clang": rng.choice(CODE_LANGS),
         "task": task[0],
         "task_plain": task[1],
+        "stub": _stub(task, rng),
         "tool": rng.choice(TOOLS),
         "devops": rng.choice(DEVOPS),
         "framework": rng.choice(FRAMEWORKS),
