@@ -20,7 +20,8 @@ from tierfleet.lab.sim import SimFleet
 @pytest.fixture(scope="module")
 def sim(request: pytest.FixtureRequest) -> Iterator[SimFleet]:
     host = request.module.HOST
-    timeout_s = getattr(request.module, "TIMEOUT_S", 1.0)
+    # Generous: a loaded CI box must not turn a slow answer into a "read timeout".
+    timeout_s = getattr(request.module, "TIMEOUT_S", 4.0)
     cfg = sim_config(**{host: {"timeout_s": timeout_s, "connect_timeout_s": 0.5}})
     with sim_hosts(cfg) as fleet:
         yield fleet

@@ -26,7 +26,7 @@ from tierfleet.backends import (
 from tierfleet.lab.sim import SimFleet
 
 HOST = "sim-runpod"
-TIMEOUT_S = 3.0
+TIMEOUT_S = 4.0
 
 
 @pytest.fixture
