@@ -27,6 +27,7 @@ from .config import FleetConfig, LimitsConfig, get_config
 from .durability import DurableSubmit
 from .envelope import Delivery
 from .errors import JobRejected
+from .fleetnumbers import status_view
 from .health import Breaker, breaker_table
 from .heartbeats import live_workers
 from .inputs import check_image, safe_text, scan
@@ -332,7 +333,7 @@ class Dispatcher:
         state = self.fleet_state()
         parking = Parking(self.redis, self.config)
         workers = live_workers(self.redis, self.config)
-        return {
+        st = {
             "queues": [
                 {"tier": t, "place": tc.place, "depth": state.queue_depth.get(t, 0),
                  "workers": state.live_workers.get(t, 0)}
@@ -348,6 +349,9 @@ class Dispatcher:
             "repaired": int(self.redis.get(keys.stats(self.config, "repaired")) or 0),
             "repaired_dead": int(self.redis.get(keys.stats(self.config, "repaired_dead")) or 0),
         }
+        # One definition of every number (nodes, processes, busy, parked rows): the CLI,
+        # the API and the metrics all read it from fleetnumbers.
+        return status_view(st, workers, self.config)
 
 
 def _conflict(job_id: str) -> JobRejected:

@@ -285,9 +285,10 @@ def test_metrics_endpoint_parses_and_counts_requests(client: TestClient) -> None
     text = client.get("/metrics").text
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(text) for s in f.samples}
-    assert samples[("tierfleet_redis_up", ())] == 1
-    assert ("tierfleet_queue_depth", (("tier", "local-gpu"),)) in samples
-    assert samples[("tierfleet_workers_live", (("tier", "rules"),))] >= 1
+    # Only this process's own series: the fleet-wide ones have one exporter
+    # (`tierfleet metrics`), so scraping both never double-counts.
+    assert not any(name in {"tierfleet_queue_depth", "tierfleet_jobs_total",
+                            "tierfleet_workers_live"} for name, _ in samples)
     not_found = ("tierfleet_api_requests_total",
                  (("method", "GET"), ("route", "/v1/jobs/{job_id}"), ("status", "404")))
     assert samples[not_found] >= 1

@@ -17,8 +17,8 @@ Endpoints (all ``/v1`` ones need ``Authorization: Bearer <token>`` when tokens a
 - ``GET  /v1/status``          queues, workers, hosts and breakers, parked jobs, dead letters
 - ``POST /v1/chat/completions`` OpenAI-compatible; waits for the answer (below)
 - ``GET  /v1/models``          ``auto``, the models and ``tier:NAME``, with privacy and capabilities
-- ``GET  /metrics``            Prometheus text format: fleet-wide (from Redis) plus this
-  API process's requests
+- ``GET  /metrics``            Prometheus text format: this API process's requests only (the
+  fleet-wide series come from ``tierfleet metrics``, their one exporter)
 - ``GET  /healthz``            200 when Redis answers, else 503
 - ``GET  /openapi.json``     the schema (no ``/docs`` page: it would load Swagger from a CDN)
 
@@ -63,7 +63,6 @@ from ..config import FleetConfig, get_config
 from ..dispatch import Dispatcher, Handle
 from ..errors import ConfigError, JobRejected
 from ..jobs import TERMINAL, Job, Result
-from ..metrics import FleetCollector
 from ..rules._common import MAX_JSON_DEPTH, json_depth_over
 from .auth import is_loopback, load_tokens, token_check
 from .errors import ERROR_RESPONSES, ApiError, ErrorResponse, install_handlers
@@ -131,8 +130,9 @@ def create_app(config: FleetConfig | None = None, dispatcher: Dispatcher | None 
     app.state.dispatcher = d
     app.state.auth_enabled = bool(token_list)
 
+    # Only this process's request metrics: the fleet-wide series have one exporter,
+    # ``tierfleet metrics``, so scraping both never counts a job twice.
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(d.r, cfg))
     requests_total = Counter("tierfleet_api_requests", "HTTP requests served by this API process",
                              ["method", "route", "status"], registry=registry)
     request_seconds = Histogram("tierfleet_api_request_seconds",

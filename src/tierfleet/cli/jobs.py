@@ -207,12 +207,9 @@ def register(app: typer.Typer) -> None:
         config: str = config_option(),
     ) -> None:
         """Queues and depths, workers per tier, hosts and breakers, parked jobs, dead letters."""
-        from ..fleetnumbers import status_view
-        from ..heartbeats import live_workers
-
         d = _dispatcher(config)
         with clear_errors():
-            st = status_view(d.status(), live_workers(d.redis, d.config), d.config)
+            st = d.status()
         if as_json:
             print(json.dumps(st, indent=2))
             return
