@@ -107,5 +107,10 @@ class Delivery(BaseModel):
         return self
 
     def replayed(self) -> Delivery:
-        """A dead letter sent again: same job and route, a fresh retry budget."""
-        return Delivery(job=self.job, route=self.route)
+        """A dead letter sent again: same job and route, a fresh retry budget.
+
+        The attempt number goes on from where it stopped, so the replayed run's ledger
+        records never share a key with the first run's.
+        """
+        return Delivery(job=self.job, route=self.route, attempt=self.attempt + 1,
+                        origin=self.origin)

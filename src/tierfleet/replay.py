@@ -6,7 +6,7 @@ from .broker import make_celery, redis_client, send
 from .config import FleetConfig
 from .errors import TierfleetError
 from .jobs import Result, Status
-from .store import Parking, ResultStore
+from .store import OpenJobs, Parking, ResultStore
 
 
 def replay(config: FleetConfig, job_id: str | None = None) -> int:
@@ -17,15 +17,20 @@ def replay(config: FleetConfig, job_id: str | None = None) -> int:
     app = make_celery(config)
     ids = [resolve_dead_id(parking, job_id)] if job_id else [d["id"] for d in parking.dead()]
     n = 0
+    open_jobs = OpenJobs(client, config)
     for jid in ids:
-        dead = parking.take_dead(jid)
+        dead = parking.dead_delivery(jid)
         if dead is None:
             continue
         delivery = dead.replayed()
+        # Open first (with the delivery kept), then publish, then drop the dead letter: a
+        # crash at any point leaves the job a dead letter or open and repairable, never gone.
         # The stored DEAD result is terminal; replace it so the new run's answer is kept.
         results.forget(jid)
         results.save(Result(job_id=jid, status=Status.PENDING, tier=delivery.tier))
+        open_jobs.update(delivery)
         send(app, delivery)
+        parking.take_dead(jid)
         n += 1
     return n
 

@@ -411,6 +411,11 @@ class Parking:
         raws = self.redis.hmget(self.dead_bodies, ids) if ids else []
         return [{"id": i, **_entry(json.loads(m))} for i, m in zip(ids, raws, strict=True) if m]
 
+    def dead_delivery(self, job_id: str) -> Delivery | None:
+        """A dead letter's delivery, left in place (replay drops it once it is re-sent)."""
+        raw = self.redis.hget(self.dead_bodies, job_id)
+        return _delivery_of(json.loads(raw)) if raw is not None else None
+
     def take_dead(self, job_id: str) -> Delivery | None:
         raw = self.redis.hget(self.dead_bodies, job_id)
         if raw is None:
