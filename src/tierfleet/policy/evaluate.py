@@ -14,8 +14,10 @@ the decisions it would make, and measured by:
 - ``kind_accuracy`` on the labels whose producer typed the job.
 
 :func:`compare` is the promotion gate: quality within ``learning.tolerance`` of
-the current version's (seed 004: under 5% drop). The cut and spend are reported
-beside it; the live rollout's alerts watch the spend.
+the current version's (seed 004: under 5% drop) *and* a cut that does not fall by
+more than that same share. Quality alone is not enough: a candidate that sends
+everything to the strong tier keeps quality and throws the savings away (a router
+trained on inverted labels did exactly that in the simulated month's test).
 """
 
 from __future__ import annotations
@@ -126,7 +128,13 @@ def compare(candidate: Evaluation, current: Evaluation, tolerance: float) -> tup
     if candidate.n == 0:
         return False, ["no held-out labels to judge the candidate on"]
     drop = 1.0 - candidate.quality / current.quality if current.quality > 0 else 0.0
-    ok = drop < tolerance
-    reasons.insert(0, (f"quality drop {drop:.1%} < {tolerance:.0%}: may be promoted" if ok
-                       else f"quality drop {drop:.1%} >= {tolerance:.0%}: refused"))
-    return ok, reasons
+    cut_loss = 1.0 - candidate.cut / current.cut if current.cut > 0 else 0.0
+    if drop >= tolerance:
+        reasons.insert(0, f"quality drop {drop:.1%} >= {tolerance:.0%}: refused")
+        return False, reasons
+    if cut_loss > tolerance:
+        reasons.insert(0, f"cut at 95% falls {cut_loss:.0%} (> {tolerance:.0%}): refused, "
+                          "it would spend the savings")
+        return False, reasons
+    reasons.insert(0, f"quality drop {drop:.1%} < {tolerance:.0%}, cut kept: may be promoted")
+    return True, reasons

@@ -37,7 +37,8 @@ from .evaluate import EvalRow, compare, evaluate
 from .models import CORRECTION_FILE, KIND_FILE, META_FILE, SMALL_OK_FILE, load_models
 from .versions import PolicyVersions, Rollout
 
-__all__ = ["held_out", "split_labels", "train_candidate", "train_from_fleet"]
+__all__ = ["eval_rows", "file_candidate", "held_out", "split_labels", "train_candidate",
+           "train_from_fleet"]
 
 
 def held_out(job_id: str, share: float) -> bool:
@@ -93,14 +94,22 @@ def train_candidate(config: FleetConfig, labels: Sequence[Label], *, parent: str
                       "why": f"{len(ok)} p_small_ok labels (need {MIN_ROWS}, both outcomes): "
                              "the parent's models unchanged"}
     held = eval_rows(test_lb)
-    cand_eval = evaluate(load_models(str(folder)), config, held)
-    cur_eval = evaluate(load_models(str(parent_dir)), config, held)
+    info = {"total": len(labels), "trained": len(rows), "held_out": len(held),
+            "by_source": dict(Counter(lb.source for lb in labels)), **(source or {})}
+    return file_candidate(config, versions, version, parent, held, detail, info)
+
+
+def file_candidate(config: FleetConfig, versions: PolicyVersions, version: str, parent: str,
+                   held: Sequence[EvalRow], training: dict[str, Any],
+                   labels: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate the models in ``version``'s folder against ``parent`` on ``held`` and write
+    its manifest, with the gate's verdict (``evaluate.compare``)."""
+    cand_eval = evaluate(load_models(str(versions.folder(version))), config, held)
+    cur_eval = evaluate(load_models(str(versions.folder(parent))), config, held)
     ok_gate, reasons = compare(cand_eval, cur_eval, config.learning.tolerance)
     manifest = {
         "version": version, "parent": parent, "created": time.time(), "status": "candidate",
-        "training": detail,
-        "labels": {"total": len(labels), "trained": len(rows), "held_out": len(held),
-                   "by_source": dict(Counter(lb.source for lb in labels)), **(source or {})},
+        "training": training, "labels": labels,
         "evaluation": {"candidate": cand_eval.to_json(), "current": cur_eval.to_json(),
                        "gate": "pass" if ok_gate else "refused", "reasons": reasons,
                        "tolerance": config.learning.tolerance},

@@ -118,12 +118,16 @@ class Rollout:
                                            for k, v in {**fields, "updated": time.time()}.items()})
         return self.state()
 
-    def start(self, candidate: str, reason: str = "") -> dict[str, Any]:
-        """Route the first stage's share of jobs with ``candidate``."""
+    def start(self, candidate: str, reason: str = "", *, force: bool = False) -> dict[str, Any]:
+        """Route the first stage's share of jobs with ``candidate``; refused when its offline
+        evaluation failed the gate (``fleet_training``), unless ``force``."""
         if not self.versions.exists(candidate):
             raise ValueError(f"unknown policy version {candidate!r}")
         if candidate == self.state()["current"]:
             raise ValueError(f"{candidate} is already the current policy")
+        gate = self.versions.manifest(candidate).get("evaluation", {})
+        if gate.get("gate") == "refused" and not force:
+            raise ValueError(f"{candidate} failed its evaluation: " + "; ".join(gate.get("reasons", [])))
         self.versions.update(candidate, status="rolling out", share=self.stages[0])
         return self._write(candidate=candidate, share=self.stages[0], stage=0, reason=reason)
 
