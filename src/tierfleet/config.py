@@ -315,6 +315,35 @@ class RedisConfig(_Strict):
     sentinel_socket_timeout_s: float = Field(default=1.0, gt=0)
 
 
+class ShadowConfig(_Strict):
+    """Shadow sampling: a share of small-answered jobs is also sent to the strong tier and a
+    judge scores both answers, so the router learns where the small model falls short on
+    this fleet's own traffic (issue #15). Off by default: every sample is a paid call."""
+
+    rate: float = Field(default=0.0, ge=0, le=1, description="share of small-answered jobs sampled")
+    # Per workflow or kind, overriding ``rate``: {"workflow:support" = 0.2, "kind:code" = 0.1}.
+    rates: dict[str, float] = Field(default_factory=dict)
+    daily_budget_usd: float = Field(default=1.0, ge=0, description="estimated spend per UTC day")
+    strong_tier: str = "paid"
+    judge: Literal["auto", "deterministic", "rubric"] = "auto"
+
+
+class LearningConfig(_Strict):
+    """The learning loop: labels from the fleet, the bad-answer memory, policy versions."""
+
+    labels: bool = Field(default=True, description="keep labels from feedback and escalations")
+    label_retention_days: float = Field(default=90.0, gt=0)
+    memory: bool = Field(default=False, description="the dispatcher's policy reads the memory")
+    memory_reload_s: float = Field(default=5.0, ge=0)
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+    policy_dir: str = "tierfleet-policies"
+    versions: bool = Field(default=False, description="route with the promoted policy version")
+    versions_reload_s: float = Field(default=5.0, ge=0)
+    tolerance: float = Field(default=0.05, ge=0, le=1, description="largest quality drop allowed")
+    rollout: list[float] = Field(default_factory=lambda: [0.05, 0.5, 1.0])
+    holdout: float = Field(default=0.2, gt=0, lt=1, description="labels kept out of training")
+
+
 class FleetConfig(BaseSettings):
     """The whole fleet as one validated object: tiers, hosts, models, policy and limits.
 
@@ -347,6 +376,7 @@ class FleetConfig(BaseSettings):
     rules: RulesConfig = Field(default_factory=RulesConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
+    learning: LearningConfig = Field(default_factory=LearningConfig)
     source: str = Field(default="<built-in>", description="where this config was read from")
 
     @classmethod
@@ -396,6 +426,9 @@ class FleetConfig(BaseSettings):
         for kind, t in self.policy.kind_tiers.items():
             if t not in self.tiers:
                 problems.append(f"policy.kind_tiers.{kind}: unknown tier {t!r}")
+        if self.tiers and self.learning.shadow.strong_tier not in self.tiers and (
+                self.learning.shadow.rate or self.learning.shadow.rates):
+            problems.append(f"learning.shadow.strong_tier: unknown tier {self.learning.shadow.strong_tier!r}")
         if self.ledger.baseline_model and self.ledger.baseline_model not in self.models:
             problems.append(f"ledger.baseline_model: {self.ledger.baseline_model!r} not in [models]")
         if problems:

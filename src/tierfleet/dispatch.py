@@ -32,7 +32,8 @@ from .health import Breaker, breaker_table
 from .heartbeats import live_workers
 from .inputs import check_image, safe_text, scan
 from .jobs import Job, Result, Route
-from .policy import FleetState, Policy, build_policy
+from .learning import fleet_policy
+from .policy import FleetState, Policy
 from .store import OpenJobs, Parking, ResultStore
 
 
@@ -191,7 +192,8 @@ class Dispatcher:
         self.config = config or get_config()
         self.redis = client or redis_client(self.config)
         self.app = app or make_celery(self.config)
-        self.policy = policy or build_policy(self.config)
+        # The learning loop's policy: memory and promoted versions when the config asks.
+        self.policy = policy or fleet_policy(self.config, self.redis)
         self.results = ResultStore(self.redis, self.config)
         self.breaker = Breaker(self.redis, self.config)
         self.durable = DurableSubmit(self.config, self.redis)

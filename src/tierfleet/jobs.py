@@ -168,6 +168,8 @@ class Route(BaseModel):
     tokens_in: int = 0
     review: bool = False
     reasons: list[Reason] = Field(default_factory=list)
+    # The policy version that made this route (``policy/versions.py``); None: unversioned.
+    policy_version: str | None = None
 
     def explain(self) -> list[str]:
         return [f"{r.stage}: {r.text}" for r in self.reasons]
@@ -215,6 +217,8 @@ class Attempt(BaseModel):
     privacy: str = Privacy.INTERNAL.value
     simulated: bool = False
     ts: float = 0.0
+    # The policy version whose route this attempt followed: a rollout is judged per version.
+    policy_version: str | None = None
 
 
 class Result(BaseModel):

@@ -39,6 +39,13 @@ P:stats:{name}                 counter      reaper (jobs restored from dead node
 P:reaper:lock                  string       reaper.Reaper (one sweeper at a time)
 P:session:{session}            list         dispatch.Dispatcher (recent kinds)
 P:svc                          hash         read by dispatch.Dispatcher (tier -> mean s)
+P:label:index                  zset (time)  labels.LabelStore (label id -> when)
+P:label:body                   hash         labels.LabelStore (label id -> label JSON)
+P:answered:{job_id}            string JSON  labels.AnswerNotes (who answered, the prompt)
+P:memory:bad                   hash         labels.RedisMemoryStore (bad-small sketches)
+P:shadow:{job_id}              string JSON  shadow.ShadowSampler (the small answer to judge)
+P:shadow:spent:{day}           counter      shadow.ShadowSampler (estimated nanos spent)
+P:policy:rollout               hash         policy.versions.Rollout (current, candidate, share)
 unacked, unacked_index         hash, zset   kombu (deliveries not yet acknowledged)
 =============================  ===========  =========================================
 """
@@ -119,6 +126,34 @@ def session(config: FleetConfig, session_id: str) -> str:
 
 def service_times(config: FleetConfig) -> str:
     return key(config, "svc")
+
+
+def labels_index(config: FleetConfig) -> str:
+    return key(config, "label", "index")
+
+
+def labels_body(config: FleetConfig) -> str:
+    return key(config, "label", "body")
+
+
+def answered(config: FleetConfig, job_id: str) -> str:
+    return key(config, "answered", job_id)
+
+
+def bad_memory(config: FleetConfig) -> str:
+    return key(config, "memory", "bad")
+
+
+def shadow(config: FleetConfig, job_id: str) -> str:
+    return key(config, "shadow", job_id)
+
+
+def shadow_spent(config: FleetConfig, day: str) -> str:
+    return key(config, "shadow", "spent", day)
+
+
+def policy_rollout(config: FleetConfig) -> str:
+    return key(config, "policy", "rollout")
 
 
 def digest(config: FleetConfig, job_id: str) -> str:

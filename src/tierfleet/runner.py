@@ -162,6 +162,10 @@ class Runner:
         self._backend_for = backend_for or self._make_backend
         self._backends: dict[str, Backend] = {}
         self.health = HealthChecker(self.breaker, self.backend, config)
+        self._policy_version: str | None = None  # of the delivery under way: every record names it
+        from .learning import Learner  # labels, shadow samples: hooks in _accept (issue #15)
+
+        self.learning = Learner(self)
 
     def _make_backend(self, host: str) -> Backend:
         return make_backend(host, self.config.hosts[host], external_ids=self.external_ids,
@@ -177,6 +181,7 @@ class Runner:
         """Carry out one delivery. ``owner`` names this worker process for the job's lease
         (``node|pid|thread``; the worker passes it, tests may leave the default)."""
         self._owner = owner or f"local|{os.getpid()}|{threading.get_ident()}"
+        self._policy_version = d.first_route.policy_version
         stored = self.results.get(d.job.id)
         if stored is not None and stored.finished:
             log.info("job %s already %s; redelivery ignored", d.job.id, stored.status.value)
@@ -489,6 +494,7 @@ class Runner:
         att, spent = self._record(d, host, model, c, outcome="escalated" if higher else "ok",
                                   error=None if verdict.ok else verdict.reason, call=call)
         if higher is not None:
+            self.learning.escalated(d, model, verdict.reason, call)  # the small answer was poor
             return self._move(d, higher, f"escalated: {verdict.reason}", escalated=True)
         result = Result(
             job_id=job.id, status=Status.SUCCEEDED, kind=route.kind.value, output=c.text,
@@ -503,6 +509,8 @@ class Runner:
         if stored is result and verdict.ok:
             self.cache.put(job, model, {"text": c.text, "host": host, "tier": d.tier,
                                         "simulated": c.simulated})
+        if stored is result:
+            self.learning.answered(d, model, c, call)  # feedback anchor, shadow sample or verdict
         return Stored(stored)
 
     def _from_cache(self, d: Delivery, model: str) -> Stored | None:
@@ -612,6 +620,8 @@ class Runner:
         only for a new record: a redelivery is billed and counted once. The ledger prices
         the attempt."""
         hold = self._hold
+        if att.policy_version is None and self._policy_version:
+            att = att.model_copy(update={"policy_version": self._policy_version})
 
         def also(pipe: Any, a: Attempt) -> None:
             metrics.add_attempt(pipe, self.config, a)

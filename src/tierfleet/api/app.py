@@ -66,6 +66,7 @@ from ..jobs import TERMINAL, Job, Result
 from ..rules._common import MAX_JSON_DEPTH, json_depth_over
 from .auth import is_loopback, load_tokens, token_check
 from .errors import ERROR_RESPONSES, ApiError, ErrorResponse, install_handlers
+from .feedback import add_feedback_route
 from .middleware import BodyLimit, RequestMetrics
 from .models import add_models_route
 from .openai import JOB_ID_PATTERN, add_chat_route
@@ -210,6 +211,7 @@ def create_app(config: FleetConfig | None = None, dispatcher: Dispatcher | None 
 
     add_chat_route(app, cfg, d, auth=auth, wait_final=wait_final)
     add_models_route(app, cfg, auth=auth)
+    add_feedback_route(app, d, cfg, auth)
 
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (text format)",
