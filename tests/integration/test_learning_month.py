@@ -1,5 +1,6 @@
-"""(Slow, in process: kept out of tests/unit so the unit run stays under a minute.)
-A simulated month of the learning loop, in process (fakeredis, scripted hosts).
+"""A simulated month of the learning loop, in process (fakeredis, scripted hosts).
+
+Slow (about 40 s), so it lives beside the integration tests and the unit run stays fast.
 
 Traffic carries a hidden "true" small-ok label per prompt: from a small synthetic set
 made here, or with TIERFLEET_MONTH_DEV=1 and TIERFLEET_DATA_DIR from the dev data

@@ -2,6 +2,7 @@
 
     jobs     submit, result, status, dlq, worker, reaper
     route    route, train                  (routing policy)
+    learn    feedback, train-fleet, policy (the router learns from the fleet)
     money    report, inventory              (ledger and projections)
     lab      sim, local-model               (simulated hosts, a real small model)
     ops      api, flower, demo              (operating the fleet)
@@ -21,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-_AREAS = ("jobs", "route", "money", "lab", "ops")
+_AREAS = ("jobs", "route", "learn", "money", "books", "lab", "ops")
 
 
 def _register() -> None:

@@ -287,6 +287,11 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option(help="dev data folder (default: ../shared/data/dev)")
         ] = None,
         with_dev: Annotated[bool, typer.Option("--with-dev", help="add the dev data to --labels")] = False,
+        from_fleet: Annotated[bool, typer.Option(
+            "--from-fleet", help="train a candidate policy from the fleet's own labels")] = False,
+        since: Annotated[str, typer.Option(help="with --from-fleet: labels of this period")] = "30d",
+        config: Annotated[str | None, typer.Option(
+            help="with --from-fleet: the fleet config (else $TIERFLEET_CONFIG or ./fleet.toml)")] = None,
     ) -> None:
         """Retrain the kind classifier and p_small_ok (seeded: same data, same weights).
 
@@ -298,10 +303,18 @@ def register(app: typer.Typer) -> None:
         dev data's model (labels.npz: recalibration plus nearest labelled neighbours),
         so a few hundred labels of your traffic weigh as much as they should.
         Point TIERFLEET_POLICY_ARTIFACTS at --out to route with the result.
+        --from-fleet trains a candidate policy version from the fleet's labels (feedback,
+        escalations, shadow samples) and judges it on labels it did not train on; roll it
+        out with `tierfleet policy promote VERSION`.
         """
         from ..extras import require
         from ..policy.training import train
 
+        if from_fleet:
+            from .learn import _train_from_fleet
+
+            _train_from_fleet(since, full=False, config=config)
+            return
         _common.run(lambda: require("train"))
         if labels is not None and not labels.exists():
             _common.fail(f"--labels: {labels} not found")
