@@ -13,7 +13,6 @@ import json
 import os
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -239,44 +238,47 @@ class Door:
 
     def encode(self, kwargs: dict[str, Any], body_json: str, tier: str, *,
                clock: int, now: float, offset: float, reply_to: str) -> tuple[str, str]:
-        """(task message, task-sent event) as kombu's Redis transport would LPUSH/PUBLISH them."""
+        """(task message, task-sent event) as kombu's Redis transport would LPUSH/PUBLISH them.
+
+        Written from a template rather than ``json.dumps`` of the envelope (a third of the
+        door's Python time): only ids, names and the repr vary, each escaped by the JSON
+        encoder's own string escaper; the test checks the bytes against kombu's.
+        """
         task_id = kwargs["job"]["id"]
-        shown = kwargs_repr(kwargs)
-        origin = self._origin
-        message = json.dumps({
-            "body": _b64("[[], " + body_json + _EMBED),
-            "content-encoding": "utf-8", "content-type": "application/json",
-            "headers": {
-                "lang": "py", "task": TASK_NAME, "id": task_id, "shadow": None, "eta": None,
-                "expires": None, "group": None, "group_index": None, "retries": 0,
-                "timelimit": [None, None], "root_id": task_id, "parent_id": None,
-                "argsrepr": "()", "kwargsrepr": shown, "origin": origin, "ignore_result": None,
-                "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
-            },
-            "properties": {
-                "correlation_id": task_id, "reply_to": reply_to, "argsrepr": "()",
-                "kwargsrepr": shown, "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": tier}, "priority": 0,
-                "body_encoding": "base64", "delivery_tag": _tag(),
-            },
-        })
+        qid, qtier = _q(task_id), _q(tier)
+        qshown = _q(kwargs_repr(kwargs))
+        qorigin = _q(self._origin)
+        message = (
+            '{"body": "' + _b64("[[], " + body_json + _EMBED) + '", '
+            '"content-encoding": "utf-8", "content-type": "application/json", '
+            '"headers": {"lang": "py", "task": "' + TASK_NAME + '", "id": ' + qid + ', '
+            '"shadow": null, "eta": null, "expires": null, "group": null, "group_index": null, '
+            '"retries": 0, "timelimit": [null, null], "root_id": ' + qid + ', "parent_id": null, '
+            '"argsrepr": "()", "kwargsrepr": ' + qshown + ', "origin": ' + qorigin + ', '
+            '"ignore_result": null, "replaced_task_nesting": 0, "stamped_headers": null, '
+            '"stamps": {}}, '
+            '"properties": {"correlation_id": ' + qid + ', "reply_to": ' + _q(reply_to) + ', '
+            '"argsrepr": "()", "kwargsrepr": ' + qshown + ', "delivery_mode": 2, '
+            '"delivery_info": {"exchange": "", "routing_key": ' + qtier + '}, "priority": 0, '
+            '"body_encoding": "base64", "delivery_tag": "' + _tag() + '"}}'
+        )
         if not self._events:
             return message, ""
-        event = json.dumps({
-            "body": _b64(json.dumps({
-                "hostname": origin, "utcoffset": offset, "pid": os.getpid(), "clock": clock,
-                "uuid": task_id, "root_id": task_id, "parent_id": None, "name": TASK_NAME,
-                "args": "()", "kwargs": shown, "retries": 0, "eta": None, "expires": None,
-                "queue": tier, "exchange": "", "routing_key": tier, "timestamp": now,
-                "type": "task-sent",
-            })),
-            "content-encoding": "utf-8", "content-type": "application/json",
-            "headers": {"hostname": origin},
-            "properties": {
-                "delivery_mode": 1, "delivery_info": {"exchange": "celeryev", "routing_key": "task.sent"},
-                "priority": 0, "body_encoding": "base64", "delivery_tag": _tag(),
-            },
-        })
+        body = (
+            '{"hostname": ' + qorigin + ', "utcoffset": ' + repr(float(offset)) + ', '
+            '"pid": ' + str(os.getpid()) + ', "clock": ' + str(clock) + ', "uuid": ' + qid + ', '
+            '"root_id": ' + qid + ', "parent_id": null, "name": "' + TASK_NAME + '", '
+            '"args": "()", "kwargs": ' + qshown + ', "retries": 0, "eta": null, '
+            '"expires": null, "queue": ' + qtier + ', "exchange": "", "routing_key": ' + qtier + ', '
+            '"timestamp": ' + repr(float(now)) + ', "type": "task-sent"}'
+        )
+        event = (
+            '{"body": "' + _b64(body) + '", "content-encoding": "utf-8", '
+            '"content-type": "application/json", "headers": {"hostname": ' + qorigin + '}, '
+            '"properties": {"delivery_mode": 1, "delivery_info": {"exchange": "celeryev", '
+            '"routing_key": "task.sent"}, "priority": 0, "body_encoding": "base64", '
+            '"delivery_tag": "' + _tag() + '"}}'
+        )
         return message, event
 
     def commands(self, deliveries: Sequence[Delivery]) -> list[tuple[Any, ...]]:
@@ -331,10 +333,43 @@ class Door:
                 time.sleep(wait)
 
     def _run(self, cmds: list[tuple[Any, ...]]) -> list[str]:
-        pipe = self.redis.pipeline(transaction=False)
-        for c in cmds:
-            pipe.execute_command(*c)
-        return [x.decode() if isinstance(x, bytes) else str(x) for x in pipe.execute()]
+        """A pipeline, packed here: redis-py's packer re-copies its buffer per argument,
+        ~90 µs a job for these few-KB arguments; one join of the whole batch is ~5 µs."""
+        pool = self.redis.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([_resp(cmds)], check_health=True)
+            out: list[str] = []
+            error: redis.ResponseError | None = None
+            for _ in cmds:  # read every reply, so the connection goes back clean
+                try:
+                    x = conn.read_response()
+                except redis.ResponseError as exc:
+                    error = error or exc
+                    x = ""
+                out.append(x.decode() if isinstance(x, bytes) else str(x))
+        except (redis.ConnectionError, redis.TimeoutError):
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+        if error is not None:
+            raise error
+        return out
+
+
+def _resp(cmds: list[tuple[Any, ...]]) -> bytes:
+    """Commands in the Redis protocol (RESP2 arrays of bulk strings), as redis-py encodes
+    arguments: str as UTF-8, int with str(), float with repr()."""
+    parts: list[bytes] = []
+    for c in cmds:
+        parts.append(b"*%d\r\n" % len(c))
+        for a in c:
+            b = a if isinstance(a, bytes) else (repr(a) if isinstance(a, float) else str(a)).encode()
+            parts.append(b"$%d\r\n" % len(b))
+            parts.append(b)
+            parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def job_digest(job: dict[str, Any]) -> str:
@@ -344,6 +379,15 @@ def job_digest(job: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+# The JSON encoder's own string escaper (C): what json.dumps writes for a str, ensure_ascii on.
+_q = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
 def _tag() -> str:
-    # kombu's delivery tag: a random UUID4 (kombu.utils.uuid.uuid).
-    return str(uuid.uuid4())
+    """kombu's delivery tag: a random version-4 UUID (``str(uuid.uuid4())``), written
+    without building a UUID object (a fifth of the cost)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
