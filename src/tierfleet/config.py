@@ -89,6 +89,10 @@ class PolicyConfig(_Strict):
     spill_order: list[str] = Field(default_factory=lambda: ["local-gpu", "runpod", "paid"])
     session_memory: int = Field(default=3, ge=0)
     short_chat_tokens: int = Field(default=400, gt=0)
+    # kind -> seconds: the latency budget of a job of that kind that sets none itself. The
+    # load stage spills such a job down spill_order when the queue ahead of it (depth x
+    # measured service time / live workers) would blow it. Empty: only jobs' own budgets.
+    latency_budgets_s: dict[str, float] = Field(default_factory=dict)
 
 
 class RuleBounds(_Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from .. import tokens
@@ -83,11 +84,19 @@ class Policy:
         read = iter(self.reader.read_many(texts, counts))
         signals = [_RULES_SIGNALS[j.kind] if j.is_rules else next(read) for j in jobs]
         out: list[Route | TierfleetError] = []
+        # The batch's own jobs queue up ahead of its later ones: each routed job counts
+        # into the depth the load stage sees, so a burst spills once its queue is long
+        # enough, not never (the snapshot was taken before any of it was published).
+        depth = dict(st.queue_depth)
         for job, sig in zip(jobs, signals, strict=True):
+            now = st if depth == st.queue_depth else dataclasses.replace(st, queue_depth=dict(depth))
             try:
-                out.append(self._route(job, st, sig))
+                route = self._route(job, now, sig)
             except TierfleetError as exc:
                 out.append(exc)
+                continue
+            out.append(route)
+            depth[route.tier] = depth.get(route.tier, 0) + 1
         return out
 
     # -- internals ------------------------------------------------------------------------
