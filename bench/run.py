@@ -641,6 +641,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--keep", action="store_true", help="keep the work folder (configs, worker logs)")
+    ap.add_argument("--with-scale", type=int, default=0, metavar="JOBS",
+                    help="also run bench/scale.py with this many jobs (make bench-scale alone)")
     args = ap.parse_args(argv)
     args.parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = set(args.parts) - set(PARTS)
@@ -695,6 +697,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         CLEANUP.run()
+    if args.with_scale:
+        import scale
+
+        scale_out = workdir / "scale.json"
+        scale.main(["--jobs", str(args.with_scale), "--out", str(scale_out)])
+        results["scale"] = json.loads(scale_out.read_text())
     out = assemble(results, errors, args, sz, time.time() - started, machine)
     print_table(out)
     dump_json(args.out, out)
@@ -728,6 +736,10 @@ def assemble(results: dict[str, Any], errors: dict[str, str], args: argparse.Nam
     order = ["dispatch_ratio", "dispatch_batch_ratio", "throughput_ratio", "route_p50_us",
              "route_p99_us", "failover_s", "home_lab_day_routed_s", "home_lab_day_unrouted_s",
              "home_lab_day_spilled_s", "home_lab_day_spill_extra_usd", "day_cost_cut"]
+    if "scale" in results:
+        one = results["scale"]["one_redis"]
+        out["scale_jobs_s_in"], out["scale_jobs_s_out"] = one["jobs_s_in"], one["jobs_s_out"]
+        out["scale_detail"] = results["scale"]
     ordered = {k: out.pop(k) for k in order if k in out}
     return {
         **ordered, **out, "scale": args.scale,
@@ -773,6 +785,11 @@ def print_table(out: dict[str, Any]) -> None:
     if "home_lab_day_spill_extra_usd" in out:
         row("home_lab_day_spill_extra_usd", ".4f", "what spilling cost over the routed day "
             f"(${out['home_lab_day_detail']['routed']['cost_usd']:.4f} routed)")
+    if "scale_jobs_s_out" in out:
+        one = out["scale_detail"]["one_redis"]
+        row("scale_jobs_s_out", ".1f", f"{one['jobs']:,} jobs, {one['workers']} worker processes: in "
+            f"{one['jobs_s_in']} jobs/s; Redis CPU peak {one['redis']['cpu_peak']}, "
+            f"{one['redis_bytes_per_job']} B/job")
     if "day_cost_cut" in out:
         row("day_cost_cut", ".3f", f"${out['day_cost_routed_usd']:.4f} routed vs "
             f"${out['day_cost_always_paid_usd']:.4f} always-paid "
