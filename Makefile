@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench bench-routing flower clean
+.PHONY: install demo test test-fast lint bench bench-scale bench-routing flower clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# A burst against 20 worker processes, one Redis then results on a second (~5-10 min).
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py
 
 bench-routing: $(STAMP)
 	$(BIN)/python bench/routing.py

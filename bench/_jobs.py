@@ -85,6 +85,22 @@ def home_lab_day() -> list[dict[str, Any]]:
     return jobs
 
 
+def yesterday() -> list[dict[str, Any]]:
+    """A few jobs the fleet ran before the day: one per GPU model, one on Runpod, two quick."""
+    jobs: list[dict[str, Any]] = [
+        {"kind": "code", "prompt": "Write a Python function that reverses a linked list."},
+        {"kind": "vision", "prompt": "What does this icon show?", "images": [TINY_PNG]},
+        {"kind": "reasoning", "prompt": "Why might a cache stampede happen after a deploy?"},
+        {"kind": "code", "prompt": "Write a Go function that merges two sorted slices.",
+         "tier": "runpod"},
+        {"kind": "chat", "prompt": "What does HTTP 418 mean, in one line?"},
+        {"kind": "summary", "prompt": "Summarize: the backup job ran late because of the VPN."},
+    ]
+    for i, job in enumerate(jobs):
+        job.update(workflow="seed-yesterday", id=f"yday-{i:02d}")
+    return jobs
+
+
 def pinned(jobs: list[dict[str, Any]], tier: str, model: str | None, prefix: str) -> list[dict[str, Any]]:
     """The same jobs, every one sent to ``tier`` (and ``model``): the world without routing."""
     out = []

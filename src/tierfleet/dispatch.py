@@ -21,7 +21,7 @@ from celery import Celery
 from pydantic import BaseModel, ValidationError
 
 from . import keys, rules
-from .broker import make_celery, redis_client, send
+from .broker import Door, make_celery, redis_client, send
 from .budgets import BudgetBook
 from .config import FleetConfig, LimitsConfig, get_config
 from .durability import DurableSubmit
@@ -188,8 +188,10 @@ class Dispatcher:
         client: redis.Redis | None = None,
         app: Celery | None = None,
         policy: Policy | None = None,
+        fast_publish: bool | None = None,
     ) -> None:
         self.config = config or get_config()
+        own_redis, own_app = client is None, app is None
         self.redis = client or redis_client(self.config)
         self.app = app or make_celery(self.config)
         # The learning loop's policy: memory and promoted versions when the config asks.
@@ -200,6 +202,12 @@ class Dispatcher:
         self.open = OpenJobs(self.redis, self.config)
         self._state: tuple[float, FleetState] | None = None
         self._lock = threading.Lock()
+        # The door (broker.Door) writes to the store's Redis, so it is only sure to be the
+        # broker when both were built here from the one config; else kombu publishes.
+        if fast_publish is None:
+            fast_publish = own_redis and own_app
+        self.door: Door | None = Door(self.app, self.redis, self.config) if (
+            fast_publish and Door.usable(self.app)) else None
 
     @property
     def r(self) -> redis.Redis:
@@ -272,11 +280,10 @@ class Dispatcher:
         """
         job, route = self.prepare(data)
         delivery = Delivery(job=job, route=route)
-        [verdict] = self.open.admit([delivery])
+        [verdict] = self._admit_and_publish([delivery])
         if verdict == "conflict":
             raise _conflict(job.id)
         if verdict == "new":
-            send(self.app, delivery)
             self.durable.after_publish(1)  # reliability.durable_submit: on disk/replicas first
         if job.session:
             pipe = self.redis.pipeline(transaction=False)
@@ -304,22 +311,59 @@ class Dispatcher:
             elif OpenJobs.digest(unique[seen].job) != OpenJobs.digest(job):
                 raise JobRejected(f"[{i}].id", f"job id {job.id!r} appears twice in the batch "
                                                 "with different bodies")
-        verdicts = self.open.admit(unique)
+        verdicts = self._admit_and_publish(unique)
+        fresh = sum(v == "new" for v in verdicts)
         for d, verdict in zip(unique, verdicts, strict=True):
             if verdict == "conflict":
-                # Admitted siblings stay open and are sent by the repair sweep if nobody
-                # publishes them; the caller learns which id was refused.
+                # Admitted siblings stay open (through the door they are already published;
+                # on the kombu path the repair sweep sends them); the caller learns which
+                # id was refused.
                 raise _conflict(d.job.id)
-        fresh = [d for d, v in zip(unique, verdicts, strict=True) if v == "new"]
-        with self.app.producer_or_acquire() as producer, producer.batch():
-            for d in fresh:
-                send(self.app, d, producer=producer)
-        self.durable.after_publish(len(fresh))  # reliability.durable_submit
+        self.durable.after_publish(fresh)  # reliability.durable_submit
         pipe = self.redis.pipeline(transaction=False)
         for job, route in zip(jobs, routes, strict=True):
             self._remember_session(pipe, job, route)
         pipe.execute()
         return [Handle(id=j.id, route=r) for j, r in zip(jobs, routes, strict=True)]
+
+    def _admit_and_publish(self, deliveries: list[Delivery]) -> list[str]:
+        """Admission verdicts in order; every 'new' delivery is published before this returns.
+
+        Through the door: one round trip for the batch (admission and LPUSH per job in
+        one script). Else store admission, then kombu publishes the new ones in a batch.
+        """
+        if self.door is not None:
+            verdicts = self.door.admit(deliveries)
+        else:
+            verdicts = self.open.admit(deliveries)
+            if "conflict" in verdicts:
+                return verdicts  # as before: nothing of a refused batch is published
+            fresh = [d for d, v in zip(deliveries, verdicts, strict=True) if v == "new"]
+            if len(fresh) == 1:
+                send(self.app, fresh[0])
+            elif fresh:
+                with self.app.producer_or_acquire() as producer, producer.batch():
+                    for d in fresh:
+                        send(self.app, d, producer=producer)
+        self._queued([d for d, v in zip(deliveries, verdicts, strict=True) if v == "new"])
+        return verdicts
+
+    def _queued(self, sent: list[Delivery]) -> None:
+        """Count what was just published into the cached queue depths, so the load stage
+        sees the queue this dispatcher is building within the state's 1 s cache."""
+        if not sent:
+            return
+        with self._lock:
+            if self._state is None:
+                return
+            at, st = self._state
+            depth = dict(st.queue_depth)
+            for d in sent:
+                depth[d.tier] = depth.get(d.tier, 0) + 1
+            self._state = (at, FleetState(queue_depth=depth, live_workers=st.live_workers,
+                                          service_time_s=st.service_time_s,
+                                          open_hosts=st.open_hosts,
+                                          session_tiers=st.session_tiers))
 
     def result(self, job_id: str, timeout: float | None = None) -> Result:
         """Wait for a job's final result (``timeout`` None: look once, don't wait)."""

@@ -166,6 +166,29 @@ def _dim_values(rec: dict[str, Any]) -> dict[str, str]:
     }
 
 
+class CommandCapture(redis.commands.CoreCommands):  # type: ignore[misc]
+    """Stands in for a pipeline: redis-py's command methods build the raw arguments
+    (``HSET k f v``), which are kept here instead of being sent."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> None:
+        self.commands.append(args)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One new ledger record as raw writes, guarded by the job hash's size (:meth:`Ledger.plan`)."""
+
+    attempt: Attempt  # priced
+    job_key: str
+    field: str
+    earlier: int  # fields the job hash had when read
+    commands: list[tuple[Any, ...]]
+    job_cost_usd: float
+
+
 @dataclass(frozen=True)
 class Recorded:
     """What :meth:`Ledger.record` did: ``new`` is False for a redelivery (nothing written);
@@ -207,6 +230,10 @@ class Ledger:
 
     def _job_key(self, job_id: str) -> str:
         return f"{self._p}:job:{job_id}"
+
+    def job_key(self, job_id: str) -> str:
+        """The hash of a job's records (what :meth:`plan`'s guard checks)."""
+        return self._job_key(job_id)
 
     def _day_key(self, day: str) -> str:
         return f"{self._p}:day:{day}"
@@ -260,7 +287,6 @@ class Ledger:
         attempt = self.price(attempt, seconds=seconds)
         job_key = self._job_key(attempt.job_id)
         field = record_field(attempt)
-        day = day_of(attempt.ts)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -271,32 +297,58 @@ class Ledger:
                         pipe.unwatch()
                         return Recorded(False, round(spent, 8))
                     rec = self._record_dict(attempt, earlier.values())
-                    line = json.dumps(rec, separators=(",", ":"), sort_keys=True)
                     pipe.multi()
-                    pipe.hset(job_key, field, line)
-                    pipe.expire(job_key, self.retention_s)
-                    if self.day_lists:
-                        pipe.rpush(self._day_key(day), line)
-                        pipe.expire(self._day_key(day), self.retention_s)
-                    counters = _counters(rec)
-                    for dim, value in _dim_values(rec).items():
-                        key = self._agg_key(day, dim)
-                        for metric, n in counters.items():
-                            if n:
-                                pipe.hincrby(key, f"{value}|{metric}", n)
-                        pipe.expire(key, self.retention_s)
-                    if self.write_jsonl:
-                        # The JSONL copy is exported from this stream (LedgerExport), so a
-                        # worker dying after this transaction, or a hung disk, costs no line.
-                        pipe.xadd(self._log_key, {"day": day, "rec": line})
-                    if also is not None:
-                        also(pipe, attempt)
+                    self._queue_writes(pipe, attempt, rec, also)
                     pipe.execute()
                     break
                 except redis.WatchError:
                     # Another delivery of this job wrote first: look again.
                     continue
         return Recorded(True, round(spent + attempt.cost_usd, 8))
+
+    def _queue_writes(self, pipe: Any, attempt: Attempt, rec: dict[str, Any],
+                      also: Callable[[Any, Attempt], None] | None) -> None:
+        """Every write of one new record (and ``also``'s), queued on ``pipe``."""
+        job_key = self._job_key(attempt.job_id)
+        day = day_of(attempt.ts)
+        line = json.dumps(rec, separators=(",", ":"), sort_keys=True)
+        pipe.hset(job_key, record_field(attempt), line)
+        pipe.expire(job_key, self.retention_s)
+        if self.day_lists:  # off once SQL holds the ledger: reports read it there
+            pipe.rpush(self._day_key(day), line)
+            pipe.expire(self._day_key(day), self.retention_s)
+        counters = _counters(rec)
+        for dim, value in _dim_values(rec).items():
+            key = self._agg_key(day, dim)
+            for metric, n in counters.items():
+                if n:
+                    pipe.hincrby(key, f"{value}|{metric}", n)
+            pipe.expire(key, self.retention_s)
+        if self.write_jsonl:
+            # The JSONL copy is exported from this stream (LedgerExport), so a
+            # worker dying after this transaction, or a hung disk, costs no line.
+            pipe.xadd(self._log_key, {"day": day, "rec": line})
+        if also is not None:
+            also(pipe, attempt)
+
+    def plan(self, attempt: Attempt, earlier: dict[str, str], *, seconds: float | None = None,
+             also: Callable[[Any, Attempt], None] | None = None) -> Planned | None:
+        """The writes :meth:`record` would make for ``attempt`` given the job's ``earlier``
+        records (its hash, read by the caller), as raw commands for one script to run
+        (``finish.py``); None when the attempt is already recorded.
+
+        The caller must apply them only if the job's hash still has ``len(earlier)``
+        fields and not this one (records are only ever added), else call :meth:`record`.
+        """
+        attempt = self.price(attempt, seconds=seconds)
+        field = record_field(attempt)
+        if field in earlier:
+            return None
+        spent = sum(json.loads(e).get("cost_usd", 0.0) for e in earlier.values())
+        capture = CommandCapture()
+        self._queue_writes(capture, attempt, self._record_dict(attempt, earlier.values()), also)
+        return Planned(attempt, self._job_key(attempt.job_id), field, len(earlier),
+                       capture.commands, round(spent + attempt.cost_usd, 8))
 
     def _record_dict(self, attempt: Attempt, earlier: Any) -> dict[str, Any]:
         rec = attempt.model_dump(mode="json")

@@ -90,6 +90,16 @@ BREAKER_CODES = {"closed": 0, "half-open": 1, "open": 2}
 # Fallback attempts never reached a model, and cache hits did not run one:
 # their latency would drag the tier's histogram towards zero.
 _NO_LATENCY = frozenset({"fallback", "cached"})
+SERVICE_TIME_ALPHA = 0.3  # weight of the newest attempt in the moving mean (~the last 5 count)
+# Inside the ledger's MULTI: a script, because the new mean needs the old one. EVAL (not
+# EVALSHA): redis-py would check a registered script with one more round trip per job.
+_EWMA = """
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+local x = tonumber(ARGV[2])
+if old then x = old + tonumber(ARGV[3]) * (x - old) end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.6f', x))
+return 0
+"""
 
 
 def _k(config: FleetConfig, name: str) -> str:
@@ -158,6 +168,10 @@ def add_attempt(pipe: Any, config: FleetConfig, attempt: Attempt) -> None:
         pipe.hincrby(lat, _field(attempt.tier, _bucket_of(seconds, latency_buckets(config))), 1)
         pipe.hincrbyfloat(lat, _field(attempt.tier, "sum"), seconds)
         pipe.hincrby(lat, _field(attempt.tier, "count"), 1)
+        # The dispatcher's load stage reads this (P:svc): a moving mean per tier, so a
+        # queue's wait is estimated from how long its jobs take now, not all-time.
+        pipe.eval(_EWMA, 1, keys.service_times(config), attempt.tier, repr(seconds),
+                  SERVICE_TIME_ALPHA)
 
 
 def _parse(raw: dict[str, str]) -> Iterator[tuple[list[str], str]]:

@@ -34,7 +34,7 @@ from typing import Any
 
 import redis
 
-from . import keys, metrics, rules, tokens
+from . import finish, keys, metrics, rules, tokens
 from .backends import make_backend
 from .backends.base import (
     Backend,
@@ -166,6 +166,7 @@ class Runner:
         from .learning import Learner  # labels, shadow samples: hooks in _accept (issue #15)
 
         self.learning = Learner(self)
+        self._finish = finish.script(client)
 
     def _make_backend(self, host: str) -> Backend:
         return make_backend(host, self.config.hosts[host], external_ids=self.external_ids,
@@ -182,15 +183,22 @@ class Runner:
         (``node|pid|thread``; the worker passes it, tests may leave the default)."""
         self._owner = owner or f"local|{os.getpid()}|{threading.get_ident()}"
         self._policy_version = d.first_route.policy_version
-        stored = self.results.get(d.job.id)
+        rules_tier = d.tier in self.config.tiers and self.config.tiers[d.tier].place == "rules"
+        earlier: dict[str, str] | None = None
+        if rules_tier:
+            # The ledger hash comes with the result, so the job ends in one more round trip.
+            stored, earlier = finish.peek(self.redis, self.config,
+                                          self.ledger.job_key(d.job.id), d.job.id)
+        else:
+            stored = self.results.get(d.job.id)
         if stored is not None and stored.finished:
             log.info("job %s already %s; redelivery ignored", d.job.id, stored.status.value)
             return Stored(stored)
         if not self.config.tier_allowed(d.tier, d.job.privacy.value):
             # Defence in depth: a hand-crafted message cannot push a job past privacy.
             return self._fail(d, "tier not allowed for this job")
-        if self.config.tiers[d.tier].place == "rules":
-            return self._run_rules(d)
+        if rules_tier:
+            return self._run_rules(d, earlier)
         return self._run_model(d)
 
     def crashed(self, kwargs: Mapping[str, Any], exc: Exception) -> None:
@@ -201,7 +209,7 @@ class Runner:
             return
         self._fail(d, f"internal error: {type(exc).__name__}: {str(exc)[:300]}")
 
-    def _run_rules(self, d: Delivery) -> Stored:
+    def _run_rules(self, d: Delivery, earlier: dict[str, str] | None = None) -> Stored:
         job = d.job
         t0 = time.perf_counter()
         error = None
@@ -219,19 +227,26 @@ class Runner:
             error = f"internal error in {job.kind.value}: {type(exc).__name__}"
         latency = time.perf_counter() - t0
         tin = tokens.count(job.text() or _json_text(job.input))
-        self._bill(
-            Attempt(
-                job_id=job.id, attempt=d.attempt, workflow=job.workflow, kind=job.kind.value,
-                tier=d.tier, tokens_in=tin, tokens_estimated=True, latency_s=latency,
-                outcome="failed" if error else "ok", fallbacks=len(d.trail), error=error,
-                privacy=job.privacy.value, ts=time.time(),
-            )
+        att = Attempt(
+            job_id=job.id, attempt=d.attempt, workflow=job.workflow, kind=job.kind.value,
+            tier=d.tier, tokens_in=tin, tokens_estimated=True, latency_s=latency,
+            outcome="failed" if error else "ok", fallbacks=len(d.trail), error=error,
+            privacy=job.privacy.value, ts=time.time(), policy_version=self._policy_version,
         )
         result = Result(
             job_id=job.id, status=Status.FAILED if error else Status.SUCCEEDED, kind=job.kind.value,
             output=output, tier=d.tier, latency_s=latency, attempts=d.attempt,
             trail=[*d.trail, d.tier], error=error, tokens_in=tin, tokens_estimated=True,
         )
+        if earlier is not None:
+            # Record, metrics and result in one script (finish.py), if nobody recorded
+            # this job since it was read; else the ordinary path below decides.
+            planned = self.ledger.plan(att, earlier, also=self._also)
+            if planned is not None:
+                stored = finish.finish(self._finish, self.config, planned, result)
+                if stored is not None:
+                    return Stored(stored)
+        self._bill(att)
         return Stored(self.results.save(result))
 
     def _host_order(self, d: Delivery, model: str) -> list[tuple[str, int]]:
@@ -631,6 +646,12 @@ class Runner:
                 self.inflight.end(a.call, pipe)
 
         return self.ledger.record(att, seconds=seconds, also=also)
+
+    def _also(self, pipe: Any, a: Attempt) -> None:
+        """What moves with every ledger record: the metrics, the end of the call's note."""
+        metrics.add_attempt(pipe, self.config, a)
+        if a.call:
+            self.inflight.end(a.call, pipe)
 
     def _fail(self, d: Delivery, error: str, host: str | None = None,
               model: str | None = None) -> Stored:

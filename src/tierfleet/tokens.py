@@ -72,3 +72,30 @@ def count(text: str, name: str = DEFAULT_ENCODING) -> int:
 def count_many(texts: list[str], name: str = DEFAULT_ENCODING) -> list[int]:
     enc = encoding(name)
     return [len(t) for t in enc.encode_batch(texts, disallowed_special=())]
+
+
+# Bounds for deciding without counting. A token is at least one UTF-8 byte, so a text has at
+# most len(bytes) tokens (certain). Ordinary prose, code and CJK run 3-5 bytes a token; only
+# degenerate text (long runs of one character) packs more than 8 bytes into a token.
+MAX_BYTES_PER_TOKEN = 8
+BYTES_PER_TOKEN = 4.0  # the estimate itself: o200k on English ~4.5, code ~3.5, CJK ~3
+EXACT_BELOW_BYTES = 1024  # counting this little costs a few tens of µs: always exact
+
+
+def count_near(text: str, limits: tuple[int, ...], name: str = DEFAULT_ENCODING) -> tuple[int, bool]:
+    """(tokens, exact): the exact count when ``text`` is short or its count could fall on
+    either side of one of ``limits`` (decisions are ``tokens > limit``), else an estimate
+    from its size, which lands on the same side of every limit as the exact count would.
+
+    Counting a 1,000-token prompt is ~60% of routing it; most prompts are nowhere near a
+    context window or a policy threshold, so they need not pay for it. Window limits are
+    safe whatever the text: the estimate is only used when the text's byte length (an
+    upper bound) is within every window.
+    """
+    if not text:
+        return 0, True
+    n_bytes = len(text.encode("utf-8", "surrogatepass"))
+    if n_bytes <= EXACT_BELOW_BYTES or any(n_bytes / MAX_BYTES_PER_TOKEN <= x < n_bytes
+                                           for x in limits):
+        return count(text, name), True
+    return max(1, round(n_bytes / BYTES_PER_TOKEN)), False

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
+from .. import tokens
 from ..config import FleetConfig
 from ..errors import NoRoute, TierfleetError
 from ..fleet import FleetView
@@ -28,6 +30,12 @@ class Policy:
         self.stages: tuple[Stage, ...] = tuple(stages) if stages is not None else DEFAULT_STAGES
         self._models = models
         self._reader: Reader | None = None
+        # Every token count a stage compares with: the policy's thresholds and each
+        # host's context window for each model (less the job's max_tokens, per job).
+        windows = {h.window for t, tc in config.tiers.items()
+                   for m in {None, *tc.models.values()} for h in self.fleet.hosts(t, m)}
+        self._windows = tuple(sorted(windows))
+        self._thresholds = (config.policy.short_chat_tokens, config.policy.large_job_tokens)
 
     @property
     def reader(self) -> Reader:
@@ -46,7 +54,15 @@ class Policy:
         # A rules job is decided by its kind alone: no model reads its payload.
         if job.is_rules:
             return _RULES_SIGNALS[job.kind]
-        return self.reader.read(job.text())
+        text = job.text()
+        return self.reader.read(text, self._count(job, text))
+
+    def _count(self, job: Job, text: str) -> int:
+        """Exact where a decision needs it (near a window or threshold), else an estimate
+        on the same side of every one of them (tokens.count_near)."""
+        out = job.max_tokens or 0
+        limits = (*self._thresholds, *(w - out for w in self._windows))
+        return tokens.count_near(text, limits)[0]
 
     def route_many(self, jobs: Sequence[Job], state: FleetState | None = None) -> list[Route]:
         """Route a batch: one tokenizer and model pass for all texts. Raises on the first NoRoute."""
@@ -63,14 +79,24 @@ class Policy:
         """Like route_many, but a job that cannot be routed yields its error in place."""
         st = state or FleetState()
         model_jobs = [j for j in jobs if not j.is_rules]
-        read = iter(self.reader.read_many([j.text() for j in model_jobs]))
+        texts = [j.text() for j in model_jobs]
+        counts = [self._count(j, t) for j, t in zip(model_jobs, texts, strict=True)]
+        read = iter(self.reader.read_many(texts, counts))
         signals = [_RULES_SIGNALS[j.kind] if j.is_rules else next(read) for j in jobs]
         out: list[Route | TierfleetError] = []
+        # The batch's own jobs queue up ahead of its later ones: each routed job counts
+        # into the depth the load stage sees, so a burst spills once its queue is long
+        # enough, not never (the snapshot was taken before any of it was published).
+        depth = dict(st.queue_depth)
         for job, sig in zip(jobs, signals, strict=True):
+            now = st if depth == st.queue_depth else dataclasses.replace(st, queue_depth=dict(depth))
             try:
-                out.append(self._route(job, st, sig))
+                route = self._route(job, now, sig)
             except TierfleetError as exc:
                 out.append(exc)
+                continue
+            out.append(route)
+            depth[route.tier] = depth.get(route.tier, 0) + 1
         return out
 
     # -- internals ------------------------------------------------------------------------

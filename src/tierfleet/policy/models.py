@@ -136,19 +136,24 @@ class Reader:
             self._joint = np.ascontiguousarray(np.hstack([kind.term_coef, small.term_coef]))
         self._kinds = [Kind(c) for c in kind.classes] if kind is not None else []
 
-    def read_many(self, texts: list[str]) -> list[Signals]:
-        """Signals of every text, in order; read in chunks so memory stays flat."""
+    def read_many(self, texts: list[str], counts: Sequence[int | None] | None = None) -> list[Signals]:
+        """Signals of every text, in order; read in chunks so memory stays flat.
+
+        ``counts``: token counts the caller already has (None: count here).
+        """
         out: list[Signals] = []
         for i in range(0, len(texts), CHUNK):
-            out.extend(self._read_chunk(texts[i : i + CHUNK]))
+            out.extend(self._read_chunk(texts[i : i + CHUNK],
+                                        counts[i : i + CHUNK] if counts is not None else None))
         return out
 
-    def _read_chunk(self, texts: list[str]) -> list[Signals]:
+    def _read_chunk(self, texts: list[str], given: Sequence[int | None] | None = None) -> list[Signals]:
         if not texts:
             return []
         # One call per text: tiktoken's encode_batch (tokens.count_many) runs a thread
         # pool that was twice as slow as this loop on a busy 2-CPU machine.
-        counts = [tokens.count(t) for t in texts]
+        counts = [tokens.count(t) if given is None or given[i] is None else int(given[i] or 0)
+                  for i, t in enumerate(texts)]
         docs = [read_doc(t) for t in texts]
         hits = [cue_hits(d) for d in docs]
         feats = np.array([dense(d, n, h) for d, n, h in zip(docs, counts, hits, strict=True)])
@@ -181,11 +186,12 @@ class Reader:
             for n, g, q, h in zip(counts, guesses, ps, hits, strict=True)
         ]
 
-    def read(self, text: str) -> Signals:
+    def read(self, text: str, n_tokens: int | None = None) -> Signals:
+        """Signals of one text (``n_tokens``: its token count if the caller has it)."""
         kind, small, joint = self.models.kind, self.models.small_ok, self._joint
         if joint is None or kind is None or small is None:
-            return self.read_many([text])[0]
-        n = tokens.count(text)
+            return self.read_many([text], [n_tokens])[0]
+        n = tokens.count(text) if n_tokens is None else n_tokens
         doc = read_doc(text)
         hits = cue_hits(doc)
         feats = np.array([dense(doc, n, hits)])

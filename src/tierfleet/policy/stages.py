@@ -502,6 +502,8 @@ class Load:
         if d.tier is None or d.pinned or d.fleet.place[d.tier] == "rules":
             return
         tier, state, budget = d.tier, d.state, d.job.latency_budget_s
+        if budget is None:
+            budget = d.config.policy.latency_budgets_s.get(d.kind.value)
         if self._all_open(d, tier):
             chain = [t for t in d.config.tiers[tier].fallback if t in d.allowed]
             nxt = next((t for t in chain if not self._all_open(d, t)), None)
