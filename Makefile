@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench bench-routing flower clean
+.PHONY: install demo test test-fast lint bench bench-routing bench-ttft flower clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench: $(STAMP)
 
 bench-routing: $(STAMP)
 	$(BIN)/python bench/routing.py
+
+bench-ttft: $(STAMP)
+	$(BIN)/python bench/ttft.py
 
 flower: $(STAMP)
 	$(BIN)/tierfleet flower
