@@ -369,3 +369,29 @@ def test_stream_from_runpods_stream_endpoint(fleet: Fleet) -> None:
     assert fleet.sim.counters("pod").get("stream", 0) - calls_before > 2
     events = fleet.client.xrange(f"tf:stream:{info_job}")
     assert "".join(e.get("text", "") for _, e in events) == "".join(pieces)
+
+
+# -- 5. a framework on top of the SDK ---------------------------------------------------------
+
+
+def test_langchain_chat_openai_invokes_streams_and_calls_tools(fleet: Fleet,
+                                                               slow_mac: Any) -> None:
+    """LangChain's ``ChatOpenAI`` pointed at the fleet: a plain call with the host's
+    counts, a stream token by token, and a bound tool coming back as a tool call."""
+    from langchain_core.messages import AIMessage
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=f"{fleet.base_url}/v1", api_key=TOKENS[0],  # type: ignore[arg-type]
+                     model="tier:local-mac", max_retries=0, timeout=60)
+    said = llm.invoke("Greet the operators from LangChain, please.")
+    assert isinstance(said, AIMessage) and str(said.content).startswith("[simulated qwen3:4b]")
+    assert said.response_metadata["finish_reason"] == "stop"
+    assert said.response_metadata["model_name"] == "qwen3:4b"
+    assert said.usage_metadata is not None and said.usage_metadata["output_tokens"] > 0
+    pieces = [str(c.content) for c in llm.stream("Stream a LangChain greeting, please.")
+              if c.content]
+    assert len(pieces) > 5 and "".join(pieces).startswith("[simulated qwen3:4b]")
+    called = llm.bind_tools([WEATHER]).invoke("What is the weather in Oslo?")
+    assert isinstance(called, AIMessage) and called.tool_calls
+    assert called.tool_calls[0]["name"] == "get_weather"
+    assert isinstance(called.tool_calls[0]["args"]["city"], str)
