@@ -4,8 +4,9 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench bench-scale bench-routing flower clean
+.PHONY: install demo test test-fast lint bench bench-scale bench-routing bench-ttft flower clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tierfleet demo
+	$(BIN)/tierfleet demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -39,6 +40,9 @@ bench-scale: $(STAMP)
 
 bench-routing: $(STAMP)
 	$(BIN)/python bench/routing.py
+
+bench-ttft: $(STAMP)
+	$(BIN)/python bench/ttft.py
 
 flower: $(STAMP)
 	$(BIN)/tierfleet flower

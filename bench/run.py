@@ -25,6 +25,9 @@ subprocesses started as operators start them. Figures:
    per tier, because the home lab's GPU box runs one model at a time.
 6. cost: a mixed day routed vs the same day sent to the paid model, spend from
    the ledger; the ledger report's own savings estimate alongside.
+7. ttft: time to first token of a streamed chat, straight to the simulated Ollama
+   host vs through the fleet (openai SDK -> API -> worker -> Redis Stream -> SSE),
+   median and p95 of the same prompts each way (``bench/ttft.py`` alone does the same).
 
 The home-lab day, the failover trials and the cost day are mostly waiting on
 simulated hosts, so they run side by side, each on its own Redis and workers,
@@ -56,6 +59,7 @@ from rich.table import Table
 
 import _jobs
 import bare_celery
+import ttft
 from _fleet import (
     BENCH_DIR,
     CLEANUP,
@@ -79,7 +83,7 @@ from tierfleet.reports.spend import report
 OUT = BENCH_DIR / "results.json"
 console = Console()
 STOP = threading.Event()
-PARTS = ("dispatch", "route", "throughput", "failover", "home_lab_day", "cost")
+PARTS = ("dispatch", "route", "throughput", "failover", "home_lab_day", "cost", "ttft")
 
 
 @dataclass(frozen=True)
@@ -92,11 +96,12 @@ class Sizes:
     throughput_rounds: int
     route_n: int
     failover_trials: int
+    ttft_n: int = 40
 
 
-FULL = Sizes(3000, 3, 500, 3000, 300, 2, 2000, 5)
-QUICK = Sizes(1500, 2, 500, 1500, 200, 1, 1000, 3)
-TINY = Sizes(150, 1, 50, 300, 60, 1, 60, 1)
+FULL = Sizes(3000, 3, 500, 3000, 300, 2, 2000, 5, 60)
+QUICK = Sizes(1500, 2, 500, 1500, 200, 1, 1000, 3, 30)
+TINY = Sizes(150, 1, 50, 300, 60, 1, 60, 1, 5)
 
 
 def log(msg: str) -> None:
@@ -687,6 +692,9 @@ def main(argv: list[str] | None = None) -> int:
             tasks["failover"] = lambda: bench_failover(workdir, args.scale, sz.failover_trials)
         if "cost" in args.parts:
             tasks["cost"] = lambda: bench_cost(workdir, args.cost_scale, args.scale)
+        if "ttft" in args.parts:
+            # The host at the profiled speed whatever --scale: the figure is the fleet's overhead.
+            tasks["ttft"] = lambda: ttft.bench_ttft(workdir, 1.0, sz.ttft_n)
         if tasks:
             log(f"{', '.join(tasks)} side by side ...")
             run_parallel(tasks, results, errors)
@@ -713,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
 def assemble(results: dict[str, Any], errors: dict[str, str], args: argparse.Namespace, sz: Sizes,
              seconds: float, machine: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for part in ("dispatch", "throughput", "route", "failover", "cost"):
+    for part in ("dispatch", "throughput", "route", "failover", "cost", "ttft"):
         out.update(results.get(part, {}))
     routed, unrouted = results.get("home_lab_day_routed"), results.get("home_lab_day_unrouted")
     if routed and unrouted:
@@ -735,7 +743,8 @@ def assemble(results: dict[str, Any], errors: dict[str, str], args: argparse.Nam
             out["home_lab_day_spill_extra_usd"] = round(spilled["cost_usd"] - routed["cost_usd"], 6)
     order = ["dispatch_ratio", "dispatch_batch_ratio", "throughput_ratio", "route_p50_us",
              "route_p99_us", "failover_s", "home_lab_day_routed_s", "home_lab_day_unrouted_s",
-             "home_lab_day_spilled_s", "home_lab_day_spill_extra_usd", "day_cost_cut"]
+             "home_lab_day_spilled_s", "home_lab_day_spill_extra_usd", "day_cost_cut",
+             "ttft_ratio"]
     if "scale" in results:
         one = results["scale"]["one_redis"]
         out["scale_jobs_s_in"], out["scale_jobs_s_out"] = one["jobs_s_in"], one["jobs_s_out"]
@@ -794,6 +803,10 @@ def print_table(out: dict[str, Any]) -> None:
         row("day_cost_cut", ".3f", f"${out['day_cost_routed_usd']:.4f} routed vs "
             f"${out['day_cost_always_paid_usd']:.4f} always-paid "
             f"(report estimate {out['day_cost_detail']['report_savings_fraction']})")
+    if "ttft_ratio" in out:
+        row("ttft_ratio", ".3f", f"time to first token through the fleet {out['ttft_fleet_p50_ms']} ms "
+            f"(p95 {out['ttft_fleet_p95_ms']}) / straight {out['ttft_direct_p50_ms']} ms "
+            f"(p95 {out['ttft_direct_p95_ms']}), {out['ttft_detail']['n']} each")
     console.print(t)
     if out["errors"]:
         console.print(f"[red]errors[/red]: {json.dumps(out['errors'], indent=1)}")

@@ -23,6 +23,7 @@ import uvicorn
 
 from tests.support.fleets import api_fleet
 from tests.support.harness import Worker, write_config
+from tests.support.sim_fixtures import sim_keys
 from tierfleet.api import create_app
 from tierfleet.config import FleetConfig, load_config
 from tierfleet.lab.embedded import EmbeddedRedis
@@ -33,6 +34,19 @@ from tierfleet.ledger import Ledger
 pytestmark = pytest.mark.integration
 
 TOKENS = ["tok-front-0123456789"]
+RUNPOD_TIER = """[tiers.runpod]
+place = "rented"
+models = {{ default = "qwen3:4b" }}
+
+[hosts.pod]
+kind = "runpod"
+url = "http://127.0.0.1:{pod}/v2/ep-front"
+tier = "runpod"
+models = ["qwen3:4b"]
+api_key_env = "TIERFLEET_TEST_RUNPOD_KEY"
+simulated = true
+
+"""
 
 
 @dataclass
@@ -48,17 +62,27 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     folder = tmp_path_factory.mktemp("front-fleet")
+    keys = sim_keys()  # the Runpod host's key, for the sim, the API and the workers
+    keys.__enter__()
     server = EmbeddedRedis().start()
     body = api_fleet().format(mac=free_port(), gpu=free_port(), cloud=free_port())
-    # The small model cannot decode to a schema (its answers are checked and escalated);
-    # the coder cannot call tools (tool jobs never go there).
+    # The small model cannot decode to a schema (its answers are checked and escalated),
+    # and sees no images here: a simulated vision model waits seconds before its first
+    # token, which the streaming tests would spend for nothing. The coder cannot call
+    # tools (tool jobs never go there).
     body = body.replace('[models."qwen3:4b"]\nvision = true',
-                        '[models."qwen3:4b"]\nvision = true\njson_schema = false')
+                        '[models."qwen3:4b"]\njson_schema = false')
     body = body.replace('[models."qwen3-coder:30b"]\n', '[models."qwen3-coder:30b"]\ntools = false\n')
-    assert "json_schema = false" in body and "tools = false" in body
-    path = write_config(folder / "fleet.toml", server.url, body)
+    # A Runpod Serverless tier, reached only when pinned (tier:runpod): first among the
+    # model tiers, so no escalation lands there.
+    body = body.replace('[tiers.local-gpu]', RUNPOD_TIER.format(pod=free_port()) + '[tiers.local-gpu]')
+    assert "json_schema = false" in body and "tools = false" in body and "[hosts.pod]" in body
+    # A breaker that opens for half a second: a host that died mid-stream is tried again
+    # soon after it is back (the mid-stream retry test), not seconds later.
+    path = write_config(folder / "fleet.toml", server.url, body, breaker_open_s=0.5)
     config = load_config(path)
-    sim = SimFleet.from_config(config, scale=0.0, admin_port=None, names=["mac", "cloud"]).start()
+    sim = SimFleet.from_config(config, scale=0.0, admin_port=None,
+                               names=["mac", "cloud", "pod"]).start()
     f = Fleet(config=config, server=server, sim=sim,
               client=redis.Redis.from_url(server.url, decode_responses=True))
     app = create_app(config, tokens=TOKENS)
@@ -69,6 +93,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     try:
         f.workers.append(Worker("local-mac", path, concurrency=4).start(f.client))
         f.workers.append(Worker("paid", path).start(f.client))
+        f.workers.append(Worker("runpod", path).start(f.client))
         thread.start()
         deadline = time.monotonic() + 20
         while not userver.started:
@@ -84,6 +109,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         sim.stop()
         f.client.close()
         server.stop()
+        keys.__exit__(None, None, None)
 
 
 def sdk(fleet: Fleet, **kw: Any) -> openai.OpenAI:
@@ -239,7 +265,8 @@ def test_async_sdk_parse_on_a_host_that_constrains(fleet: Fleet) -> None:
 
 @pytest.fixture
 def slow_mac(fleet: Fleet) -> Iterator[Any]:
-    """The mac host at a speed where tokens are spread out (scale 5: ~8 ms a token)."""
+    """The mac host at a speed where tokens are spread out (scale 5: ~8 ms a token, the
+    first after about a second)."""
     host = fleet.sim.host("mac")
     host.scale = 5.0
     yield host
@@ -308,3 +335,63 @@ def test_a_retry_after_tokens_ends_the_stream_with_an_error(fleet: Fleet,
     assert res["status"] == "succeeded"
     kinds = [e["t"] for _, e in fleet.client.xrange(f"tf:stream:{job_id}")]
     assert kinds.count("attempt") >= 2
+
+
+def test_stream_from_runpods_stream_endpoint(fleet: Fleet) -> None:
+    """A Runpod Serverless job streams: the worker polls ``/stream/{id}`` and its pieces
+    reach the SDK as chunks, the first before the job is done."""
+    host = fleet.sim.host("pod")
+    host.scale = 2.0  # ~3 ms a token: several /stream polls each bring some
+    calls_before = fleet.sim.counters("pod").get("stream", 0)
+    try:
+        stream = sdk(fleet).chat.completions.create(
+            model="tier:runpod", stream=True, stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "Stream a greeting from the rented GPU."}])
+        chunks = []
+        done_at_first = None
+        for c in stream:
+            chunks.append(c)
+            if done_at_first is None and c.choices and c.choices[0].delta.content:
+                job_id = c.id.removeprefix("chatcmpl-")
+                raw = fleet.client.get(f"tf:result:{job_id}")
+                done_at_first = json.loads(raw)["status"] if raw else "pending"
+    finally:
+        host.scale = 0.0
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 5 and "".join(pieces).startswith("[simulated qwen3:4b]")
+    assert done_at_first != "succeeded"  # the first piece came while the job still ran
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 5
+    info_job = chunks[0].id.removeprefix("chatcmpl-")
+    res = httpx.get(f"{fleet.base_url}/v1/jobs/{info_job}", timeout=30,
+                    headers={"Authorization": f"Bearer {TOKENS[0]}"}).json()
+    assert res["status"] == "succeeded" and res["tier"] == "runpod"
+    assert fleet.sim.counters("pod").get("stream", 0) - calls_before > 2
+    events = fleet.client.xrange(f"tf:stream:{info_job}")
+    assert "".join(e.get("text", "") for _, e in events) == "".join(pieces)
+
+
+# -- 5. a framework on top of the SDK ---------------------------------------------------------
+
+
+def test_langchain_chat_openai_invokes_streams_and_calls_tools(fleet: Fleet,
+                                                               slow_mac: Any) -> None:
+    """LangChain's ``ChatOpenAI`` pointed at the fleet: a plain call with the host's
+    counts, a stream token by token, and a bound tool coming back as a tool call."""
+    from langchain_core.messages import AIMessage
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=f"{fleet.base_url}/v1", api_key=TOKENS[0],  # type: ignore[arg-type]
+                     model="tier:local-mac", max_retries=0, timeout=60)
+    said = llm.invoke("Greet the operators from LangChain, please.")
+    assert isinstance(said, AIMessage) and str(said.content).startswith("[simulated qwen3:4b]")
+    assert said.response_metadata["finish_reason"] == "stop"
+    assert said.response_metadata["model_name"] == "qwen3:4b"
+    assert said.usage_metadata is not None and said.usage_metadata["output_tokens"] > 0
+    pieces = [str(c.content) for c in llm.stream("Stream a LangChain greeting, please.")
+              if c.content]
+    assert len(pieces) > 5 and "".join(pieces).startswith("[simulated qwen3:4b]")
+    called = llm.bind_tools([WEATHER]).invoke("What is the weather in Oslo?")
+    assert isinstance(called, AIMessage) and called.tool_calls
+    assert called.tool_calls[0]["name"] == "get_weather"
+    assert isinstance(called.tool_calls[0]["args"]["city"], str)

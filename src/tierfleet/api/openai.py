@@ -492,6 +492,11 @@ def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
         limit = min(wait_s or cfg.api.wait_timeout_s, cfg.api.wait_timeout_s)
         stored = await run_in_threadpool(d.results.get, job.id)
         if stored is None or stored.status not in TERMINAL:
+            # Remembered before the submit, not after: a retry that comes while this try is
+            # still being admitted (routing under load can outlast a client's timeout and
+            # the SDK's backoff) must find the id, or it would start a second job. Finding
+            # it early is safe: the retry submits the same job under the same id.
+            await run_in_threadpool(retries.remember, d.r, cfg, ident)
             # A repeated request with the same job id gets the stored answer, not a second run;
             # one still running is the same job (admission is idempotent by id).
             try:
@@ -502,7 +507,6 @@ def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
                                    "another request body", code="idempotency_key_reused",
                                    param="idempotency-key") from None
                 raise
-            await run_in_threadpool(retries.remember, d.r, cfg, ident)
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
             events = streaming.relay(request, d, job.id, model=job.model or body.model,

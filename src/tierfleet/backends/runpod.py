@@ -30,6 +30,14 @@ anew. The id is kept after COMPLETED (a redelivery then reads the same result
 back) and cleared after FAILED, TIMED_OUT, CANCELLED or our own cancel, so a
 retry starts a fresh job. ``/runsync`` is not used: it only reveals the job id
 when it returns, too late to store it before the wait.
+
+Streaming (the request has ``on_token``): the same ``/run``, then ``GET /stream/{id}``
+instead of ``/status/{id}``. Runpod answers ``{"status", "stream": [{"output": ...}]}``
+with the pieces a generator handler yielded since the last call; each piece's text
+(a string, ``{"text": "..."}``, or the vLLM worker's ``{"text": ["..."]}``) goes to
+``on_token`` as it comes. Once the status is final, one ``/status`` call reads the
+job's output (counts, finish_reason); a handler that does not stream simply yields
+nothing, and the answer is read from that output as without streaming.
 """
 
 from __future__ import annotations
@@ -69,6 +77,8 @@ FINAL_STATES = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"})
 # Consecutive failed polls tolerated before we call the API down; the job keeps
 # its stored id, so coming back to this tier later still resumes it.
 _MAX_POLL_FAILURES = 3
+# The longest pause between two /stream polls: a token waits at most this long.
+_STREAM_POLL_MAX_S = 0.25
 
 
 def runpod_input(request: CompletionRequest) -> dict[str, Any]:
@@ -131,6 +141,13 @@ class RunpodBackend(HttpBackend):
                 # Stored before any wait: a worker killed from here on leaves a resumable job.
                 self.external_ids.set(request.job_id, runpod_id)
         assert state is not None and response is not None
+        if request.on_token is not None:
+            streamed = self._stream(runpod_id, state, deadline, request)
+            if _state(streamed) in FINAL_STATES:
+                # /stream says how it ended; the output with the counts is at /status.
+                response, state = self._status(runpod_id)
+            else:
+                state = streamed
         response, state = self._wait(runpod_id, response, state, deadline, request.job_id)
         return self._finish(request, runpod_id, response, state, started)
 
@@ -195,6 +212,46 @@ class RunpodBackend(HttpBackend):
                 if failures >= _MAX_POLL_FAILURES:
                     raise
         return response, state
+
+    def _stream(self, runpod_id: str, state: dict[str, Any], deadline: float,
+                request: CompletionRequest) -> dict[str, Any]:
+        """Poll ``/stream/{id}`` until a final state, feeding each piece to ``on_token``.
+
+        Returns the last answer; past the deadline it returns early and ``_wait``
+        (which sees the deadline too) cancels the job."""
+        assert request.on_token is not None
+        interval = self.poll_initial_s
+        failures = 0
+        while _state(state) not in FINAL_STATES:
+            now = time.monotonic()
+            if now >= deadline:
+                return state
+            time.sleep(min(interval, deadline - now))
+            try:
+                response = self._request("GET", f"{self.base_url}/stream/{runpod_id}")
+                state = json_body(self.name, response)
+                failures = 0
+            except RateLimited as exc:
+                time.sleep(max(0.0, min(exc.retry_after or interval, deadline - time.monotonic())))
+                continue
+            except ModelNotFound:
+                self._forget(request.job_id)
+                raise HostDown(self.name, f"Runpod job {runpod_id} disappeared (404)") from None
+            except HostDown:
+                failures += 1
+                if failures >= _MAX_POLL_FAILURES:
+                    raise
+                continue
+            got = False
+            for item in state.get("stream") or []:
+                piece = _piece_text(item.get("output") if isinstance(item, dict) else item)
+                if piece:
+                    request.on_token(piece)
+                    got = True
+            # Tokens come at the model's pace: poll fast while they do, back off while queued.
+            interval = self.poll_initial_s if got else min(interval * 1.5, _STREAM_POLL_MAX_S,
+                                                           self.poll_max_s)
+        return state
 
     def _cancel(self, runpod_id: str) -> None:
         # The job may already be gone; the timeout error raised next says what matters.
@@ -305,6 +362,13 @@ def _parse_output(
     Also reads a plain string, and the OpenAI-shaped answer (or a list of them) that
     Runpod's vLLM worker returns, so a stock worker works too.
     """
+    if isinstance(output, list) and len(output) > 1 and all(isinstance(o, dict) for o in output):
+        # A generator handler's aggregate stream: the pieces in order, counts in the last ones.
+        parsed = [_parse_output(o) for o in output]
+        texts = [_piece_text(o) for o in output]
+        def last(i: int) -> Any:
+            return next((p[i] for p in reversed(parsed) if p[i] is not None), None)
+        return "".join(texts), last(1), last(2), last(3), last(4)
     if isinstance(output, list) and output:
         return _parse_output(output[0])
     if isinstance(output, str):
@@ -336,6 +400,32 @@ def _parse_output(
             output.get("model"),
         )
     return None, None, None, None, None
+
+
+def _piece_text(output: Any) -> str:
+    """The text of one streamed piece: a string, ``{"text": str | [str, ...]}``, or an
+    OpenAI-shaped chunk (``choices[0].delta.content``, ``.text`` or ``.tokens``)."""
+    if isinstance(output, str):
+        return output
+    if not isinstance(output, dict):
+        return ""
+    text = output.get("text")
+    if isinstance(text, str):
+        return text
+    if isinstance(text, list):
+        return "".join(str(t) for t in text)
+    choices = output.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+            return delta["content"]
+        tokens = choice.get("tokens")
+        if isinstance(tokens, list):
+            return "".join(str(t) for t in tokens)
+        if isinstance(choice.get("text"), str):
+            return choice["text"]
+    return ""
 
 
 def _error_text(error: Any) -> str:

@@ -7,6 +7,10 @@
 4. the GPU box taken down halfway: the breaker opens and its jobs fall back
    (confidential ones only to local tiers);
 5. the report: spend, savings against the always-paid baseline, the chart, Flower.
+
+With ``--keep`` the fleet stays up and the OpenAI-compatible API starts on a free
+loopback port with a fresh token; both are printed and written to ``<folder>/api.env``
+as ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``, which the ``openai`` SDK reads by itself.
 """
 
 from __future__ import annotations
@@ -166,6 +170,35 @@ def _start_worker(tier: str, concurrency: int, config_path: Path, folder: Path,
         procs.append(worker.popen(log))
 
 
+def _start_api(config: FleetConfig, cfg_path: Path, folder: Path,
+               procs: list[subprocess.Popen[bytes]]) -> tuple[str, str]:
+    """``tierfleet api`` on a free loopback port with a fresh token; the URL and token also
+    go to ``folder/api.env`` as the variables the ``openai`` SDK reads by itself."""
+    import secrets
+    import sys
+
+    import httpx
+
+    port = free_port()
+    token = "tf-demo-" + secrets.token_hex(12)
+    env = {**os.environ, config.api.tokens_env: token}
+    with (folder / "api.log").open("ab") as log:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "tierfleet", "api", "--port", str(port), "--config",
+             str(cfg_path), "--log-level", "warning"], env=env, stdout=log, stderr=log))
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                break
+        if procs[-1].poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the API did not start; see {folder / 'api.log'}")
+        time.sleep(0.2)
+    (folder / "api.env").write_text(f"export OPENAI_BASE_URL={url}\nexport OPENAI_API_KEY={token}\n")
+    return url, token
+
+
 def _wait_for_workers(client: Any, config: FleetConfig, tiers: list[str], timeout: float = 60) -> None:
     from ..reaper import live_workers
 
@@ -307,8 +340,11 @@ def run(*, folder: Path, redis_url: str | None = None, real_model: bool = True,
             f"   chart: {chart}\n   Flower: {fc.url}  (ledger: {folder / 'ledger'})\n"
             f"   done in {time.monotonic() - t_start:.0f} s")
         if keep:
+            api_url, token = _start_api(config, cfg_path, folder, procs)
             console.print(f"   --keep: the fleet and Flower keep running (Flower still at {fc.url}); "
                           "Ctrl-C stops them")
+            console.print(f"   OpenAI-compatible API: [bold]{api_url}[/] (token {token}); for the "
+                          f"README's SDK examples:\n     source {folder / 'api.env'}", soft_wrap=True)
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(1)

@@ -6,6 +6,7 @@ timeout (cancel), and paying once: a redelivered job resumes the same Runpod job
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -218,3 +219,26 @@ def test_health_load_and_cold(backend: RunpodBackend, sim: SimFleet) -> None:
     sim.fault(HOST, "cold")
     cold = backend.health()
     assert cold.ok is True and cold.load["cold"] is True and "cold" in cold.detail
+
+
+def test_a_streamed_job_reads_its_pieces_from_stream(
+    backend: RunpodBackend, sim: SimFleet, ids: MemoryExternalIds
+) -> None:
+    """``/stream/{id}`` hands out the tokens as the simulated worker makes them: they come
+    over several polls, in order, and add up to the job's answer."""
+    host = sim.host(HOST)
+    scale = host.scale
+    host.scale = 0.3  # tokens a few ms apart, so several polls bring some
+    host.runpod_queue_s = 0.2
+    got: list[tuple[float, str]] = []
+    try:
+        c = backend.complete(req(max_tokens=40, on_token=lambda p: got.append((time.monotonic(), p))))
+    finally:
+        host.scale = scale
+    assert "".join(p for _, p in got) == c.text and c.text.startswith("[simulated qwen3-coder:30b]")
+    assert len(got) > 5 and len({t for t, _ in got}) > 2  # token by token, over several polls
+    assert c.tokens_out and c.finish_reason in ("stop", "length") and c.external_id
+    assert ids.get("job-1") == c.external_id
+    counts = sim.counters(HOST)
+    assert counts.get("stream", 0) > 2 and counts.get("status", 0) == 1
+    assert host.jobs[c.external_id].streamed == len(got)

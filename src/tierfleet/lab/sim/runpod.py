@@ -1,9 +1,15 @@
-"""Runpod Serverless's wire format, simulated: ``/v2/{endpoint}/run|runsync|status/{id}|cancel/{id}|health``.
+"""Runpod Serverless's wire format, simulated:
+``/v2/{endpoint}/run|runsync|status/{id}|stream/{id}|cancel/{id}|health``.
 
 A job walks IN_QUEUE -> IN_PROGRESS -> COMPLETED (or FAILED / TIMED_OUT /
 CANCELLED) on the host's clock; failures have the shape
 ``deploy/runpod_handler.py`` gives them, and its input fields are the only
 ones accepted.
+
+``GET /stream/{id}`` is a generator handler's view: ``{"id", "status", "stream":
+[{"output": {"text": piece}}, ...]}`` with the pieces made since the last call (each
+is handed out once, as Runpod does), token by token at the model's speed while the
+job is IN_PROGRESS; the job's ``/status`` output stays the whole answer.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .answers import compose, prompt_tokens
+from .answers import compose, pieces, prompt_tokens
 from .wire import Exchange, HttpError, ModelInfo, Route
 
 # The job input deploy/runpod_handler.py accepts; it refuses anything else.
@@ -32,6 +38,25 @@ class RunpodJob:
     error: str | None = None
     cancelled_at: float | None = None
     seen: list[str] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)  # the answer's tokens, for /stream
+    per_token_s: float = 0.0
+    streamed: int = 0  # pieces already handed out by /stream
+
+    def made(self, now: float) -> int:
+        """How many pieces the model has produced by ``now``: none before the first
+        token's time, then one per ``per_token_s``, all once the job is done."""
+        status = self.status(now)
+        if status == "COMPLETED":
+            return len(self.pieces)
+        if status != "IN_PROGRESS" or not self.pieces:
+            return 0
+        started = self.submitted + self.queue_s
+        first = started + max(0.0, self.exec_s - self.per_token_s * len(self.pieces))
+        if now < first:
+            return 0
+        if self.per_token_s <= 0:
+            return len(self.pieces)
+        return min(len(self.pieces), 1 + int((now - first) / self.per_token_s))
 
     def status(self, now: float) -> str:
         if self.cancelled_at is not None:
@@ -120,7 +145,8 @@ def new_job(ex: Exchange, body: Any) -> RunpodJob:
         "model": model.name,
     }
     # The clock starts once the answer is composed, so the walk is the same on a cold process.
-    return RunpodJob(job_id, time.monotonic(), queue_s, exec_s, "COMPLETED", output=output)
+    return RunpodJob(job_id, time.monotonic(), queue_s, exec_s, "COMPLETED", output=output,
+                     pieces=pieces(answer.text), per_token_s=answer.per_token_s)
 
 
 def run(ex: Exchange, body: Any, job_id: str | None, query: dict[str, list[str]]) -> None:
@@ -168,6 +194,21 @@ def status(ex: Exchange, body: Any, job_id: str | None, query: dict[str, list[st
     ex.send(200, view)
 
 
+def stream(ex: Exchange, body: Any, job_id: str | None, query: dict[str, list[str]]) -> None:
+    job = _job(ex, job_id)
+    now = time.monotonic()
+    view = job.view(now)
+    with ex.host._lock:
+        upto = job.made(now)
+        fresh = job.pieces[job.streamed:upto]
+        job.streamed = max(job.streamed, upto)
+    answer: dict[str, Any] = {"id": job.id, "status": view["status"],
+                              "stream": [{"output": {"text": p}} for p in fresh]}
+    if "error" in view:
+        answer["error"] = view["error"]
+    ex.send(200, answer)
+
+
 def cancel(ex: Exchange, body: Any, job_id: str | None, query: dict[str, list[str]]) -> None:
     job = _job(ex, job_id)
     now = time.monotonic()
@@ -204,5 +245,6 @@ OPERATIONS: dict[str, tuple[str, Route, bool]] = {
     "runsync": ("POST", runsync, False),
     "health": ("GET", health, False),
     "status": ("GET", status, True),
+    "stream": ("GET", stream, True),
     "cancel": ("POST", cancel, True),
 }
