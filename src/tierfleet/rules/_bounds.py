@@ -28,7 +28,6 @@ import contextlib
 import json
 import math
 import os
-import pickle
 import resource
 import select
 import signal
@@ -198,9 +197,11 @@ def _serve(run: JobFn, config: Any, rfd: int, wfd: int) -> None:  # pragma: no c
             body = _read_exact(rfd, _HEADER.unpack(head)[0])
             if body is None:
                 break
-            kind, payload, new_config = pickle.loads(body)
-            if new_config is not None:
-                config = new_config
+            # JSON only, even on a private pipe: nothing that crosses a process is code.
+            msg = json.loads(body)
+            kind, payload = msg["kind"], msg["payload"]
+            if msg["config"] is not None:
+                config = type(config).model_validate(msg["config"])
             b: ResolvedBounds = config.limits.rules.for_kind(kind)
             # Both limits are per job: from where this process stands now.
             _set_soft(resource.RLIMIT_AS, _address_space() + b.memory_mb * 1024 * 1024)
@@ -258,7 +259,10 @@ class _Helper:
 
     def call(self, kind: str, payload: Any, config: Any, b: ResolvedBounds) -> tuple[bytes, bool]:
         """(answer frame, helper still usable); raises RuleFailed on a limit seen from here."""
-        body = pickle.dumps((kind, payload, None if config is self.config else config), 5)
+        body = json.dumps({
+            "kind": kind, "payload": payload,
+            "config": None if config is self.config else config.model_dump(mode="json"),
+        }, ensure_ascii=False, allow_nan=False).encode("utf-8", "surrogatepass")
         self.config = config
         deadline = time.monotonic() + b.cpu_s * 3 + 5
         try:
