@@ -267,6 +267,8 @@ class Door:
         # What Flower shows: the operator's view (shown.py), the same as ``send`` gives it.
         qshown = _q(shown if shown is not None else repr(kwargs)[:1024])
         qshadow = _q(shadow) if shadow else "null"
+        # Celery's task-sent event names the task by its shadow when it has one.
+        qevname = _q(shadow) if shadow else '"' + TASK_NAME + '"'
         qorigin = _q(self._origin)
         message = (
             '{"body": "' + _b64("[[], " + body_json + _EMBED) + '", '
@@ -288,7 +290,7 @@ class Door:
         body = (
             '{"hostname": ' + qorigin + ', "utcoffset": ' + repr(float(offset)) + ', '
             '"pid": ' + str(os.getpid()) + ', "clock": ' + str(clock) + ', "uuid": ' + qid + ', '
-            '"root_id": ' + qid + ', "parent_id": null, "name": "' + TASK_NAME + '", '
+            '"root_id": ' + qid + ', "parent_id": null, "name": ' + qevname + ', '
             '"args": "()", "kwargs": ' + qshown + ', "retries": 0, "eta": null, '
             '"expires": null, "queue": ' + qtier + ', "exchange": "", "routing_key": ' + qtier + ', '
             '"timestamp": ' + repr(float(now)) + ', "type": "task-sent"}'

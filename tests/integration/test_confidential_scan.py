@@ -10,7 +10,8 @@ job's own records, worker and Flower logs, Prometheus metrics, ``status --json``
 
 Allowed to hold the words: the job's own transport and records (tier queues, kombu's
 ``unacked``, the result the producer reads, the parked and dead-letter bodies a replay
-needs, the answer cache), which only the fleet's own processes read.
+needs, the answer cache, the note feedback learns from, kept as long as the result),
+which only the fleet's own processes read.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ SECRET = "zanzibarquartz"
 # The job's own records: transport, its result, what replay needs. Everything else is
 # an operator surface.
 ALLOWED = ("tf:result:", "tf:parked", "tf:dlq", "tf:open", "tf:cache:", "tf:external:",
-           "tf:delivery", "unacked", "_kombu.binding.")
+           "tf:delivery", "tf:answered:", "unacked", "_kombu.binding.")
 
 
 def _dump(client: redis.Redis, key: str) -> str:

@@ -22,6 +22,7 @@ from tierfleet.config import load_config
 from tierfleet.dispatch import Dispatcher
 from tierfleet.envelope import Delivery
 from tierfleet.errors import JobRejected
+from tierfleet.shown import shown_kwargs, task_label
 from tierfleet.store import OpenJobs
 
 pytestmark = pytest.mark.integration
@@ -79,7 +80,9 @@ def test_the_door_builds_what_kombu_sends(tmp_path: Path, redis_url: str) -> Non
         msg, event = d.door.encode(kwargs, json.dumps(kwargs), delivery.tier,
                                    clock=ref_ev_body["clock"],
                                    now=ref_ev_body["timestamp"], offset=ref_ev_body["utcoffset"],
-                                   reply_to=ref["properties"]["reply_to"])
+                                   reply_to=ref["properties"]["reply_to"],
+                                   shown=shown_kwargs(delivery, d.config),
+                                   shadow=task_label(delivery))
         # Byte for byte, once the random delivery tag is the same.
         tag = ref["properties"]["delivery_tag"]
         mine = json.loads(msg)
