@@ -77,6 +77,10 @@ def celery_settings(config: FleetConfig) -> dict[str, object]:
         # Off: the extended meta copies every job's kwargs (its words) into
         # celery-task-meta-*, an operator surface, and doubles Redis memory for big jobs.
         "result_extended": False,
+        # Nobody reads Celery's result backend: producers read tierfleet's own result
+        # store, and Flower its task events (which carry the summary). Not writing it
+        # saves a SETEX and a PUBLISH per job and the celery-task-meta-* keys.
+        "task_ignore_result": True,
         "result_backend_always_retry": True,
         "result_backend_max_retries": 10,
         # Flower needs task events from workers and task-sent events from producers.
