@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --with-scale 5000
 
 # A burst against 20 worker processes, one Redis then results on a second (~5-10 min).
 bench-scale: $(STAMP)
