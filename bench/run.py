@@ -708,7 +708,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.with_scale:
         import scale
 
-        scale_out = workdir / "scale.json"
+        # Beside the results file: the work folder is gone by now (CLEANUP above).
+        scale_out = args.out.with_name("scale.json")
         scale.main(["--jobs", str(args.with_scale), "--out", str(scale_out)])
         results["scale"] = json.loads(scale_out.read_text())
     out = assemble(results, errors, args, sz, time.time() - started, machine)
