@@ -17,10 +17,6 @@ which only the fleet's own processes read.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,8 +25,7 @@ import redis
 from prometheus_client import generate_latest
 
 from tests.integration.test_flower import wait_for
-from tests.support.harness import ModelFleet, cli
-from tierfleet.lab.embedded import free_port
+from tests.support.harness import ModelFleet, cli, flower_for
 from tierfleet.metrics import fleet_registry
 
 SECRET = "zanzibarquartz"
@@ -59,23 +54,12 @@ def _dump(client: redis.Redis, key: str) -> str:
 
 def test_no_confidential_word_on_any_operator_surface(tmp_path: Path, redis_url: str,
                                                        rclient: redis.Redis) -> None:
-    flower: subprocess.Popen[bytes] | None = None
     with ModelFleet(tmp_path, redis_url, rclient,
                     reliability={"max_attempts": 1, "park_backoff_s": [0.3]}) as fleet:
         for tier in ("rules", "local-mac", "local-gpu", "runpod", "paid"):
             fleet.start(tier)
-        port = free_port()
         flower_log = tmp_path / "flower.log"
-        with flower_log.open("wb") as log:
-            flower = subprocess.Popen(
-                [sys.executable, "-m", "tierfleet", "flower", "--port", str(port)],
-                env={**os.environ, "TIERFLEET_CONFIG": str(fleet.config_path)},
-                cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_for("Flower", lambda: httpx.get(f"{base}/api/workers", timeout=5).status_code == 200)
-            wait_for("worker events", lambda: all(
-                httpx.get(f"{base}/api/workers", params={"status": 1}, timeout=5).json().values()))
+        with flower_for(fleet.config_path, tmp_path) as base:
             d = fleet.dispatcher()
             jobs = {
                 "answered": {"kind": "summary", "workflow": "hr",
@@ -133,10 +117,6 @@ def test_no_confidential_word_on_any_operator_surface(tmp_path: Path, redis_url:
             for f in (tmp_path / "ledger").glob("**/*"):
                 if f.is_file():
                     surfaces[f"ledger {f.name}"] = f.read_text(errors="replace")
-        finally:
-            if flower is not None and flower.poll() is None:
-                os.killpg(flower.pid, signal.SIGTERM)
-                flower.wait(timeout=15)
 
     assert any(k.startswith("flower /task/") for k in surfaces)
     leaks = {name: w for name, text in surfaces.items() for w in words if w and w in text}

@@ -188,25 +188,14 @@ def test_flower_is_an_operators_view(tmp_path: Path, redis_url: str, rclient: re
     """Flower names each task ``kind@tier`` (with the hops before it), shows the job's
     bookkeeping as its kwargs and a summary as its result, and the job's real state:
     SUCCESS, FAILURE for a failed or dead job, RETRY while it is parked."""
-    from tests.support.harness import ModelFleet
+    from tests.support.harness import ModelFleet, flower_for
 
-    flower: subprocess.Popen[bytes] | None = None
     with ModelFleet(tmp_path, redis_url, rclient,
                     reliability={"max_attempts": 1, "park_backoff_s": [5.0]}) as fleet:
         for tier in ("rules", "local-mac", "local-gpu"):
             fleet.start(tier)
-        port = free_port()
-        flower_log = tmp_path / "flower.log"
-        with flower_log.open("wb") as log:
-            flower = subprocess.Popen(
-                [sys.executable, "-m", "tierfleet", "flower", "--port", str(port)],
-                env={**os.environ, "TIERFLEET_CONFIG": str(fleet.config_path)},
-                cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        api = f"http://127.0.0.1:{port}/api"
-        try:
-            wait_for("Flower", lambda: httpx.get(f"{api}/workers", timeout=5).status_code == 200)
-            wait_for("worker events", lambda: all(
-                httpx.get(f"{api}/workers", params={"status": 1}, timeout=5).json().values()))
+        with flower_for(fleet.config_path, tmp_path) as base:
+            api = f"{base}/api"
             d = fleet.dispatcher()
             answered = d.submit({"kind": "summary", "workflow": "hr",
                                  "prompt": "Summarize: the quarterly report on widgets."})
@@ -272,7 +261,3 @@ def test_flower_is_an_operators_view(tmp_path: Path, redis_url: str, rclient: re
             for ln in celery_lines:
                 rec = json.loads(ln)
                 assert rec["logger"].startswith("celery") and rec["level"] == "INFO", ln
-        finally:
-            if flower is not None and flower.poll() is None:
-                os.killpg(flower.pid, signal.SIGTERM)
-                flower.wait(timeout=15)

@@ -3,6 +3,7 @@ subprocesses started the way operators start them, and fleet configs on disk."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +220,45 @@ class ModelFleet:
 def _interesting(log: str) -> str:
     """Worker log lines worth reading after a failure (not every task's success line)."""
     return "\n".join(ln for ln in log.splitlines() if "succeeded in" not in ln)
+
+
+@contextlib.contextmanager
+def flower_for(config_path: Path, folder: Path) -> Iterator[str]:
+    """``tierfleet flower`` on a free port for a test fleet; yields its base URL once it
+    lists the workers and hears their events; stops it (its log: ``folder/flower.log``)."""
+    import httpx
+
+    from tierfleet.lab.embedded import free_port
+
+    port = free_port()
+    with (folder / "flower.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tierfleet", "flower", "--port", str(port)],
+            env={**os.environ, "TIERFLEET_CONFIG": str(config_path)},
+            cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def up(probe: Any) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (folder / "flower.log").read_text(errors="replace")
+            try:
+                if probe():
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError("Flower did not come up with the workers' events")
+
+    try:
+        up(lambda: httpx.get(f"{base}/api/workers", timeout=5).status_code == 200)
+        up(lambda: all(httpx.get(f"{base}/api/workers", params={"status": 1}, timeout=5).json().values()))
+        yield base
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

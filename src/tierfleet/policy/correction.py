@@ -16,7 +16,7 @@ fit two small things on top of the general model instead:
 
 At routing time this is numpy only: an inverted index from term to labelled
 prompts gathers the similarities in one pass (microseconds), and the artifact
-(``labels.npz``) holds numbers and strings only, read without pickle.
+(``labels.npz``) holds numbers and strings only: plain arrays, never code.
 """
 
 from __future__ import annotations

@@ -358,30 +358,17 @@ def check(current: Report, previous: Report | None = None) -> list[Alert]:
                     ),
                 )
             )
-    if current.fallback_rate is not None and current.fallback_rate > t.max_fallback_rate:
-        alerts.append(
-            Alert(
-                name="fallback_rate",
-                value=current.fallback_rate,
-                threshold=t.max_fallback_rate,
-                reason=(
-                    f"{current.fallback_rate:.1%} of jobs fell back to another tier "
-                    f"(bound {t.max_fallback_rate:.1%}): a host is down or overloaded"
-                ),
-            )
-        )
-    if current.escalation_rate is not None and current.escalation_rate > t.max_escalation_rate:
-        alerts.append(
-            Alert(
-                name="escalation_rate",
-                value=current.escalation_rate,
-                threshold=t.max_escalation_rate,
-                reason=(
-                    f"{current.escalation_rate:.1%} of jobs were escalated after a poor answer "
-                    f"(bound {t.max_escalation_rate:.1%}): cheap tiers get work they cannot do"
-                ),
-            )
-        )
+    # (name, value, bound, what it means): one rule for every rate with a ceiling.
+    rates = [
+        ("fallback_rate", current.fallback_rate, t.max_fallback_rate,
+         "of jobs fell back to another tier", "a host is down or overloaded"),
+        ("escalation_rate", current.escalation_rate, t.max_escalation_rate,
+         "of jobs were escalated after a poor answer", "cheap tiers get work they cannot do"),
+    ]
+    for name, value, bound, what, why in rates:
+        if value is not None and value > bound:
+            alerts.append(Alert(name=name, value=value, threshold=bound,
+                                reason=f"{value:.1%} {what} (bound {bound:.1%}): {why}"))
     return alerts
 
 
