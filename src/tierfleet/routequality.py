@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
+from .config import FleetConfig
 from .labels import Label
-from .ledger import is_job_final
+from .ledger import Ledger, is_job_final
 
 MIN_REQUESTS = 3  # fewer than this says nothing about a route
+# Shadow tests (``sh.{id}``) and rubric judges (``judge.{t}``) are what the labels cost,
+# not a route's requests: counted in, every small route would look pricier than it is.
+LEARNING_CALLS = ("sh.", "judge.")
 
 
 @dataclass
@@ -153,3 +158,60 @@ def rollout_alerts(stats: Mapping[str, RouteStats], current: str, candidate: str
     has a lower small-routed score by construction, which is the point of it."""
     return compare_routes(stats, stats, cost_rise=cost_rise, quality_drop=quality_drop,
                           pairs=[(candidate, current)], quality="expected_quality")
+
+
+def is_route_record(rec: Mapping[str, object]) -> bool:
+    """A ledger record of a producer's job (not a shadow test's or a judge's call)."""
+    return not str(rec.get("job_id", "")).startswith(LEARNING_CALLS)
+
+
+@dataclass
+class PeriodRoutes:
+    """Route stats of a period (``now``) and of the period of the same length before it,
+    and the alerts of one against the other; what ``tierfleet report --check`` and the
+    exporter's ``tierfleet_route_*`` gauges show, computed once here so they agree."""
+
+    by: str
+    start: float
+    end: float
+    now: dict[str, RouteStats]
+    before: dict[str, RouteStats]
+    alerts: list[Alert] = field(default_factory=list)
+
+
+Records = Callable[[float, float], Iterable[Mapping[str, Any]]]
+Labels = Callable[[float, float], Iterable[Label]]
+
+
+def ledger_records(config: FleetConfig, client: Any, sql_url: str | None = None) -> Records:
+    """The ledger's ``raw_between``: the SQL ledger at ``sql_url`` (default ``ledger.url``;
+    ``""`` reads Redis), else Redis's day lists (which a SQL-backed fleet does not keep)."""
+    url = config.ledger.url if sql_url is None else sql_url
+    if url:
+        from .ledger_sql import SqlLedger  # SQLAlchemy only for SQL reads
+
+        return SqlLedger(url).raw_between
+    return Ledger(client, config, write_jsonl=False).raw_between
+
+
+def period_routes(config: FleetConfig, records: Records, labels: Labels, *, end: float,
+                  seconds: float, by: str = "model") -> PeriodRoutes:
+    """Stats per route over ``(end - seconds, end]`` and the period before, and their alerts.
+
+    ``records(start, end)`` gives ledger record dicts with ``start < ts <= end`` (what
+    :meth:`Ledger.raw_between` returns), ``labels(start, end)`` the labels of about that
+    span (filtered here to the same half-open interval, so none counts in both periods).
+    Thresholds: ``ledger.alert_cost_increase`` and ``learning.tolerance``.
+    """
+    strong = config.learning.shadow.strong_tier
+
+    def stats(a: float, b: float) -> dict[str, RouteStats]:
+        recs = [r for r in records(a, b) if is_route_record(r)]
+        lbs = [lb for lb in labels(a, b) if a < (lb.ts or 0.0) <= b]
+        return route_stats(recs, lbs, by=by, strong_tier=strong)
+
+    start = end - seconds
+    now, before = stats(start, end), stats(start - seconds, start)
+    alerts = compare_routes(now, before, cost_rise=config.ledger.alert_cost_increase,
+                            quality_drop=config.learning.tolerance)
+    return PeriodRoutes(by=by, start=start, end=end, now=now, before=before, alerts=alerts)

@@ -16,7 +16,7 @@ from rich.table import Table
 from ..budgets import BudgetBook
 from ..errors import TierfleetError
 from ..reports.inventory import Inventory, Throughput, plot_inventory, project
-from ..reports.spend import GroupBy, Report, check, plot_report, previous_report
+from ..reports.spend import GroupBy, Report, check, plot_report, previous_report, route_check
 from ..reports.spend import report as build
 from . import _common
 
@@ -165,7 +165,8 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option(help="write a PNG chart of spend, routed vs baseline")
         ] = None,
         check_: Annotated[
-            bool, typer.Option("--check", help="exit 1 with the reasons when an alert fires")
+            bool, typer.Option("--check", help="exit 1 with the reasons when an alert fires "
+                               "(spend, budgets, and per route: cost per request, quality)")
         ] = False,
         source: Annotated[
             str | None, typer.Option(help="redis or sql (default: sql when ledger.url is set)")
@@ -184,6 +185,7 @@ def register(app: typer.Typer) -> None:
             rep = build(since, by, config=cfg, redis=client, sql_url=url)
             previous = previous_report(rep, config=cfg, redis=client, sql_url=url) if check_ else None
             budget_alerts = BudgetBook(client, cfg).alerts() if check_ else []
+            routes = route_check(rep, config=cfg, redis=client, sql_url=url) if check_ else None
         except redis.RedisError as exc:
             _common.fail(f"cannot read the ledger from Redis at {_redact_url(cfg.redis_url)}: {exc}")
             raise  # unreachable: fail exits
@@ -205,7 +207,11 @@ def register(app: typer.Typer) -> None:
                 _err.print(f"[red]ALERT[/red] {a.name}: {a.reason}", highlight=False)
             for name, _threshold, text in budget_alerts:
                 _err.print(f"[red]ALERT[/red] budget:{name}: {text}", highlight=False)
-            if alerts or budget_alerts:
+            route_alerts = routes.alerts if routes is not None else []
+            for ra in route_alerts:
+                # Model names and figures only: no prompt or answer reaches a route alert.
+                _err.print(f"[red]ALERT[/red] route:{ra.name}: {escape(ra.reason)}", highlight=False)
+            if alerts or budget_alerts or route_alerts:
                 raise typer.Exit(1)
             _err.print("no alerts", highlight=False)
 

@@ -32,8 +32,10 @@ import redis as redis_lib
 from pydantic import BaseModel, Field
 
 from ..config import FleetConfig, get_config
+from ..labels import LabelStore
 from ..ledger import Ledger, is_job_final
 from ..pricing import from_nanos, to_nanos
+from ..routequality import PeriodRoutes, ledger_records, period_routes
 from .charts import plot_bars, usd
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "plot_report",
     "previous_report",
     "report",
+    "route_check",
 ]
 
 GroupBy = Literal["workflow", "tier", "model", "kind"]
@@ -322,6 +325,26 @@ def previous_report(
     """The period of the same length just before ``current``, for :func:`check`."""
     return report(current.since, current.by, config=config, redis=redis, end=current.start,
                   sql_url=sql_url)
+
+
+def route_check(
+    current: Report, *, config: FleetConfig | None = None, redis: redis_lib.Redis | None = None,
+    sql_url: str | None = None, by: str = "model",
+) -> PeriodRoutes:
+    """Per route (the routed model, or ``by="policy_version"``): quality from the labels,
+    fallback and escalation rates and cost per request over ``current``'s period and the
+    one before, with the alerts (cost per request up more than ``ledger.alert_cost_increase``,
+    small-routed quality down more than ``learning.tolerance``). Records come from where
+    ``current``'s did (``sql_url``, else Redis); labels live in Redis only."""
+    config = config or get_config()
+    client = redis if redis is not None else redis_lib.Redis.from_url(config.redis_url)
+    try:
+        return period_routes(config, ledger_records(config, client, sql_url),
+                             LabelStore(client, config).since,
+                             end=current.end, seconds=current.end - current.start, by=by)
+    finally:
+        if redis is None:
+            client.close()
 
 
 def check(current: Report, previous: Report | None = None) -> list[Alert]:
