@@ -228,6 +228,8 @@ class LedgerConfig(_Strict):
     alert_cost_increase: float = Field(default=0.20, ge=0)
     max_fallback_rate: float = Field(default=0.20, ge=0, le=1)
     max_escalation_rate: float = Field(default=0.15, ge=0, le=1)
+    # The period the exporter's tierfleet_route_* gauges cover (compared with the one before).
+    route_window_s: float = Field(default=86_400.0, gt=0)
 
     def redis_days(self) -> float:
         if self.redis_retention_days is not None:

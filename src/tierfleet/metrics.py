@@ -23,6 +23,14 @@ Prometheus counters must only grow):
 - ``P:metrics:latency``  field ``[tier, le]`` (per bucket, not cumulative),
   ``[tier, "sum"]``, ``[tier, "count"]``; buckets reach the task time limit
 
+Route quality (``tierfleet_route_*{by, route}``, ``by`` = ``model`` or
+``policy_version``): per routed model and per policy version over the last
+``ledger.route_window_s``, from the ledger and the labels, with the alerts of
+``tierfleet report --check`` against the window before (``tierfleet_route_alert``,
+1 when firing). Computed by :func:`tierfleet.routequality.period_routes`, cached a
+minute (each computation reads two windows of records); at most ``MAX_ROUTES``
+routes per ``by``, so a label never takes a job id, a prompt or an unbounded value.
+
 Worker numbers (nodes, processes, busy nodes) are defined once in
 :mod:`tierfleet.fleetnumbers`, as ``tierfleet status`` shows them. This collector is
 the one exporter of fleet-wide series (``tierfleet metrics``); see the README.
@@ -37,9 +45,10 @@ import json
 import logging
 import math
 import threading
+import time
 from collections import defaultdict
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import redis
 from prometheus_client.core import (
@@ -57,6 +66,9 @@ from .health import Breaker
 from .heartbeats import live_workers
 from .jobs import Attempt
 from .store import Parking
+
+if TYPE_CHECKING:
+    from .routequality import PeriodRoutes
 
 __all__ = [
     "BREAKER_CODES",
@@ -87,6 +99,10 @@ def latency_buckets(config: FleetConfig | None = None) -> tuple[float, ...]:
     extra = (limit,) if limit > LATENCY_BUCKETS[-1] else ()
     return (*LATENCY_BUCKETS, *extra)
 BREAKER_CODES = {"closed": 0, "half-open": 1, "open": 2}
+ROUTE_BY = ("model", "policy_version")
+ROUTE_ALERTS = ("cost_per_request", "small_quality")
+MAX_ROUTES = 64  # per ``by``: the busiest; bounds the series a scrape can grow to
+ROUTE_REFRESH_S = 60.0
 # Fallback attempts never reached a model, and cache hits did not run one:
 # their latency would drag the tier's histogram towards zero.
 _NO_LATENCY = frozenset({"fallback", "cached"})
@@ -191,11 +207,16 @@ class FleetCollector(Collector):
     ``tierfleet_redis_up 0`` and no other fleet series, so an alert can fire on it.
     """
 
-    def __init__(self, client: redis.Redis, config: FleetConfig) -> None:
+    def __init__(self, client: redis.Redis, config: FleetConfig,
+                 clock: Callable[[], float] = time.time) -> None:
         self.redis = client
         self.config = config
         self.breaker = Breaker(client, config)
         self.parking = Parking(client, config)
+        self.clock = clock
+        self._records: Any = None  # the ledger reader, made at the first scrape
+        self._routes: tuple[float, list[PeriodRoutes]] | None = None
+        self._routes_lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -307,7 +328,83 @@ class FleetCollector(Collector):
                                       "Messages delivered to workers and not yet acknowledged",
                                       value=float(unacked))
         return [jobs, attempts, latency, toks, cost, wfcost, depth, workers, processes, busy,
-                breakers, parked, dead, in_flight, *self._budget_families()]
+                breakers, parked, dead, in_flight, *self._budget_families(),
+                *self._route_families()]
+
+    def routes(self) -> list[PeriodRoutes]:
+        """Route stats by model and by policy version, recomputed at most once a minute."""
+        # Labels import the policy: lazily, so a worker recording attempts stays light.
+        from .labels import LabelStore
+        from .routequality import ledger_records, period_routes
+
+        now = self.clock()
+        with self._routes_lock:
+            if self._routes is not None and now - self._routes[0] < ROUTE_REFRESH_S:
+                return self._routes[1]
+            if self._records is None:
+                self._records = ledger_records(self.config, self.redis)
+            read: dict[tuple[float, float], list[Any]] = {}
+
+            def records(a: float, b: float) -> list[Any]:
+                # Both groupings read the same two windows: read each once.
+                if (a, b) not in read:
+                    read[a, b] = list(self._records(a, b))
+                return read[a, b]
+
+            labels = LabelStore(self.redis, self.config).since
+            out = [period_routes(self.config, records, labels, end=now,
+                                 seconds=self.config.ledger.route_window_s, by=by)
+                   for by in ROUTE_BY]
+            self._routes = (now, out)
+            return out
+
+    def _route_families(self) -> list[Metric]:
+        win = self.config.ledger.route_window_s
+        fams = {
+            "requests": GaugeMetricFamily(
+                "tierfleet_route_requests", f"Jobs per route over the last {win:.0f}s "
+                "(route: the routed model, or the policy version that chose it)",
+                labels=["by", "route"]),
+            "quality": GaugeMetricFamily(
+                "tierfleet_route_quality", "Mean judged quality (0..1) of a route's labelled "
+                "answers (feedback, escalations, shadow tests)", labels=["by", "route"]),
+            "small_quality": GaugeMetricFamily(
+                "tierfleet_route_small_quality", "Mean judged quality (0..1) of a route's "
+                "answers from tiers below the strong one", labels=["by", "route"]),
+            "fallback_rate": GaugeMetricFamily(
+                "tierfleet_route_fallback_rate", "Share of a route's jobs that fell back",
+                labels=["by", "route"]),
+            "escalation_rate": GaugeMetricFamily(
+                "tierfleet_route_escalation_rate", "Share of a route's jobs escalated after "
+                "a poor answer", labels=["by", "route"]),
+            "cost_per_request": GaugeMetricFamily(
+                "tierfleet_route_cost_per_request_usd", "A route's spend per job (USD)",
+                labels=["by", "route"]),
+        }
+        alert = GaugeMetricFamily(
+            "tierfleet_route_alert", "1 when a route alert fires against the window before "
+            "(cost per request up more than ledger.alert_cost_increase, small-routed quality "
+            "down more than learning.tolerance), else 0", labels=["by", "route", "alert"])
+        try:
+            periods = self.routes()
+        except Exception as exc:  # a SQL ledger that is down must not lose the other series
+            log.warning("metrics: route stats unavailable: %s", exc)
+            return []
+        for pr in periods:
+            firing = {(a.route, a.name) for a in pr.alerts}
+            busiest = sorted(pr.now.values(), key=lambda s: (-s.requests, s.key))[:MAX_ROUTES]
+            for s in busiest:
+                labels = [pr.by, s.key]
+                for name, value in (("requests", float(s.requests)), ("quality", s.quality),
+                                    ("small_quality", s.small_quality),
+                                    ("fallback_rate", s.fallback_rate),
+                                    ("escalation_rate", s.escalation_rate),
+                                    ("cost_per_request", s.cost_per_request)):
+                    if value is not None:  # no labels (or no jobs): no number, not a 0
+                        fams[name].add_metric(labels, value)
+                for name in ROUTE_ALERTS:
+                    alert.add_metric([*labels, name], float((s.key, name) in firing))
+        return [*fams.values(), alert]
 
     def _budget_families(self) -> list[Metric]:
         from .budgets import BudgetBook  # budgets import the policy; metrics stay light otherwise
