@@ -351,6 +351,11 @@ class LearningConfig(_Strict):
     versions_reload_s: float = Field(default=5.0, ge=0)
     tolerance: float = Field(default=0.05, ge=0, le=1, description="largest quality drop allowed")
     rollout: list[float] = Field(default_factory=lambda: [0.05, 0.5, 1.0])
+    # Before its first share a candidate routes nothing: the dispatcher asks it too and
+    # logs what it would have done (``tierfleet policy shadow-report``).
+    shadow_stage: bool = Field(default=True, description="start a rollout in shadow")
+    shadow_log_size: int = Field(default=10_000, gt=0, description="decisions kept per candidate")
+    shadow_log_ttl_s: float = Field(default=14 * 86_400.0, gt=0)
     holdout: float = Field(default=0.2, gt=0, lt=1, description="labels kept out of training")
 
 

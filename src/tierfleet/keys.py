@@ -46,6 +46,7 @@ P:memory:bad                   hash         labels.RedisMemoryStore (bad-small s
 P:shadow:{job_id}              string JSON  shadow.ShadowSampler (the small answer to judge)
 P:shadow:spent:{day}           counter      shadow.ShadowSampler (estimated nanos spent)
 P:policy:rollout               hash         policy.versions.Rollout (current, candidate, share)
+P:policy:shadow:{version}      list JSON    policy.shadowlog.ShadowLog (capped, expires)
 unacked, unacked_index         hash, zset   kombu (deliveries not yet acknowledged)
 =============================  ===========  =========================================
 """
@@ -154,6 +155,10 @@ def shadow_spent(config: FleetConfig, day: str) -> str:
 
 def policy_rollout(config: FleetConfig) -> str:
     return key(config, "policy", "rollout")
+
+
+def policy_shadow_log(config: FleetConfig, version: str) -> str:
+    return key(config, "policy", "shadow", version)
 
 
 def digest(config: FleetConfig, job_id: str) -> str:

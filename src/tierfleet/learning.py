@@ -5,7 +5,9 @@ The runner calls :meth:`Learner.answered` after it stores a job's answer and
 both are best-effort: a Redis error here is logged, never a failed job. The
 dispatcher routes with :func:`fleet_policy`, which adds the bad-answer memory
 (``learning.memory``) and the promoted policy version (``learning.versions``)
-to the plain policy when the config asks for them.
+to the plain policy when the config asks for them; while a candidate is in
+shadow it also asks the candidate and logs both decisions (``policy/shadowlog.py``),
+acting on the current one only.
 """
 
 from __future__ import annotations
@@ -162,10 +164,16 @@ class FleetPolicy:
     """The policy the dispatcher routes with: versions and memory around plain ``Policy`` s.
 
     Duck-types :class:`~tierfleet.policy.Policy` (route, route_many, route_each,
-    reader); every route names the version that made it.
+    reader); every route names the version that made it. With a candidate in shadow,
+    every routed job is also routed by the candidate and the pair logged: that second
+    route never replaces the first, and its failures (a broken candidate, Redis) are
+    logged and dropped, never raised into the dispatch path.
     """
 
+    SHADOW_WARN_EVERY_S = 60.0  # a broken candidate fails on every job: one warning a minute
+
     def __init__(self, config: FleetConfig, client: redis.Redis | None) -> None:
+        from .policy.shadowlog import ShadowLog
         from .policy.versions import PolicyPicker
 
         self.config = config
@@ -173,6 +181,8 @@ class FleetPolicy:
                        if config.learning.memory and client is not None else None)
         stages = with_memory(self.memory.memory) if self.memory is not None else None
         self.picker = PolicyPicker(config, client, stages)
+        self.shadow_log = ShadowLog(client, config) if client is not None else None
+        self._warned_at = -1e18
 
     @property
     def reader(self) -> Any:
@@ -190,7 +200,9 @@ class FleetPolicy:
     def route(self, job: Job, state: FleetState | None = None) -> Route:
         self._before()
         version, policy = self.picker.pick(job.id)
-        return _named(policy.route(job, state), version)
+        route = _named(policy.route(job, state), version)
+        self._shadow([job], [route], state)
+        return route
 
     def route_each(self, jobs: Sequence[Job], state: FleetState | None = None) -> list[Any]:
         self._before()
@@ -204,7 +216,31 @@ class FleetPolicy:
         for v, idx in groups.items():
             for i, r in zip(idx, policies[v].route_each([jobs[i] for i in idx], state), strict=True):
                 out[i] = _named(r, v) if isinstance(r, Route) else r
+        self._shadow(jobs, out, state)
         return out
+
+    def _shadow(self, jobs: Sequence[Job], routes: Sequence[Any], state: FleetState | None) -> None:
+        """Log the shadow candidate's decisions beside the routes taken; never raises."""
+        cand = self.picker.shadow_candidate()
+        if cand is None or self.shadow_log is None:
+            return
+        from .policy.shadowlog import entry_of
+
+        try:
+            pairs = [(j, r) for j, r in zip(jobs, routes, strict=True) if isinstance(r, Route)]
+            if not pairs:
+                return
+            # The candidate's own copy of the batch: route_each copies the state it is given.
+            theirs = self.picker.policy(cand).route_each([j for j, _ in pairs], state)
+            entries = [entry_of(self.config, j, r, _named(c, cand))
+                       for (j, r), c in zip(pairs, theirs, strict=True) if isinstance(c, Route)]
+            self.shadow_log.add(entries)
+        except Exception as exc:  # the candidate is on trial: whatever it does, routing goes on
+            now = time.time()
+            if now - self._warned_at >= self.SHADOW_WARN_EVERY_S:
+                self._warned_at = now
+                log.warning("learning: shadow candidate %s not logged: %s: %s", cand,
+                            type(exc).__name__, str(exc)[:200])
 
     def route_many(self, jobs: Sequence[Job], state: FleetState | None = None) -> list[Route]:
         out = []
