@@ -8,9 +8,10 @@ made here, or with TIERFLEET_MONTH_DEV=1 and TIERFLEET_DATA_DIR from the dev dat
 as nemotron-51b), where the candidate is refused today (see ``traffic``). Small tiers answer
 right exactly when the label says so, the strong tier always does, and the shadow
 judge reads the label. Over the month: shadow labels are collected under a budget, a
-candidate is trained from them and promoted through 5% -> 50% -> 100%, a deliberately
-bad candidate is refused, and an expensive one forced past the offline gate is rolled
-back by the live cost alert.
+candidate is trained from them, shadow-routed for a day (decisions logged, none acted
+on) and promoted through 5% -> 50% -> 100%, a deliberately bad candidate is refused,
+and an expensive one forced past the offline gate is held in shadow by its estimated
+cost, then, forced on, rolled back by the live cost alert.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from tierfleet.policy.fleet_training import (
     train_from_fleet,
 )
 from tierfleet.policy.models import CORRECTION_FILE, KIND_FILE, META_FILE, SMALL_OK_FILE, load_models
+from tierfleet.policy.shadowlog import ShadowLog
 from tierfleet.policy.versions import PolicyVersions, Rollout
 from tierfleet.routequality import rollout_alerts, route_stats
 from tierfleet.runner import Runner
@@ -178,12 +180,22 @@ def test_a_simulated_month_learns_promotes_refuses_and_rolls_back(month: dict[st
     assert bad["evaluation"]["gate"] == "refused", bad["evaluation"]
     with pytest.raises(ValueError, match="failed its evaluation"):
         rollout.start(bad["version"])
-    # -- days 10-18: staged rollout of the good candidate, sticky per job id --------------
+    # -- day 10: the good candidate in shadow; its decisions logged, none acted on --------
     rollout.start(good["version"])
+    t0 = _t.time()
+    run_day(m, 10)
+    shadow = ShadowLog(r, cfg).summary(good["version"])
+    assert shadow.decisions == PER_DAY and shadow.current == "shipped"
+    assert rollout.shadow_guard() == [], shadow  # it keeps more jobs small: no dearer
+    acted = {x["policy_version"] for x in m["runner"].ledger.raw_between(t0 - 1, _t.time() + 60)
+             if x["job_id"].startswith("d10-")}
+    assert acted == {"shipped"}  # the candidate routed nothing
+    # -- days 11-19: staged rollout of the good candidate, sticky per job id --------------
+    rollout.advance()
     shares = []
     for stage in range(3):
         t0 = _t.time()
-        for day in range(10 + 3 * stage, 13 + 3 * stage):
+        for day in range(11 + 3 * stage, 14 + 3 * stage):
             run_day(m, day)
         st = rollout.state()
         shares.append(st["share"])
@@ -193,7 +205,8 @@ def test_a_simulated_month_learns_promotes_refuses_and_rolls_back(month: dict[st
         rollout.advance()
     assert shares == [0.05, 0.5, 1.0]
     assert rollout.state()["current"] == good["version"]
-    # -- days 19-21: an expensive candidate forced past the gate; the live alert rolls it back
+    # -- days 20-23: an expensive candidate forced past the gate and out of shadow; the live
+    # alert rolls it back
     pricey, folder = clone(versions, good["version"])
     base = load_models(str(versions.folder(good["version"])))
     LabelCorrection(np.array([1.0, 0.0, -8.0]), 0.0, len(base.small_ok.vocab),
@@ -201,10 +214,14 @@ def test_a_simulated_month_learns_promotes_refuses_and_rolls_back(month: dict[st
                     np.zeros(0), np.zeros(0)).save(folder / CORRECTION_FILE)
     filed = file_candidate(cfg, versions, pricey, good["version"], held, {"mode": "test"}, {})
     assert filed["evaluation"]["gate"] == "refused"  # quality holds, the cut does not
-    rollout.start(pricey, force=True)  # an operator overrides the gate; the live alert catches it
+    rollout.start(pricey, force=True)  # an operator overrides the gate; shadow catches it
+    run_day(m, 20)
+    with pytest.raises(ValueError, match="stays in shadow"):
+        rollout.advance()
+    rollout.advance(force=True)  # overridden again; the live alert catches it
     rollout.advance()  # 50%, so three days give enough of its jobs
     t0 = _t.time()
-    for day in range(19, 22):
+    for day in range(21, 24):
         run_day(m, day)
     stats = version_stats(m, t0)
     alerts = rollout_alerts(stats, good["version"], pricey)
@@ -212,7 +229,7 @@ def test_a_simulated_month_learns_promotes_refuses_and_rolls_back(month: dict[st
     after = rollout.guard(alerts)
     assert after is not None and after["candidate"] is None and after["current"] == good["version"]
     assert versions.manifest(pricey)["status"] == "rolled back"
-    for day in range(22, DAYS):
+    for day in range(24, DAYS):
         run_day(m, day)
     # -- the month's figures -------------------------------------------------------------
     all_labels = LabelStore(r, cfg).since()
