@@ -38,6 +38,10 @@ DENSE_NAMES: tuple[str, ...] = (
     "log_math_marks",
     "log_answer_marks",
     *(f"cue_{k.value}" for k in CUE_KINDS),
+    # How hard the text is on the tokenizer: scripts and languages a small model has
+    # seen little of cost more tokens per character (and small models do worse there).
+    "log_tokens_per_char",
+    "non_ascii_share",
 )
 
 
@@ -60,6 +64,10 @@ def dense(doc: Doc, n_tokens: int, hits: list[int] | None = None) -> list[float]
         math.log1p(sum(map(edge.count, _MATH_MARKS))),
         math.log1p(edge.count("answer:")),
         *(math.log1p(h) for h in (cue_hits(doc) if hits is None else hits)),
+        # Shrunk towards English's ~4 characters a token, so that "hi" is not a tail.
+        math.log((n_tokens + 8) / (len(doc.text) + 32)),
+        # encode(..., "ignore") drops the non-ASCII characters in C.
+        (len(edge) - len(edge.encode("ascii", "ignore"))) / n,
     ]
 
 

@@ -147,6 +147,10 @@ KIND_CAP_PER_TASK = 300
 KIND_C = 8.0
 SMALL_OK_C = 0.5
 DENSE_WEIGHT = 1.0
+# The fixed-effect columns' value: > 1 lets a benchmark's level move with less
+# penalty than a word's weight (C applies to every column alike).
+GROUP_SCALE = 3.0
+SMALL_OK_TOKENIZER_CLIP = 3.0
 # The kind model's bound on standardised log_tokens: ~0, i.e. it does not read length
 # (log_lines still hints at structure). Every chat prompt of the training data is
 # short, so any length weight, clipped or not, called a long reading question a
@@ -376,7 +380,11 @@ def _fit(
     soft: bool = False,
     vocab: Vocabulary | None = None,
     clip: float | np.ndarray = 0.0,
+    groups: Sequence[str] | None = None,
 ) -> LinearModel:
+    """One logistic model. ``groups``: each row's benchmark, fitted as a fixed effect
+    (a column per group, dropped from the model that is kept; see ``fit_small_ok``)."""
+    from scipy import sparse
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
@@ -387,9 +395,15 @@ def _fit(
     scale = feats.std(axis=0)
     scale[scale < 1e-9] = 1.0
     x = _design(vocab, terms, feats, mean, scale, clip)
+    n_cols = x.shape[1]
+    if groups is not None:
+        names = sorted(set(groups))
+        col = {g: i for i, g in enumerate(names)}
+        fe = sparse.csr_matrix(
+            (np.full(len(groups), GROUP_SCALE), (np.arange(len(groups)), [col[g] for g in groups])),
+            shape=(len(groups), len(names)))
+        x = sparse.hstack([x, fe], format="csr")
     if soft:
-        from scipy import sparse
-
         # A soft label p becomes the row twice: as a 1 with weight p, as a 0 with weight 1-p.
         x = sparse.vstack([x, x], format="csr")
         target = np.r_[np.ones(len(y)), np.zeros(len(y))]
@@ -406,6 +420,12 @@ def _fit(
     if soft or len(classes) == 2:
         coef, intercept = lr.coef_[:1], lr.intercept_[:1]
         classes = ["0", "1"] if soft else classes
+        if groups is not None:
+            # A prompt at routing time belongs to no training benchmark: it gets the
+            # mean benchmark's level, each benchmark weighted by its rows.
+            effects = coef[0, n_cols:] * GROUP_SCALE
+            share = np.bincount([col[g] for g in groups], minlength=len(names)) / len(groups)
+            coef, intercept = coef[:, :n_cols], intercept + float(effects @ share)
     else:
         order = [list(lr.classes_).index(k) for k in classes]
         coef, intercept = lr.coef_[order], lr.intercept_[order]
@@ -427,9 +447,12 @@ def cap_rows(rows: Sequence[KindRow], cap: int, seed: int) -> list[KindRow]:
 
 def kind_clip() -> np.ndarray:
     """Per dense feature, the bound of its standardised value in the kind model
-    (length: ~0, see KIND_LENGTH_CLIP)."""
+    (length and the tokenizer features: ~0, see KIND_LENGTH_CLIP)."""
     bound = np.full(len(DENSE_NAMES), DENSE_CLIP)
-    bound[DENSE_NAMES.index("log_tokens")] = KIND_LENGTH_CLIP
+    # Length, and the tokenizer features (p_small_ok's: as kind cues they only
+    # told Chinese from English, which cjk_share does, and called "hi" writing).
+    for name in ("log_tokens", "log_tokens_per_char", "non_ascii_share"):
+        bound[DENSE_NAMES.index(name)] = KIND_LENGTH_CLIP
     return bound
 
 
@@ -454,7 +477,24 @@ def fit_small_ok(
     # Each source weighs the same in total, whatever its size.
     per = Counter(r.source for r in rows)
     w = np.array([len(rows) / (len(per) * per[r.source]) for r in rows])
-    return _fit([r.prompt for r in rows], y, w, SMALL_OK_C, ["0", "1"], soft=True, vocab=vocab)
+    # Benchmarks as fixed effects: how hard a benchmark is on the whole goes into
+    # its own column, so the words and structure features learn what makes one
+    # prompt harder than another *within* a benchmark, which is what routing a
+    # workload needs. Without them, words that merely name a hard benchmark's
+    # topic carried the fit (LOBO within-benchmark cut 29.8% -> 34.3%, see
+    # bench/routing.py --lobo=ok).
+    groups = [f"{r.source}/{r.task}" for r in rows]
+    return _fit([r.prompt for r in rows], y, w, SMALL_OK_C, ["0", "1"], soft=True, vocab=vocab,
+                groups=groups if len(set(groups)) > 1 else None, clip=small_ok_clip())
+
+
+def small_ok_clip() -> np.ndarray:
+    """p_small_ok's bounds: none, but on the tokenizer features, whose tails (a
+    script no training prompt used) would otherwise decide alone."""
+    bound = np.zeros(len(DENSE_NAMES))
+    for name in ("log_tokens_per_char", "non_ascii_share"):
+        bound[DENSE_NAMES.index(name)] = SMALL_OK_TOKENIZER_CLIP
+    return bound
 
 
 def fit_models(
@@ -567,6 +607,7 @@ def train(
         "seed": SEED,
         "kind_c": KIND_C,
         "small_ok_c": SMALL_OK_C,
+        "small_ok_group_scale": GROUP_SCALE,
         "max_terms": MAX_TERMS,
         "kind_cap_per_task": KIND_CAP_PER_TASK,
         "kind_dense_clip": DENSE_CLIP,
