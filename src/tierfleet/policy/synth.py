@@ -272,6 +272,13 @@ TEMPLATES: dict[Kind, list[str]] = {
         "为我们的新产品想五个宣传口号。",
         "请把这段话改写得更正式一些：{sentence}",  # noqa: RUF001
         "写一个关于{topic}的小故事，三百字左右。",  # noqa: RUF001
+        # Writing from given words or keywords.
+        "Write a sentence that uses all of these words: {words}.",
+        "Keywords: {words}. Write a short paragraph that includes each of them.",
+        "Use the following concepts in one coherent sentence: {words}",
+        "Make up a short story containing the words {words}.",
+        "Generate a description of an everyday scene using: {words}",
+        "Compose a sentence with these terms: {words}",
     ],
     Kind.CHAT: [
         "What do you think about {topic}?",
@@ -393,10 +400,28 @@ TEMPLATES: dict[Kind, list[str]] = {
         "than Cleo. Who is the second oldest?",
         "Calculate the compound annual growth rate from {a} to {c} over {b} years.",
         "一个数的{a}倍加上{b}等于{c}，这个数是多少？",  # noqa: RUF001
+        # Quantitative science questions: the answer is worked out, not recalled.
+        "A ball is thrown straight up at {b} m/s. How high does it rise before falling back?",
+        "How much energy does it take to heat {a} kg of water by {b} degrees Celsius?",
+        "A {a} ohm resistor carries {b} mA. What voltage drops across it, and what power "
+        "does it dissipate?",
+        "What is the pH of a {b} mM solution of hydrochloric acid?",
+        "A gas at {c} K and 1 atm is compressed to half its volume at constant temperature. "
+        "What is its new pressure, and why?",
+        "A population of bacteria doubles every {b} minutes. Starting from {a} cells, how many "
+        "are there after {c} minutes?",
+        "Which of these reactions is exothermic, and how would you determine its enthalpy "
+        "change from bond energies?",
+        "A car of mass {c} kg brakes from {a} m/s to rest in {b} m. What is the average "
+        "braking force?",
     ],
 }
 
 
+WORDS = ["dog", "frisbee", "catch", "park", "river", "boat", "rain", "umbrella", "kitchen",
+         "bread", "knife", "guitar", "stage", "crowd", "snow", "mountain", "ski", "coffee",
+         "laptop", "window", "train", "ticket", "garden", "shovel", "child", "kite", "wind",
+         "market", "apple", "basket", "teacher", "board", "chalk", "horse", "field", "fence"]
 TOOLS = ["Docker", "Kubernetes", "Terraform", "GitHub Actions", "webpack", "Maven", "npm",
          "Gradle", "nginx", "Ansible", "pip", "cargo"]
 DEVOPS = ["caches dependencies between builds", "runs the tests on every push",
@@ -430,11 +455,34 @@ KEYS = ["name, date, amount", "title, owner, due", "sender, subject, action"]
 DOCS = ["report", "email thread", "article", "memo", "transcript", "policy"]
 
 
+# (argument, its type hint, an example value, an example result) for typed stubs.
+STUB_ARGS = [
+    ("numbers", "List[int]", "[1, 2, 3, 4]", "[4, 3, 2, 1]"),
+    ("values", "List[float]", "[1.5, 2.0, 3.5]", "2.3333333333333335"),
+    ("text", "str", "'racecar'", "True"),
+    ("words", "List[str]", "['apple', 'apply', 'ape']", "'ap'"),
+    ("n", "int", "10", "55"),
+    ("grid", "List[List[int]]", "[[1, 2], [3, 4]]", "10"),
+    ("s", "str", "'hello world'", "{'hello': 1, 'world': 1}"),
+]
+
+
 def _stub(task: tuple[str, str], rng: random.Random) -> str:
-    """A function stub with a docstring, as code-completion requests send it."""
+    """A function stub with a docstring, as code-completion requests send it: plain
+    or typed, with doctest examples and the imports its hints need."""
     name = "_".join(w for w in task[1].split()[:3] if w not in ("a", "an", "the")).lower()
-    arg = rng.choice(["items", "text", "values", "path", "data"])
-    return f'def {name}({arg}):\n    """{task[1].capitalize()}.\n    >>> {name}(...)\n    """'
+    if rng.random() < 0.4:
+        arg = rng.choice(["items", "text", "values", "path", "data"])
+        return f'def {name}({arg}):\n    """{task[1].capitalize()}.\n    >>> {name}(...)\n    """'
+    arg, hint, example, result = rng.choice(STUB_ARGS)
+    ret = rng.choice(["int", "bool", "str", "float", hint])
+    head = "from typing import List\n\n\n" if "List" in hint + ret else ""
+    cases = [(example, result)]
+    if "List" in hint and rng.random() < 0.5:
+        cases.append(("[]", "[]"))
+    examples = "".join(f"    >>> {name}({ex})\n    {res}\n" for ex, res in cases)
+    return (f'{head}def {name}({arg}: {hint}) -> {ret}:\n    """ {task[1].capitalize()}, '
+            f'given {arg}.\n{examples}    """\n')
 
 
 def _fill(template: str, rng: random.Random) -> str:
@@ -452,6 +500,7 @@ def _fill(template: str, rng: random.Random) -> str:
         "task": task[0],
         "task_plain": task[1],
         "stub": _stub(task, rng),
+        "words": ", ".join(rng.sample(WORDS, rng.randint(3, 6))),
         "tool": rng.choice(TOOLS),
         "devops": rng.choice(DEVOPS),
         "framework": rng.choice(FRAMEWORKS),

@@ -57,6 +57,8 @@ def edges(text: str) -> str:
 CODE_MARKS = (
     "def ", "return ", "import ", "#include", "function ", "public ", "const ", "let ", "var ",
     "fn ", "func ", "class ", ";\n", "{\n", "}\n", "```", "=>", "();", "):\n",
+    # Python docstrings and doctests: a function stub sent for completion.
+    '"""', ">>> ",
 )
 _OPTION = re.compile(r"\n\(?[a-e][).:]")
 
