@@ -260,6 +260,13 @@ TEMPLATES: dict[Kind, list[str]] = {
         "Write a bedtime story about {topic} for a six-year-old.",
         "Draft a LinkedIn post announcing {topic}.",
         "Pretend you are a pirate captain and describe {topic}.",
+        # Role play: the answer is a performance in a voice, not a fact.
+        "As a {role}, how would you describe {topic} to {audience}?",
+        "Imagine you are a {role}. Write what you would say to {audience} about {topic}.",
+        "If you were a {role}, how would you convince {audience} to care about {topic}?",
+        "You are a {role}. Stay in character and greet {audience}.",
+        "Play the part of a {role} giving a farewell speech to {audience}.",
+        "Pretend to be a {role} and tell me about your day.",
         "Write a toast for my sister's wedding that mentions {topic}.",
         "Brainstorm ten blog post titles about {topic}.",
         "Paraphrase this so it does not sound copied:\n{passage}",
@@ -312,6 +319,13 @@ TEMPLATES: dict[Kind, list[str]] = {
         "Thanks! And what about the second option?",
         "What are some fun things to do in Tokyo?",
         "Could you tell me more about {concept}?",
+        # Questions about a given text: answered from it, a quiz more than a task.
+        "{passage}\n\nAccording to the passage, what is the main point?",
+        "Read the text and answer the question.\n{passage}\nQuestion: who is mentioned first, "
+        "and why?",
+        "{passage}\nWhich of the following is supported by the text above?\nA. {sentence}\n"
+        "B. Nothing is said about dates.\nC. It is a poem.\nD. It is a recipe.",
+        "{passage}\n\nWhat does the author seem to feel about this?",
         "什么是{concept}？",  # noqa: RUF001
         "你觉得{topic}怎么样？",  # noqa: RUF001
         "周末去哪里玩比较好？",  # noqa: RUF001
@@ -358,6 +372,8 @@ TEMPLATES: dict[Kind, list[str]] = {
         "用{clang}写一个函数，{task}。",  # noqa: RUF001
         # Code completion: a stub with its docstring, the body left to write.
         "Complete this function:\n{stub}",
+        "{long_stub}",
+        "Implement the function below.\n\n{long_stub}",
         "{stub}\n    # TODO: implement",
         "Fill in the body of this Python function so the docstring holds:\n\n{stub}",
     ],
@@ -418,6 +434,9 @@ TEMPLATES: dict[Kind, list[str]] = {
 }
 
 
+ROLES = ["medieval knight", "pirate captain", "space colonist on Mars", "time traveller",
+         "famous chef", "detective", "superhero", "tour guide in Rome", "startup founder",
+         "wise old wizard", "sports coach", "museum curator"]
 WORDS = ["dog", "frisbee", "catch", "park", "river", "boat", "rain", "umbrella", "kitchen",
          "bread", "knife", "guitar", "stage", "crowd", "snow", "mountain", "ski", "coffee",
          "laptop", "window", "train", "ticket", "garden", "shovel", "child", "kite", "wind",
@@ -485,6 +504,19 @@ def _stub(task: tuple[str, str], rng: random.Random) -> str:
             f'given {arg}.\n{examples}    """\n')
 
 
+def _long_stub(task: tuple[str, str], rng: random.Random) -> str:
+    """A stub whose docstring states the task at length, with a worked example."""
+    name = "_".join(w for w in task[1].split()[:3] if w not in ("a", "an", "the")).lower()
+    arg, _hint, example, result = rng.choice(STUB_ARGS)
+    intro = rng.choice(["You are given", "Given", "This function receives", "Write code that takes"])
+    rule = rng.choice(["If the input is empty, return an empty result.",
+                       "Ignore negative numbers.", "The input is never longer than 1000 items.",
+                       "Raise ValueError on invalid input.", "Keep the original order."])
+    quote = rng.choice(['"""', "'''"])
+    return (f"\ndef {name}({arg}):\n    {quote}\n    {intro} {arg}, {task[1]}.\n    {rule}\n\n"
+            f"    Example:\n    {name}({example}) == {result}\n    {quote}\n")
+
+
 def _fill(template: str, rng: random.Random) -> str:
     task = rng.choice(CODE_TASKS)
     values = {
@@ -500,6 +532,8 @@ def _fill(template: str, rng: random.Random) -> str:
         "task": task[0],
         "task_plain": task[1],
         "stub": _stub(task, rng),
+        "long_stub": _long_stub(task, rng),
+        "role": rng.choice(ROLES),
         "words": ", ".join(rng.sample(WORDS, rng.randint(3, 6))),
         "tool": rng.choice(TOOLS),
         "devops": rng.choice(DEVOPS),
