@@ -22,7 +22,9 @@ least as well as the large one, small and large being a group of 7-13B open
 models and a group of ~50B+ models (``SMALL_MODELS``, ``LARGE_MODELS``). It is a
 soft label in 0..1, trained as a weighted logistic regression. Pooling several
 pairs keeps the estimate about the prompt's difficulty rather than about one
-model's quirks.
+model's quirks. Each benchmark is a fixed effect in that fit (its own column,
+dropped afterwards), so the kept weights say what makes a prompt harder than
+its neighbours, not which benchmark it came from.
 
 A user's own traffic
 --------------------
