@@ -60,9 +60,13 @@ from .quality import check
 from .store import Leases, OpenJobs, Parking, ResultStore
 from .streams import TokenSink
 
-__all__ = ["Duplicate", "Moved", "Outcome", "Parked", "Publish", "RedisExternalIds", "Runner", "Stored"]
+__all__ = ["REDIS_BLINKS", "Duplicate", "Moved", "Outcome", "Parked", "Publish", "RedisExternalIds",
+           "Runner", "Stored"]
 
 log = logging.getLogger("tierfleet.worker")
+
+# Errors that mean "Redis is not answering right now", as opposed to a bug in a command.
+REDIS_BLINKS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
 
 # Publishes a delivery on its tier's queue (``broker.send`` in a worker, a list in tests).
 Publish = Callable[[Delivery], None]
@@ -167,6 +171,7 @@ class Runner:
 
         self.learning = Learner(self)
         self._finish = finish.script(client)
+        self._sleep: Callable[[float], None] = time.sleep  # the wait between record retries
 
     def _make_backend(self, host: str) -> Backend:
         return make_backend(host, self.config.hosts[host], external_ids=self.external_ids,
@@ -345,7 +350,11 @@ class Runner:
             reported = (None if completion.tokens_in is None or completion.tokens_out is None
                         else completion.tokens_in + completion.tokens_out)
             self._end_slot(reported)
-            self.breaker.success(host)
+            # Between the answer and its record nothing may raise a Redis blink (the worker
+            # would call the host again and this call would wait for the reaper's deadline):
+            # a breaker reset lost to a blink only waits for the next success.
+            with contextlib.suppress(*REDIS_BLINKS):
+                self.breaker.success(host)
             return self._accept(d, host, model, completion, call)
         if refused_here:
             # Moving on would bill a pricier tier for this worker's misconfiguration: park,
@@ -482,8 +491,10 @@ class Runner:
         except RateLimited as exc:
             exc.call = call  # type: ignore[attr-defined]
             wait = exc.retry_after if exc.retry_after is not None else 1.0
-            # Every worker now waits for this host, through the same limiter.
-            self.flow.block(host, time.time() + wait)
+            # Every worker now waits for this host, through the same limiter (best effort:
+            # a Redis blink here must not keep this call from its record).
+            with contextlib.suppress(*REDIS_BLINKS):
+                self.flow.block(host, time.time() + wait)
             if wait > self.config.reliability.retry_after_budget_s:
                 raise
             self._record(d, host, model, None, outcome="host_error", error=str(exc), call=call)
@@ -645,7 +656,24 @@ class Runner:
             if a.call:
                 self.inflight.end(a.call, pipe)
 
-        return self.ledger.record(att, seconds=seconds, also=also)
+        if not att.call:
+            return self.ledger.record(att, seconds=seconds, also=also)
+        # A host call was made: its record must not be lost to a Redis blink. Raising here
+        # would make the worker run the delivery again (a second host call) and leave this
+        # one to the reaper, which settles a live owner's call only at its deadline (the
+        # task time limit later), as a lost_call without its answer. The record is keyed
+        # by the call id, so writing it again after a blink is a no-op if it had landed.
+        delay, give_up = 0.1, time.monotonic() + self.config.reliability.task_time_limit_s / 2
+        while True:
+            try:
+                return self.ledger.record(att, seconds=seconds, also=also)
+            except REDIS_BLINKS as exc:
+                if time.monotonic() > give_up:
+                    raise  # the in-flight note stays: the reaper records it at its deadline
+                log.warning("job %s: redis unavailable while recording host call %s (%s); "
+                            "retrying in %.1fs", att.job_id, att.call, exc, delay)
+                self._sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def _also(self, pipe: Any, a: Attempt) -> None:
         """What moves with every ledger record: the metrics, the end of the call's note."""

@@ -21,7 +21,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
 from celery import bootsteps
 from celery.app import trace as celery_trace
 from celery.exceptions import Ignore, Retry
@@ -39,7 +38,7 @@ from .ledger import LedgerExport
 from .logs import json_wanted, setup_celery_logging, setup_logging
 from .preflight import host_problems
 from .reaper import Reaper
-from .runner import Duplicate, Moved, Parked, Runner
+from .runner import REDIS_BLINKS, Duplicate, Moved, Parked, Runner
 from .shown import JobNotSucceeded, crash_error, is_confidential, not_succeeded, task_summary
 
 log = logging.getLogger("tierfleet.worker")
@@ -49,8 +48,6 @@ require_chosen_redis(config)  # a worker with no config at all must not guess at
 app = make_celery(config)
 
 _runner: Runner | None = None
-# Errors that mean "Redis is not answering right now", as opposed to a bug in a command.
-REDIS_BLINKS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
 
 
 def runner() -> Runner:

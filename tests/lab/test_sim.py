@@ -241,6 +241,29 @@ def test_down_refuses_connections_and_up_listens_on_the_same_port(sim: SimFleet)
     assert httpx.get(url + "/api/tags", timeout=1).status_code == 200
 
 
+def test_a_request_waiting_in_the_backlog_as_the_host_goes_down_is_counted_not_reset(
+        sim: SimFleet) -> None:
+    """Its client sent it, so the client must count it as possibly billed: the host counts
+    it too (and drops it unanswered) rather than resetting a request it never saw."""
+    import socket
+
+    host = sim.host("sim-ollama")
+    assert host._server is not None
+    host._server.shutdown()  # the server stops taking connections; the kernel still does
+    port = host.port
+    body = json.dumps({"model": "qwen3:4b", "messages": [{"role": "user", "content": "hi"}],
+                       "stream": False}).encode()
+    conn = socket.create_connection(("127.0.0.1", port), timeout=2)
+    conn.sendall(b"POST /api/chat HTTP/1.0\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    sim.down("sim-ollama")
+    assert conn.recv(1000) == b""  # closed without an answer, not reset
+    conn.close()
+    assert sim.counters("sim-ollama").get("chat") == 1
+    assert [c["route"] for c in sim.calls("sim-ollama")] == ["chat"]
+    sim.up("sim-ollama")
+
+
 def test_hang_accepts_and_never_answers(sim: SimFleet) -> None:
     url = sim.urls["sim-ollama"]
     sim.fault("sim-ollama", "hang")

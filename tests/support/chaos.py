@@ -189,3 +189,38 @@ def kill_child(pids: list[int], rng: random.Random) -> int | None:
     except ProcessLookupError:
         return None
     return pid
+
+
+def billing_mismatch(sim: Any, ledger: Any, client: redis.Redis, config: FleetConfig,
+                     jobs: list[dict[str, Any]]) -> list[str]:
+    """Per job and host: the generation calls the sims received against the ledger's
+    host-call records, one line per job where they differ (what the ledger has, and any
+    in-flight note left for the job), so a failed "billed" check says which call."""
+    by_prompt = {json.dumps(j["prompt"])[1:-1]: j["id"] for j in jobs if j.get("prompt")}
+    seen: dict[str, Counter[str]] = {}
+    unmatched: Counter[str] = Counter()
+    for name in sim.hosts:
+        for call in sim.calls(name):
+            if call["route"] not in GENERATION_ROUTES:
+                continue
+            found = [jid for p, jid in by_prompt.items() if p in call["body"]]
+            if len(found) == 1:
+                seen.setdefault(found[0], Counter())[name] += 1
+            else:
+                unmatched[name] += 1
+    notes: dict[str, list[dict[str, Any]]] = {}
+    for call_id, raw in client.hgetall(f"{config.key_prefix}:ledger:inflight").items():
+        note = json.loads(raw)
+        note["call"] = call_id.decode() if isinstance(call_id, bytes) else call_id
+        notes.setdefault(note["job_id"], []).append(note)
+    lines = [f"generation calls matching no single job: {dict(unmatched)}"] if unmatched else []
+    for job in jobs:
+        jid = job["id"]
+        atts = ledger.job_attempts(jid)
+        billed = Counter(a.host for a in atts if a.host)
+        calls = seen.get(jid, Counter())
+        if calls != billed or jid in notes:
+            recs = [(a.attempt, a.tier, a.host, a.outcome, a.call, a.error) for a in atts]
+            lines.append(f"{jid}: host calls {dict(calls)}  ledger {dict(billed)}  records {recs}"
+                         f"  in-flight notes {notes.get(jid, [])}")
+    return lines

@@ -4,13 +4,17 @@ States: pending (admitted), queued (a message on a tier's list), running (popped
 ``unacked``), moved (published to another tier), parked, dead, final. The machine
 submits jobs (the same id twice, sometimes with another body), delivers them,
 kills "workers" at the worst moments (after kombu's pop but before its ``unacked``
-write; holding a delivery; right after a host answered, before the record), takes
-hosts down and up, and runs the reaper's sweeps, in any order hypothesis finds.
+write; holding a delivery; right after a host answered, before the record), blinks
+Redis right after a host answered (the worker lives on and runs the delivery again
+once Redis answers, as ``worker.run_job`` does), takes hosts down and up, and runs
+the reaper's sweeps, in any order hypothesis finds.
 
 After every step: every admitted job is final or open with a kept delivery, and no
 confidential job has reached a rented or paid host. At the end, with the hosts back
 and the sweeps run, every job is final (lost 0, stuck 0) and the ledger holds one
-record per host call the hosts received.
+record per host call the hosts received, as soon as the jobs are final and the reaper
+has had its sweep: a call of a worker that still lives is not left to the in-flight
+notes' deadline (the task time limit).
 
 The broker is kombu's own Redis layout written by hand (a list per tier, ``unacked``
 and its index), so the reaper's repair sweep reads exactly what it reads in a fleet.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,7 +46,7 @@ from tierfleet.errors import JobRejected
 from tierfleet.jobs import TERMINAL, Status
 from tierfleet.ledger import Ledger
 from tierfleet.reaper import Reaper
-from tierfleet.runner import Runner
+from tierfleet.runner import REDIS_BLINKS, Runner
 from tierfleet.store import OpenJobs, ResultStore
 
 LOCAL = {"rules", "local-mac", "local-gpu"}
@@ -54,10 +59,12 @@ class WorkerDied(BaseException):
 class Host:
     """A model host that can be down, or answer and then see its worker die."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, server: fakeredis.FakeServer) -> None:
         self.name = name
+        self.server = server
         self.up = True
         self.kill_after_answer = False
+        self.blink_after_answer = False
         self.calls: list[CompletionRequest] = []
 
     def complete(self, request: CompletionRequest) -> Completion:
@@ -69,6 +76,9 @@ class Host:
         if self.kill_after_answer:
             self.kill_after_answer = False
             raise WorkerDied
+        if self.blink_after_answer:
+            self.blink_after_answer = False
+            self.server.connected = False  # Redis is gone while the answer travels back
         return Completion(text=f"answer from {self.name}", model=request.model, host=self.name,
                           tokens_in=10, tokens_out=5, latency_s=0.01, finish_reason="stop")
 
@@ -141,10 +151,15 @@ KINDS = ("code", "summary", "keyword_route")
 class JobLifeCycle(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.r = fakeredis.FakeRedis(decode_responses=True)
+        self.server = fakeredis.FakeServer()
+        self.r = fakeredis.FakeRedis(server=self.server, decode_responses=True)
         self.broker = Broker(self.r)
-        self.hosts = {name: Host(name) for name in CONFIG.hosts}
+        self.hosts = {name: Host(name, self.server) for name in CONFIG.hosts}
         self.runner = Runner(CONFIG, self.r, self.broker.publish, backend_for=self.hosts.__getitem__)
+        # A wait for Redis ends with Redis back (it was restarted meanwhile).
+        self.runner._sleep = lambda s: self._redis_back()
+        self.node = 0  # the worker node running deliveries; a new one after each kill
+        self._beat()
         self._patch = pytest.MonkeyPatch()
         self._patch.setattr(dispatch, "send", lambda app, d, producer=None: self.broker.publish(d))
         self.dispatcher = Dispatcher(CONFIG, client=self.r, app=_App())  # type: ignore[arg-type]
@@ -157,6 +172,22 @@ class JobLifeCycle(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self._patch.undo()
+
+    def _redis_back(self) -> None:
+        self.server.connected = True
+
+    def _owner(self) -> str:
+        return f"node{self.node}|{os.getpid()}|1"
+
+    def _beat(self) -> None:
+        """The current node's heartbeat (no expiry here: the node beats while it lives)."""
+        self.r.set(keys.heartbeat(CONFIG, f"node{self.node}"),
+                   json.dumps({"node": f"node{self.node}", "pids": [os.getpid()], "tags": []}))
+
+    def _node_died(self) -> None:
+        self.r.delete(keys.heartbeat(CONFIG, f"node{self.node}"))
+        self.node += 1  # systemd starts a new node
+        self._beat()
 
     # -- producers -------------------------------------------------------------------
 
@@ -199,11 +230,18 @@ class JobLifeCycle(RuleBasedStateMachine):
         if got is None:
             return
         tag, msg = got
-        try:
-            self.runner.run(Delivery.from_kwargs(msg["body"]))
-        except WorkerDied:
-            self.held.append(tag)  # dead with the delivery unacknowledged
-            return
+        while True:
+            try:
+                self.runner.run(Delivery.from_kwargs(msg["body"]), owner=self._owner())
+            except WorkerDied:
+                self.held.append(tag)  # dead with the delivery unacknowledged
+                self._node_died()
+                return
+            except REDIS_BLINKS:
+                # worker.run_job: hold the delivery, run it again once Redis answers.
+                self._redis_back()
+                continue
+            break
         self.broker.ack(tag)
 
     @rule(tier=st.sampled_from(sorted(CONFIG.tiers)))
@@ -223,6 +261,10 @@ class JobLifeCycle(RuleBasedStateMachine):
     @rule(host=st.sampled_from(sorted(CONFIG.hosts)))
     def killed_right_after_the_host_answered(self, host: str) -> None:
         self.hosts[host].kill_after_answer = True
+
+    @rule(host=st.sampled_from(sorted(CONFIG.hosts)))
+    def redis_blinks_right_after_the_host_answered(self, host: str) -> None:
+        self.hosts[host].blink_after_answer = True
 
     @rule(host=st.sampled_from(sorted(CONFIG.hosts)), up=st.booleans())
     def host_up_or_down(self, host: str, up: bool) -> None:
@@ -269,7 +311,7 @@ class JobLifeCycle(RuleBasedStateMachine):
     def converge(self) -> None:
         """Hosts back, dead nodes restored, queues drained and sweeps run until quiet."""
         for h in self.hosts.values():
-            h.up, h.kill_after_answer = True, False
+            h.up, h.kill_after_answer, h.blink_after_answer = True, False, False
         for step in range(60):
             self.dead_node_restored() if self.held else None
             for tier in CONFIG.tiers:
@@ -288,7 +330,11 @@ class JobLifeCycle(RuleBasedStateMachine):
             [(r.job_id, r.status) for r in self.results.get_many(ids) if r and r.status not in TERMINAL])
         assert self.open.count() == 0, "stuck: open with no message and nothing to bring it back"
         ledger = Ledger(self.r, CONFIG)
-        self.reaper.inflight.settle(ledger, now=time.time() + 10_000)
+        # One sweep, well before any in-flight note's deadline: the calls of dead workers
+        # are settled now; a live worker's calls must already be in the ledger.
+        self.reaper.inflight.settle(ledger, now=time.time() + 1)
+        left = self.r.hgetall(keys.inflight(CONFIG))
+        assert not left, f"host calls of live workers never recorded: {left}"
         calls = sum(len(h.calls) for h in self.hosts.values())
         recorded = sum(1 for i in ids for a in ledger.job_attempts(i) if a.host and a.outcome != "cached")
         assert calls == recorded, f"hosts saw {calls} calls, the ledger holds {recorded}"
@@ -309,3 +355,21 @@ ConvergingLifeCycle.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_job_life_cycle = ConvergingLifeCycle.TestCase
+
+
+def test_a_redis_blink_right_after_the_host_answered_is_billed_at_once_and_not_called_again() -> None:
+    """The window the machine above finds only now and then, every time: Redis goes away
+    while a host's answer travels back, and the worker lives on. The call is recorded as
+    soon as Redis answers again (not left as an in-flight note until its deadline, the
+    task time limit later), and the host is not called a second time for the same job."""
+    machine = JobLifeCycle()
+    try:
+        machine.submit("summary", False)
+        for host in CONFIG.hosts:
+            machine.redis_blinks_right_after_the_host_answered(host)
+        for tier in sorted(CONFIG.tiers):
+            machine.deliver(tier)
+        assert sum(len(h.calls) for h in machine.hosts.values()) == 1
+        machine.converge()
+    finally:
+        machine.teardown()

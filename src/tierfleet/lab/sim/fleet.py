@@ -247,6 +247,10 @@ class SimFleet:
     def requests(self, name: str) -> list[dict[str, Any]]:
         return list(self.host(name).requests)
 
+    def calls(self, name: str) -> list[dict[str, Any]]:
+        """Every generation request ``name`` received: route, body start, arrival time."""
+        return list(self.host(name).calls)
+
     def expire_jobs(self, name: str) -> int:
         return self.host(name).expire_jobs()
 

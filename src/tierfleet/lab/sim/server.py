@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import threading
+import time
 from collections import Counter, deque
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -68,6 +69,9 @@ class SimHost:
         self.runpod_workers = runpod_workers
         self.counters: Counter[str] = Counter()
         self.requests: deque[dict[str, Any]] = deque(maxlen=50)
+        # Every generation request as it arrived (before any fault): its route and the
+        # start of its body, so a test can tell which job each billable call was for.
+        self.calls: deque[dict[str, Any]] = deque(maxlen=100_000)
         self.jobs: dict[str, RunpodJob] = {}
         self._faults: dict[str, Fault] = {}
         self._lock = threading.RLock()
@@ -110,10 +114,27 @@ class SimHost:
             return
         server.gone.set()
         server.shutdown()
+        self._take_backlog(server)
         server.server_close()
         if thread is not None:
             thread.join(timeout=2)
 
+
+    @staticmethod
+    def _take_backlog(server: _Server) -> None:
+        """Connections the kernel accepted that the server had not taken yet: their clients
+        have sent their requests, and closing the socket would reset them unseen (a call
+        the client must count as possibly billed, that the host never counted). Take them
+        in instead: each is counted, then dropped unanswered like any answer in flight."""
+        sock = server.socket
+        sock.setblocking(False)
+        while True:
+            try:
+                conn, addr = sock.accept()
+            except OSError:  # BlockingIOError: the backlog is empty
+                return
+            conn.setblocking(True)
+            server.process_request(conn, addr)
 
     def set_fault(self, kind: str, **params: Any) -> Fault:
         fault = Fault(kind=kind, **params)
@@ -141,6 +162,7 @@ class SimHost:
         with self._lock:
             self.counters.clear()
             self.requests.clear()
+            self.calls.clear()
             self.jobs.clear()
 
     def expire_jobs(self) -> int:
@@ -187,6 +209,11 @@ class SimHost:
         with self._lock:
             self.counters[route] += 1
             self.counters["requests"] += 1
+
+    def log_call(self, route: str, raw: bytes) -> None:
+        with self._lock:
+            self.calls.append({"route": route, "body": raw[:20000].decode(errors="replace"),
+                               "ts": time.time()})
 
     def record(self, route: str, body: Any, authorized: bool) -> None:
         # Kept for contract tests (what did the client send?); never the key itself.
@@ -249,6 +276,10 @@ class _Handler(Exchange):
         host.count(route or "unknown")
         try:
             raw = self.raw() if method == "POST" else b""
+            if route in GENERATION_ROUTES:
+                host.log_call(route, raw)
+            if self.server.gone.is_set():
+                raise Abort  # taken from the backlog as the host went down
             if host.take("hang", route) is not None:
                 # Hold the connection open and say nothing until released or down.
                 while not host._released.wait(0.05):
