@@ -119,6 +119,9 @@ class Signals:
     p_small_ok: float
     p_method: str  # "learned", "learned + labels" (a label correction) or "length prior"
     cues: int = 0  # keyword cues of any kind found in the text
+    # The kinds p_small_ok was trained on (None: unknown, or every kind): for any other
+    # kind the estimate is an extrapolation, and the kind stage does not act on it.
+    p_kinds: frozenset[str] | None = None
 
 
 class Reader:
@@ -135,6 +138,8 @@ class Reader:
         if self.use_learned and kind is not None and small is not None and small.vocab is kind.vocab:
             self._joint = np.ascontiguousarray(np.hstack([kind.term_coef, small.term_coef]))
         self._kinds = [Kind(c) for c in kind.classes] if kind is not None else []
+        trained = (self.models.meta.get("small_ok") or {}).get("kinds")
+        self._p_kinds = frozenset(trained) if isinstance(trained, list) and trained else None
 
     def read_many(self, texts: list[str], counts: Sequence[int | None] | None = None) -> list[Signals]:
         """Signals of every text, in order; read in chunks so memory stays flat.
@@ -182,7 +187,7 @@ class Reader:
             ps = [prior_small_ok(n) for n in counts]
             method = "length prior"
         return [
-            Signals(n, g, min(1.0, max(0.0, q)), method, sum(h))
+            Signals(n, g, min(1.0, max(0.0, q)), method, sum(h), self._p_kinds)
             for n, g, q, h in zip(counts, guesses, ps, hits, strict=True)
         ]
 
@@ -208,7 +213,7 @@ class Reader:
             p, method = corr.adjust(float(zs[0, 0]), float(feats[0, _LOG_TOKENS]), idx, w), "learned + labels"
         else:
             p, method = float(small.proba(zs)[0, 1]), "learned"
-        return Signals(n, guess, min(1.0, max(0.0, p)), method, sum(hits))
+        return Signals(n, guess, min(1.0, max(0.0, p)), method, sum(hits), self._p_kinds)
 
 
     @staticmethod

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from ..config import FleetConfig
@@ -31,7 +31,7 @@ from ..errors import NoRoute
 from ..fleet import DEFAULT_OUT_TOKENS, FleetView
 from ..jobs import RULES_KINDS, Job, Kind, Privacy, Reason, Risk, UserTier
 from .memory import BadAnswerMemory
-from .models import Signals
+from .models import Signals, prior_small_ok
 from .state import FleetState, scope_matches
 
 # Below this classifier confidence a job's own text is a weak signal: the
@@ -400,7 +400,14 @@ class KindStage:
 
     def _difficulty(self, d: Draft) -> None:
         fleet, kind, tier = d.fleet, d.kind, d.tier
-        p = d.signals.p_small_ok
+        sig = d.signals
+        if sig.p_method == "learned" and sig.p_kinds is not None and kind.value not in sig.p_kinds:
+            # The model saw no prompt of this kind: its estimate is an extrapolation (and
+            # sits near the training mean, i.e. near the threshold). The length prior says
+            # as much as can be said; labels of the kind (`tierfleet train --labels`) fix it.
+            d.signals = sig = replace(sig, p_small_ok=prior_small_ok(sig.tokens_in),
+                                      p_method=f"length prior: no {kind.value} labels")
+        p = sig.p_small_ok
         # Say so when no trained model stands behind the estimate.
         est = f"p_small_ok {p:.2f}" + ("" if d.signals.p_method == "learned" else f" ({d.signals.p_method})")
         thr = d.config.policy.p_small_ok_threshold

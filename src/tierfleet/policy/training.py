@@ -599,6 +599,7 @@ def train(
         ok_model.save(target / SMALL_OK_FILE)
         summary["small_ok"] = {
             "rows": len(ok_rows),
+            "kinds": small_ok_kinds(ok_rows),
             "mean_label": round(float(np.mean([r.small_ok for r in ok_rows])), 4),
             "small_models": SMALL_MODELS,
             "large_models": LARGE_MODELS,
@@ -621,6 +622,21 @@ def train(
     }
     (target / META_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return summary
+
+
+def small_ok_kinds(rows: Sequence[OkRow]) -> list[str] | None:
+    """The kinds p_small_ok has labels for; None when a row's kind is unknown (a
+    user's label without one), so that no kind is ruled out."""
+    kinds: set[str] = set()
+    for r in rows:
+        k = TASK_KINDS.get(r.task)
+        if k is not None:
+            kinds.add(k.value)
+        elif r.task in LEARNED_KINDS:
+            kinds.add(r.task)  # a user's label that names its kind
+        else:
+            return None
+    return sorted(kinds)
 
 
 def _keep(current: Path, target: Path, name: str, why: str) -> dict[str, Any]:

@@ -505,3 +505,30 @@ def test_producer_typed_mechanical_work_stays_small_even_when_p_small_ok_is_low(
     assert typed.tier == "local-mac"
     assert any("producer typed" in r.text for r in typed.reasons)
     assert untyped.kind.value == "classification" and untyped.tier != "local-mac"
+
+
+def test_untrained_kind_uses_the_length_prior_not_an_extrapolation(policy: Policy) -> None:
+    """p_small_ok saw no translation prompt: a short one is not sent up on its estimate,
+    a long one still is (the length prior), and a trained kind keeps the learned value."""
+    from tierfleet.policy.models import prior_small_ok
+
+    short = policy.route(Job(prompt="Please translate 'the invoice is attached' to Spanish."))
+    assert short.kind is Kind.TRANSLATION and short.tier == "local-mac"
+    assert short.p_small_ok == pytest.approx(prior_small_ok(short.tokens_in), abs=1e-4)
+    assert "length prior: no translation labels" in reasons(short)
+    strict = Policy(fleet(p_small_ok_threshold=0.99))
+    assert strict.route(Job(prompt="Please translate 'the invoice is attached' to Spanish.")).tier \
+        == "local-gpu"
+    chat = policy.route(Job(prompt="What is the capital of France?", kind=Kind.CHAT))
+    assert "length prior" not in reasons(chat)
+
+
+def test_small_ok_kinds_names_what_the_model_was_trained_on() -> None:
+    from tierfleet.policy.training import OkRow, small_ok_kinds
+
+    rows = [OkRow("q", 1.0, "dcrouter", "gsm8k", {}), OkRow("q", 0.0, "dcrouter", "mmlu", {})]
+    assert small_ok_kinds(rows) == ["chat", "reasoning"]
+    assert small_ok_kinds([*rows, OkRow("q", 1.0, "labels", "summary", {})]) == \
+        ["chat", "reasoning", "summary"]
+    # A user's label with no kind could be any kind: none is ruled out.
+    assert small_ok_kinds([*rows, OkRow("q", 1.0, "labels", "", {})]) is None
