@@ -319,6 +319,15 @@ def test_redis_conf_keeps_queued_jobs_across_a_crash(
     # A queue and an unacked entry the way Celery keeps them.
     client.lpush("local-gpu", *[f'{{"job": {i}}}' for i in range(50)])
     client.hset("unacked", "tag-1", '{"job": "running"}')
+    # Under `appendfsync everysec` Redis may hold its AOF write back for up to 2 s while a
+    # slow fsync runs (the window the chaos test's AOF cut covers); this test is about
+    # what the file keeps, so it waits until the writes are in it.
+    written_by = time.monotonic() + 10
+    while time.monotonic() < written_by:
+        info = client.info("persistence")
+        if not info.get("aof_buffer_length") and not info.get("aof_pending_bio_fsync"):
+            break
+        time.sleep(0.05)
     client.close()
     procs[0].kill()  # SIGKILL: no shutdown save, only the append-only file remains
     procs[0].wait(5)

@@ -176,8 +176,13 @@ def test_confidential_job_parks_while_every_local_host_is_down_then_runs(
         # Parked in our own record, not as a Celery countdown held unacked by a worker
         # (which Redis would redeliver, again and again, once the visibility timeout passed).
         assert rclient.zscore("tf:parked", h.id) is not None
+        # The worker acks just after it writes the park record: give it that moment.
+        acked_by = time.monotonic() + 5
+        while rclient.hlen("unacked") and time.monotonic() < acked_by:
+            time.sleep(0.05)
         assert rclient.hlen("unacked") == 0
         time.sleep(2.0)
+        assert rclient.hlen("unacked") == 0  # and no redelivery took it back in meanwhile
         assert d.result(h.id).status is Status.PARKED  # still waiting: nowhere allowed is up
         fleet.sim.up("sim-ollama")
         r = d.result(h.id, timeout=60)
