@@ -23,6 +23,7 @@ the job-id keyed result store and ledger.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -64,6 +65,7 @@ __all__ = ["REDIS_BLINKS", "Duplicate", "Moved", "Outcome", "Parked", "Publish",
            "Runner", "Stored"]
 
 log = logging.getLogger("tierfleet.worker")
+T = TypeVar("T")
 
 # Errors that mean "Redis is not answering right now", as opposed to a bug in a command.
 REDIS_BLINKS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
@@ -341,7 +343,10 @@ class Runner:
                     self._record(d, host, model, None, outcome="host_error", error=str(exc),
                                  call=getattr(exc, "call", None))
                 else:
-                    self.inflight.forget(getattr(exc, "call", None))
+                    # A note left behind would be settled as a lost call: billed, never made.
+                    call = getattr(exc, "call", None)
+                    self._through_blinks(f"job {d.job.id}: forgetting unsent call {call}",
+                                         functools.partial(self.inflight.forget, call))
                 problems.append(self._host_failed(host, exc))
                 if isinstance(exc, ContextTooLong):
                     # Our count said it fits, the host says not: only a larger window helps.
@@ -663,15 +668,25 @@ class Runner:
         # one to the reaper, which settles a live owner's call only at its deadline (the
         # task time limit later), as a lost_call without its answer. The record is keyed
         # by the call id, so writing it again after a blink is a no-op if it had landed.
+        return self._through_blinks(
+            f"job {att.job_id}: recording host call {att.call}",
+            lambda: self.ledger.record(att, seconds=seconds, also=also))
+
+    def _through_blinks(self, what: str, write: Callable[[], T]) -> T:
+        """``write`` retried over a Redis blink, for up to half the task time limit.
+
+        For the writes that settle a host call (its record, or forgetting a call that
+        never reached its host): after that the in-flight note stays, and the reaper
+        settles it at its deadline.
+        """
         delay, give_up = 0.1, time.monotonic() + self.config.reliability.task_time_limit_s / 2
         while True:
             try:
-                return self.ledger.record(att, seconds=seconds, also=also)
+                return write()
             except REDIS_BLINKS as exc:
                 if time.monotonic() > give_up:
-                    raise  # the in-flight note stays: the reaper records it at its deadline
-                log.warning("job %s: redis unavailable while recording host call %s (%s); "
-                            "retrying in %.1fs", att.job_id, att.call, exc, delay)
+                    raise
+                log.warning("%s: redis unavailable (%s); retrying in %.1fs", what, exc, delay)
                 self._sleep(delay)
                 delay = min(delay * 2, 2.0)
 

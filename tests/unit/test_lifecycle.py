@@ -65,9 +65,17 @@ class Host:
         self.up = True
         self.kill_after_answer = False
         self.blink_after_answer = False
+        self.blink_on_refuse = False
         self.calls: list[CompletionRequest] = []
 
     def complete(self, request: CompletionRequest) -> Completion:
+        if self.blink_on_refuse:
+            # Healthy a moment ago, refusing now; and Redis goes as the refusal comes back.
+            self.blink_on_refuse = False
+            self.server.connected = False
+            err = HostDown(self.name, "connection refused")
+            err.reached = False
+            raise err
         if not self.up:
             err = HostDown(self.name, "connection refused")
             err.reached = False  # a refused connection reaches nobody: nothing to bill
@@ -266,6 +274,10 @@ class JobLifeCycle(RuleBasedStateMachine):
     def redis_blinks_right_after_the_host_answered(self, host: str) -> None:
         self.hosts[host].blink_after_answer = True
 
+    @rule(host=st.sampled_from(sorted(CONFIG.hosts)))
+    def host_refuses_as_redis_blinks(self, host: str) -> None:
+        self.hosts[host].blink_on_refuse = True
+
     @rule(host=st.sampled_from(sorted(CONFIG.hosts)), up=st.booleans())
     def host_up_or_down(self, host: str, up: bool) -> None:
         self.hosts[host].up = up
@@ -312,6 +324,7 @@ class JobLifeCycle(RuleBasedStateMachine):
         """Hosts back, dead nodes restored, queues drained and sweeps run until quiet."""
         for h in self.hosts.values():
             h.up, h.kill_after_answer, h.blink_after_answer = True, False, False
+            h.blink_on_refuse = False
         for step in range(60):
             self.dead_node_restored() if self.held else None
             for tier in CONFIG.tiers:
@@ -370,6 +383,22 @@ def test_a_redis_blink_right_after_the_host_answered_is_billed_at_once_and_not_c
         for tier in sorted(CONFIG.tiers):
             machine.deliver(tier)
         assert sum(len(h.calls) for h in machine.hosts.values()) == 1
+        machine.converge()
+    finally:
+        machine.teardown()
+
+
+def test_a_redis_blink_as_a_refused_call_comes_back_leaves_no_call_to_bill() -> None:
+    """A call that never reached its host is forgotten even over a Redis blink: a note
+    left behind would be settled by the reaper as a lost call, billed and never made."""
+    machine = JobLifeCycle()
+    try:
+        for h in machine.hosts.values():
+            h.blink_on_refuse = True
+        machine.submit("summary", False)
+        for tier in sorted(CONFIG.tiers):
+            machine.deliver(tier)
+        assert not machine.r.hgetall(keys.inflight(CONFIG)), "an unsent call is still noted"
         machine.converge()
     finally:
         machine.teardown()
