@@ -38,6 +38,7 @@ from tierfleet import tokens
 from tierfleet.config import load_config
 from tierfleet.jobs import Job, Kind
 from tierfleet.policy import KeywordClassifier, Policy
+from tierfleet.policy.evaluate import TARGET, cost_cut  # the cut tierfleet's own evaluation uses
 from tierfleet.policy.models import Models, Reader, load_models
 from tierfleet.policy.text import normalize_prompt
 from tierfleet.policy.training import (
@@ -60,7 +61,6 @@ from tierfleet.policy.training import SEED as TRAIN_SEED
 
 SEED = 11
 HELD_OUT = 0.30
-TARGET = 0.95
 OUT = Path(__file__).with_name("routing_results.json")
 console = Console(width=150)
 
@@ -254,31 +254,6 @@ def rule_router_baseline(prompt: str) -> str:
 
 
 # -- measuring -------------------------------------------------------------------------
-
-
-def cost_cut(need_large: np.ndarray, small: np.ndarray, large: np.ndarray) -> float:
-    """1 - the smallest share of calls to the large model reaching TARGET x its mean quality."""
-    n = len(small)
-    goal = TARGET * large.mean()
-    quality = small.mean()
-    if quality >= goal:
-        return 1.0
-    order = np.argsort(-need_large, kind="stable")
-    keys, gain = need_large[order], (large - small)[order]
-    sent = 0
-    i = 0
-    while i < n:
-        j = i
-        while j < n and keys[j] == keys[i]:
-            j += 1
-        g = gain[i:j].sum() / n
-        if quality + g >= goal:
-            share = (sent + (goal - quality) / g * (j - i)) / n if g > 0 else sent / n
-            return 1.0 - share
-        quality += g
-        sent = j
-        i = j
-    return 0.0
 
 
 def split(rows: Sequence[Any], key: Callable[[Any], str], seed: int) -> tuple[list[Any], list[Any]]:

@@ -35,6 +35,7 @@ from .labels import (
     is_small,
 )
 from .policy import BadAnswerMemory, FleetState, Policy, with_memory
+from .policy.engine import routes_or_raise
 from .shadow import SHADOW_OF, DeterministicJudge, Judge, RubricJudge, ShadowSampler
 
 if TYPE_CHECKING:
@@ -243,12 +244,7 @@ class FleetPolicy:
                             type(exc).__name__, str(exc)[:200])
 
     def route_many(self, jobs: Sequence[Job], state: FleetState | None = None) -> list[Route]:
-        out = []
-        for r in self.route_each(jobs, state):
-            if isinstance(r, TierfleetError):
-                raise r
-            out.append(r)
-        return out
+        return routes_or_raise(self.route_each(jobs, state))
 
 
 def _named(route: Route, version: str) -> Route:

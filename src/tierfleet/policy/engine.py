@@ -66,12 +66,7 @@ class Policy:
 
     def route_many(self, jobs: Sequence[Job], state: FleetState | None = None) -> list[Route]:
         """Route a batch: one tokenizer and model pass for all texts. Raises on the first NoRoute."""
-        out = []
-        for r in self.route_each(jobs, state):
-            if isinstance(r, TierfleetError):
-                raise r
-            out.append(r)
-        return out
+        return routes_or_raise(self.route_each(jobs, state))
 
     def route_each(
         self, jobs: Sequence[Job], state: FleetState | None = None
@@ -171,3 +166,11 @@ def build_policy(config: FleetConfig) -> Policy:
 _RULES_SIGNALS = {
     k: Signals(0, KindGuess(k, 1.0, "given"), 1.0, "rules kind") for k in RULES_KINDS
 }
+
+
+def routes_or_raise(results: Sequence[Route | TierfleetError]) -> list[Route]:
+    """``route_each``'s results as routes, raising the first error among them."""
+    for r in results:
+        if isinstance(r, TierfleetError):
+            raise r
+    return list(results)  # type: ignore[arg-type]
