@@ -94,12 +94,14 @@ def test_1000_jobs_survive_killing_a_pool_child_and_a_whole_node(
         time.sleep(2.0)
 
         # 2. SIGKILL the whole node (machine off): its unacked jobs must run elsewhere.
-        deadline = time.monotonic() + 20
+        # A heartbeat is up to `heartbeat_s` (2 s) old and a summary takes 0.6 s, so the
+        # tags it lists may already be acknowledged: kill only while one is still unacked.
+        deadline = time.monotonic() + 30
         while True:
             tags = json.loads(rclient.get(f"tf:hb:{victim.name}") or "{}").get("tags", [])
-            if tags or time.monotonic() > deadline:
+            if _tags_to_jobs(rclient, tags) or time.monotonic() > deadline:
                 break
-            time.sleep(0.05)
+            time.sleep(0.01)
         t_kill = time.monotonic()
         victim.kill()
         # What the dead node still held: announced by it, never acknowledged.
