@@ -286,6 +286,11 @@ TEMPLATES: dict[Kind, list[str]] = {
         "Make up a short story containing the words {words}.",
         "Generate a description of an everyday scene using: {words}",
         "Compose a sentence with these terms: {words}",
+        # A bare list of concepts with no instruction is, in public routing sets and
+        # in the clients that send them, a request to write text from the concepts.
+        "{concepts}",
+        "{concepts}",
+        "{concepts}.",
     ],
     Kind.CHAT: [
         "What do you think about {topic}?",
@@ -441,6 +446,20 @@ WORDS = ["dog", "frisbee", "catch", "park", "river", "boat", "rain", "umbrella",
          "bread", "knife", "guitar", "stage", "crowd", "snow", "mountain", "ski", "coffee",
          "laptop", "window", "train", "ticket", "garden", "shovel", "child", "kite", "wind",
          "market", "apple", "basket", "teacher", "board", "chalk", "horse", "field", "fence"]
+# Everyday nouns and verbs for bare concept lists (not the WORDS above, so the model
+# learns the shape of a list rather than the words in it).
+CONCEPT_WORDS = (
+    "apple bake ball beach bicycle bird boat book bottle bread bridge brush bus cake camera "
+    "candle car carry cat chair cheese city climb clock cloud coat cook cow cup cut dance "
+    "desk dig door draw dress drink drive duck egg farm feed fish flag floor flower fly "
+    "food fork fox friend fruit game gate gift girl glass glove goat grass hammer hat hill "
+    "hold hose house ice jacket jump key kick kid lamp leaf letter lift light lion map "
+    "milk mirror money moon mouse music nest net ocean onion orange paint paper pen phone "
+    "piano pick pillow plant plate play pool pour pull push rabbit read ride ring road rope "
+    "run sand school sea sheep shirt shoe shop sing sink sit skate sleep smile soap sock "
+    "soup spoon stone street sun swim table tea tent throw tie tire tree truck wash watch "
+    "wave wheel window wine wood write yard"
+).split()
 TOOLS = ["Docker", "Kubernetes", "Terraform", "GitHub Actions", "webpack", "Maven", "npm",
          "Gradle", "nginx", "Ansible", "pip", "cargo"]
 DEVOPS = ["caches dependencies between builds", "runs the tests on every push",
@@ -535,6 +554,7 @@ def _fill(template: str, rng: random.Random) -> str:
         "long_stub": _long_stub(task, rng),
         "role": rng.choice(ROLES),
         "words": ", ".join(rng.sample(WORDS, rng.randint(3, 6))),
+        "concepts": ", ".join(rng.sample(CONCEPT_WORDS, rng.randint(3, 30))),
         "tool": rng.choice(TOOLS),
         "devops": rng.choice(DEVOPS),
         "framework": rng.choice(FRAMEWORKS),
