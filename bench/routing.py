@@ -48,6 +48,7 @@ from tierfleet.policy.training import (
     KindRow,
     OkRow,
     cap_rows,
+    correction_for,
     find_data_dir,
     fit_kind,
     fit_models,
@@ -613,6 +614,7 @@ BENCH_ALIAS = {
 }
 # 5% of the held-out task's prompts as labels, as `tierfleet train --labels FILE --with-dev` reads them.
 LABEL_SHARE = 0.05
+LABEL_DRAWS = 10
 
 
 def bench_of(source: str, task: str) -> str:
@@ -707,7 +709,8 @@ def lobo_small_ok() -> dict[str, Any]:
     the large group's), the models are trained on everything else and the
     held-out prompts ranked by 1 - p_small_ok. "5% labels": the same fold plus 5%
     of the held-out task's prompts as user labels (with the dev data, as
-    ``tierfleet train --labels FILE --with-dev`` does), measured on the other 95%.
+    ``tierfleet train --labels FILE --with-dev`` does), measured on the other 95%,
+    the mean of ``LABEL_DRAWS`` draws of those labels.
     Quality is the mean score of the small and large groups that define the label
     (the pooled pair); "pairs" is the mean cut over each single small/large pair.
     """
@@ -724,19 +727,29 @@ def lobo_small_ok() -> dict[str, Any]:
         krows = [r for r in kind_rows if bench_of(r.source, r.task) != b]
         kind, small, _ = fit_models(krows, train)
         held = {k: v for k, v in room.items() if bench_of(*k) == b}
-        # 5% of each held-out task as labelled traffic, the rest to measure on.
-        labels: list[OkRow] = []
-        rest: dict[tuple[str, str], list[OkRow]] = {}
-        for key, rs in held.items():
-            rng = random.Random(f"{SEED}/{key}")
-            shuffled = rs[:]
-            rng.shuffle(shuffled)
-            n_lab = max(1, round(len(rs) * LABEL_SHARE))
-            labels += [OkRow(r.prompt, r.small_ok, "labels", r.task, {}) for r in shuffled[:n_lab]]
-            rest[key] = shuffled[n_lab:]
-        # As `tierfleet train --labels FILE --with-dev` fits them: the dev data's models plus
-        # a correction fitted on the labels (see training.fit_models).
-        kind_l, small_l, corr = fit_models(krows, train, labels)
+        # 5% of each held-out task as labelled traffic, the rest to measure on, drawn
+        # LABEL_DRAWS times: one draw of a few dozen labels is mostly luck.
+        draws: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
+        n_labels: dict[tuple[str, str], int] = {}
+        for d in range(LABEL_DRAWS):
+            labels: list[OkRow] = []
+            rest: dict[tuple[str, str], list[OkRow]] = {}
+            for key, rs in held.items():
+                rng = random.Random(f"{SEED}/{key}/{d}")
+                shuffled = rs[:]
+                rng.shuffle(shuffled)
+                n_lab = n_labels[key] = max(1, round(len(rs) * LABEL_SHARE))
+                labels += [OkRow(r.prompt, r.small_ok, "labels", r.task, {}) for r in shuffled[:n_lab]]
+                rest[key] = shuffled[n_lab:]
+            # As `tierfleet train --labels FILE --with-dev` fits them: the dev data's models
+            # plus a correction fitted on the labels (training.correction_for; the labels do
+            # not join the models' own fit, so the fold's models serve every draw).
+            corr = correction_for(small, labels)
+            for key, rr in rest.items():
+                s2, la2 = _group_scores(rr)
+                with_labels = {"learned": _learned_need(kind, small, rr, corr),
+                               "learned (no labels)": _learned_need(kind, small, rr), **_baselines(rr)}
+                draws[key].append({name: cost_cut(sc, s2, la2) for name, sc in with_labels.items()})
         for key, rs in held.items():
             s, la = _group_scores(rs)
             routers = {"learned": _learned_need(kind, small, rs), **_baselines(rs)}
@@ -746,13 +759,10 @@ def lobo_small_ok() -> dict[str, Any]:
                 "cut": {name: round(cost_cut(sc, s, la), 4) for name, sc in routers.items()},
                 "pairs": {name: _pair_cuts(rs, sc) for name, sc in routers.items()},
             }
-            rr = rest[key]
-            s2, la2 = _group_scores(rr)
-            with_labels = {"learned": _learned_need(kind_l, small_l, rr, corr),
-                           "learned (no labels)": _learned_need(kind, small, rr), **_baselines(rr)}
             entry["labels_5pct"] = {
-                "labels": len(rs) - len(rr), "n": len(rr),
-                "cut": {name: round(cost_cut(sc, s2, la2), 4) for name, sc in with_labels.items()},
+                "labels": n_labels[key], "n": len(rs) - n_labels[key], "draws": LABEL_DRAWS,
+                "cut": {name: round(float(np.mean([c[name] for c in draws[key]])), 4)
+                        for name in draws[key][0]},
             }
             out[f"{key[0]}/{key[1]}"] = entry
     return out

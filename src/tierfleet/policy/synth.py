@@ -448,18 +448,22 @@ WORDS = ["dog", "frisbee", "catch", "park", "river", "boat", "rain", "umbrella",
          "market", "apple", "basket", "teacher", "board", "chalk", "horse", "field", "fence"]
 # Everyday nouns and verbs for bare concept lists (not the WORDS above, so the model
 # learns the shape of a list rather than the words in it).
-CONCEPT_WORDS = (
-    "apple bake ball beach bicycle bird boat book bottle bread bridge brush bus cake camera "
-    "candle car carry cat chair cheese city climb clock cloud coat cook cow cup cut dance "
-    "desk dig door draw dress drink drive duck egg farm feed fish flag floor flower fly "
-    "food fork fox friend fruit game gate gift girl glass glove goat grass hammer hat hill "
-    "hold hose house ice jacket jump key kick kid lamp leaf letter lift light lion map "
-    "milk mirror money moon mouse music nest net ocean onion orange paint paper pen phone "
-    "piano pick pillow plant plate play pool pour pull push rabbit read ride ring road rope "
-    "run sand school sea sheep shirt shoe shop sing sink sit skate sleep smile soap sock "
-    "soup spoon stone street sun swim table tea tent throw tie tire tree truck wash watch "
-    "wave wheel window wine wood write yard"
-).split()
+CONCEPT_WORDS = [
+    "apple", "bake", "ball", "beach", "bicycle", "bird", "boat", "book", "bottle", "bread",
+    "bridge", "brush", "bus", "cake", "camera", "candle", "car", "carry", "cat", "chair", "cheese",
+    "city", "climb", "clock", "cloud", "coat", "cook", "cow", "cup", "cut", "dance", "desk", "dig",
+    "door", "draw", "dress", "drink", "drive", "duck", "egg", "farm", "feed", "fish", "flag",
+    "floor", "flower", "fly", "food", "fork", "fox", "friend", "fruit", "game", "gate", "gift",
+    "girl", "glass", "glove", "goat", "grass", "hammer", "hat", "hill", "hold", "hose", "house",
+    "ice", "jacket", "jump", "key", "kick", "kid", "lamp", "leaf", "letter", "lift", "light",
+    "lion", "map", "milk", "mirror", "money", "moon", "mouse", "music", "nest", "net", "ocean",
+    "onion", "orange", "paint", "paper", "pen", "phone", "piano", "pick", "pillow", "plant",
+    "plate", "play", "pool", "pour", "pull", "push", "rabbit", "read", "ride", "ring", "road",
+    "rope", "run", "sand", "school", "sea", "sheep", "shirt", "shoe", "shop", "sing", "sink",
+    "sit", "skate", "sleep", "smile", "soap", "sock", "soup", "spoon", "stone", "street", "sun",
+    "swim", "table", "tea", "tent", "throw", "tie", "tire", "tree", "truck", "wash", "watch",
+    "wave", "wheel", "window", "wine", "wood", "write", "yard",
+]
 TOOLS = ["Docker", "Kubernetes", "Terraform", "GitHub Actions", "webpack", "Maven", "npm",
          "Gradle", "nginx", "Ansible", "pip", "cargo"]
 DEVOPS = ["caches dependencies between builds", "runs the tests on every push",

@@ -40,8 +40,9 @@ only) is copied unchanged from the current artifacts. ``--with-dev`` adds the
 dev data to the user's rows: kind labels join the classifier's training rows;
 p_small_ok labels do not join the general model's fit (a few hundred rows among
 thousands barely move it) but fit a ``LabelCorrection`` on top of it
-(``correction.py``: a recalibration on score and length, and a nearest-neighbour
-residual), written as ``labels.npz`` next to the models.
+(``correction.py``: a recalibration on score and length, pulled towards the
+model's own ranking, and the shrunk residual of close labelled neighbours),
+written as ``labels.npz`` next to the models.
 
 Everything is seeded, so the same data gives the same weights.
 """
@@ -528,10 +529,13 @@ def fit_models(
         vocab = fit_vocabulary(texts + [r.prompt for r in ok_rows])
     kind = fit_kind(kind_rows, vocab=vocab) if fit_k else None
     small_ok = fit_small_ok(ok_rows, vocab=vocab) if fit_o else None
-    correction = None
-    if small_ok is not None and len(label_rows) >= MIN_ROWS:
-        correction = fit_correction(small_ok, label_rows)
+    correction = correction_for(small_ok, label_rows) if small_ok is not None else None
     return kind, small_ok, correction
+
+
+def correction_for(model: LinearModel, label_rows: Sequence[OkRow]) -> LabelCorrection | None:
+    """The correction ``label_rows`` fit on ``model``, or None when they are too few."""
+    return fit_correction(model, label_rows) if len(label_rows) >= MIN_ROWS else None
 
 
 def fit_correction(model: LinearModel, rows: Sequence[OkRow]) -> LabelCorrection:
