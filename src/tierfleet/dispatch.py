@@ -10,6 +10,7 @@ Celery worker.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -360,10 +361,9 @@ class Dispatcher:
             depth = dict(st.queue_depth)
             for d in sent:
                 depth[d.tier] = depth.get(d.tier, 0) + 1
-            self._state = (at, FleetState(queue_depth=depth, live_workers=st.live_workers,
-                                          service_time_s=st.service_time_s,
-                                          open_hosts=st.open_hosts,
-                                          session_tiers=st.session_tiers))
+            # replace, not a new FleetState: every other field (the budgets' room among
+            # them) must survive, or the budget stage is blind for the rest of the second.
+            self._state = (at, dataclasses.replace(st, queue_depth=depth))
 
     def result(self, job_id: str, timeout: float | None = None) -> Result:
         """Wait for a job's final result (``timeout`` None: look once, don't wait)."""
