@@ -35,6 +35,7 @@ from .inputs import check_image, safe_text, scan
 from .jobs import Job, Result, Route
 from .learning import fleet_policy
 from .policy import FleetState, Policy
+from .shown import scrub
 from .store import OpenJobs, Parking, ResultStore
 
 
@@ -390,7 +391,10 @@ class Dispatcher:
             "in_flight": int(self.redis.hlen(keys.UNACKED)),
             "hosts": breaker_table(self.breaker),
             "parked": parking.parked(),
-            "dead_letters": [{"id": d["id"], "reason": d.get("reason")} for d in parking.dead()],
+            # An operator's screen: a reason quoting a confidential job (a host's error)
+            # is scrubbed of its words, as in ``dlq list``.
+            "dead_letters": [{"id": d["id"], "reason": scrub(d.get("reason"), d["delivery"].get("job") or {})}
+                             for d in parking.dead()],
             "open_jobs": self.open.count(),
             "repaired": int(self.redis.get(keys.stats(self.config, "repaired")) or 0),
             "repaired_dead": int(self.redis.get(keys.stats(self.config, "repaired_dead")) or 0),
