@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -373,6 +374,9 @@ class Dispatcher:
     def results_for(self, job_ids: list[str], timeout: float | None = None,
                     on_progress: Any = None) -> list[Result]:
         """Final results of ``job_ids`` in order (``timeout`` None: look once, don't wait)."""
+        if timeout is not None and math.isnan(timeout):
+            # NaN is never past a deadline: the wait would poll Redis for ever.
+            raise ValueError("timeout must be a number of seconds (or None), not NaN")
         deadline = None if timeout is None else time.monotonic() + timeout
         return self.results.wait(job_ids, deadline, on_progress=on_progress)
 

@@ -136,3 +136,10 @@ def test_the_cached_fleet_state_keeps_the_budgets_after_a_submit(
     state = dispatcher.fleet_state()  # the cached one, with the job counted in
     assert sum(state.queue_depth.values()) == 1
     assert [b.name for b in state.budgets] == ["fleet-cap"]
+
+
+def test_a_nan_timeout_is_refused_not_waited_on_for_ever(dispatcher: Dispatcher) -> None:
+    """A NaN deadline is never passed: the wait on a pending job polled Redis for ever."""
+    handle = dispatcher.submit({"prompt": "say hello", "kind": "chat"})
+    with pytest.raises(ValueError, match="NaN"):
+        dispatcher.result(handle.id, timeout=float("nan"))
