@@ -58,7 +58,7 @@ def test_unreadable_configs_are_one_line_errors(tmp_path: Path) -> None:
     one line naming the file and the fields (the CLI prints it as its one error line)."""
     folder = tmp_path / "fleet.toml"
     folder.mkdir()
-    with pytest.raises(ConfigError, match="cannot read config file .*Is a directory"):
+    with pytest.raises(ConfigError, match=r"cannot read config file .*Is a directory"):
         load_config(folder)
     latin = tmp_path / "latin.toml"
     latin.write_bytes(b'redis_url = "caf\xe9"\n')
