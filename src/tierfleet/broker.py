@@ -157,10 +157,11 @@ def send(app: Celery, delivery: Delivery, *, producer: Any = None) -> None:
                   shadow=task_label(delivery))
 
 
-def redis_client(config: FleetConfig, url: str | None = None) -> redis.Redis:
+def redis_client(config: FleetConfig, url: str | None = None, *,
+                 decode_responses: bool = True) -> redis.Redis:
     """The fleet's store client (plain URL or Sentinel primary): see connections.py."""
     require_chosen_redis(config)
-    return connections.redis_client(config, url)
+    return connections.redis_client(config, url, decode_responses=decode_responses)
 
 
 

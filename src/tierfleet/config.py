@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
@@ -532,6 +532,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:  # TOML is UTF-8; tomllib decodes before it parses
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text (byte {exc.start + 1})") from exc
+    except OSError as exc:  # a directory, no permission: a one-line error, not a traceback
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
 
 
 def config_path(path: str | os.PathLike[str] | None = None) -> Path:
@@ -551,8 +555,21 @@ def load_config(path: str | os.PathLike[str] | None = None) -> FleetConfig:
     data["source"] = str(p)
     try:
         return FleetConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{p}: invalid fleet config: {_one_line(exc)}") from exc
     except ValueError as exc:
         raise ConfigError(f"{p}: invalid fleet config: {exc}") from exc
+
+
+def _one_line(exc: ValidationError) -> str:
+    """Every problem as ``field: why``, on one line: pydantic's own text spans lines (and
+    ends with a URL), and a CLI error must be one line that names the field."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{field}: {msg}" if field else msg)
+    return "; ".join(parts)
 
 
 @lru_cache(maxsize=1)

@@ -33,6 +33,22 @@ CLIENT_OPTIONS: dict[str, Any] = {
     "retry_on_timeout": True,
 }
 
+# A command someone waits on at a prompt (status, result, dlq, report...) gives up within
+# seconds on a Redis that takes the connection but never answers (a hung server, a port
+# forwarded to nothing): with the options above that is 2 x 30 s per command, minutes for
+# `status`. Services (workers, reaper, API, metrics) keep the patient ones. The timeout is
+# per read, not per reply, so a large pipelined batch still streams back.
+INTERACTIVE_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 3,
+    "socket_timeout": 5,
+    "retry_on_timeout": False,
+}
+
+
+def use_interactive_timeouts() -> None:
+    """From here on, every store client this process opens gives up within seconds."""
+    CLIENT_OPTIONS.update(INTERACTIVE_OPTIONS)
+
 
 @dataclass(frozen=True)
 class SentinelUrl:

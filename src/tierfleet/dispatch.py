@@ -10,7 +10,9 @@ Celery worker.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -34,6 +36,7 @@ from .inputs import check_image, safe_text, scan
 from .jobs import Job, Result, Route
 from .learning import fleet_policy
 from .policy import FleetState, Policy
+from .shown import scrub
 from .store import OpenJobs, Parking, ResultStore
 
 
@@ -360,10 +363,9 @@ class Dispatcher:
             depth = dict(st.queue_depth)
             for d in sent:
                 depth[d.tier] = depth.get(d.tier, 0) + 1
-            self._state = (at, FleetState(queue_depth=depth, live_workers=st.live_workers,
-                                          service_time_s=st.service_time_s,
-                                          open_hosts=st.open_hosts,
-                                          session_tiers=st.session_tiers))
+            # replace, not a new FleetState: every other field (the budgets' room among
+            # them) must survive, or the budget stage is blind for the rest of the second.
+            self._state = (at, dataclasses.replace(st, queue_depth=depth))
 
     def result(self, job_id: str, timeout: float | None = None) -> Result:
         """Wait for a job's final result (``timeout`` None: look once, don't wait)."""
@@ -372,6 +374,9 @@ class Dispatcher:
     def results_for(self, job_ids: list[str], timeout: float | None = None,
                     on_progress: Any = None) -> list[Result]:
         """Final results of ``job_ids`` in order (``timeout`` None: look once, don't wait)."""
+        if timeout is not None and math.isnan(timeout):
+            # NaN is never past a deadline: the wait would poll Redis for ever.
+            raise ValueError("timeout must be a number of seconds (or None), not NaN")
         deadline = None if timeout is None else time.monotonic() + timeout
         return self.results.wait(job_ids, deadline, on_progress=on_progress)
 
@@ -390,7 +395,10 @@ class Dispatcher:
             "in_flight": int(self.redis.hlen(keys.UNACKED)),
             "hosts": breaker_table(self.breaker),
             "parked": parking.parked(),
-            "dead_letters": [{"id": d["id"], "reason": d.get("reason")} for d in parking.dead()],
+            # An operator's screen: a reason quoting a confidential job (a host's error)
+            # is scrubbed of its words, as in ``dlq list``.
+            "dead_letters": [{"id": d["id"], "reason": scrub(d.get("reason"), d["delivery"].get("job") or {})}
+                             for d in parking.dead()],
             "open_jobs": self.open.count(),
             "repaired": int(self.redis.get(keys.stats(self.config, "repaired")) or 0),
             "repaired_dead": int(self.redis.get(keys.stats(self.config, "repaired_dead")) or 0),

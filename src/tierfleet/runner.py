@@ -58,6 +58,7 @@ from .health import Breaker, HealthChecker
 from .jobs import Attempt, Job, Reason, Result, Status
 from .ledger import InFlight, Ledger, Recorded
 from .quality import check
+from .shown import scrub
 from .store import Leases, OpenJobs, Parking, ResultStore
 from .streams import TokenSink
 
@@ -65,6 +66,15 @@ __all__ = ["REDIS_BLINKS", "Duplicate", "Moved", "Outcome", "Parked", "Publish",
            "Runner", "Stored"]
 
 log = logging.getLogger("tierfleet.worker")
+
+
+def _shown(job: Job, text: str | None) -> str | None:
+    """``text`` as the ledger, the breaker and log lines may keep it: a host's message or
+    a rule's can quote the job, so a confidential job's words are scrubbed (shown.scrub);
+    any other job's text is kept whole. The job's result keeps the full text."""
+    if text is None or job.privacy.value != "confidential":
+        return text
+    return scrub(text, job.model_dump(mode="json"))
 T = TypeVar("T")
 
 # Errors that mean "Redis is not answering right now", as opposed to a bug in a command.
@@ -237,7 +247,7 @@ class Runner:
         att = Attempt(
             job_id=job.id, attempt=d.attempt, workflow=job.workflow, kind=job.kind.value,
             tier=d.tier, tokens_in=tin, tokens_estimated=True, latency_s=latency,
-            outcome="failed" if error else "ok", fallbacks=len(d.trail), error=error,
+            outcome="failed" if error else "ok", fallbacks=len(d.trail), error=_shown(job, error),
             privacy=job.privacy.value, ts=time.time(), policy_version=self._policy_version,
         )
         result = Result(
@@ -347,7 +357,7 @@ class Runner:
                     call = getattr(exc, "call", None)
                     self._through_blinks(f"job {d.job.id}: forgetting unsent call {call}",
                                          functools.partial(self.inflight.forget, call))
-                problems.append(self._host_failed(host, exc))
+                problems.append(self._host_failed(d.job, host, exc))
                 if isinstance(exc, ContextTooLong):
                     # Our count said it fits, the host says not: only a larger window helps.
                     need_window = max(need_window, window, route.tokens_in or 1)
@@ -462,17 +472,19 @@ class Runner:
         return self._park_until(d, f"{host}: rate limit, a slot is free in {wait:.2f}s",
                                 time.time() + wait)
 
-    def _host_failed(self, host: str, exc: BackendError) -> str:
-        """Feed the breaker for a failure another place may fix; returns the problem line."""
+    def _host_failed(self, job: Job, host: str, exc: BackendError) -> str:
+        """Feed the breaker for a failure another place may fix; returns the problem line.
+        The breaker's reason is on every operator's screen (``status``, the API): a host
+        message quoting a confidential job is scrubbed of its words there."""
         if isinstance(exc, ContextTooLong):
             return f"{host}: context too long ({exc.message})"  # the host is fine
         if isinstance(exc, RateLimited):
             return f"{host}: rate limited ({exc.message})"  # the limiter knows; the host is fine
         if isinstance(exc, QuotaExhausted):
-            self.breaker.failure(host, f"quota exhausted: {exc.message}",
+            self.breaker.failure(host, _shown(job, f"quota exhausted: {exc.message}") or "",
                                  hard_s=self.config.reliability.breaker_open_s * 20)
             return f"{host}: quota exhausted"
-        self.breaker.failure(host, exc.message)
+        self.breaker.failure(host, _shown(job, exc.message) or "")
         self.health.forget(host)
         return f"{host}: {type(exc).__name__}: {exc.message}"
 
@@ -600,7 +612,7 @@ class Runner:
         moved = d.moved(new_route, escalated=escalated)
         self.open.update(moved)  # the kept copy first: a lost publish is then repairable
         self.publish(moved)
-        log.warning("job %s moved %s -> %s: %s", d.job.id, d.tier, tier, why)
+        log.warning("job %s moved %s -> %s: %s", d.job.id, d.tier, tier, _shown(d.job, why))
         return Moved(tier, why, moved)
 
     def _park(self, d: Delivery, why: str) -> Parked | Stored:
@@ -639,7 +651,7 @@ class Runner:
             tokens_estimated=estimated and c is not None,
             latency_s=c.latency_s if c else 0.0,
             outcome=outcome,  # type: ignore[arg-type]
-            fallbacks=len(d.trail), error=error, privacy=job.privacy.value,
+            fallbacks=len(d.trail), error=_shown(job, error), privacy=job.privacy.value,
             simulated=bool(c and c.simulated), ts=time.time(), call=call,
         )
         # Rented hosts bill the time they report (Runpod's executionTime), not our latency.

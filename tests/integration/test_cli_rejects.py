@@ -65,3 +65,12 @@ def test_bad_jsonl_lines(tmp_path: Path) -> None:
     one_line_error(submit("--file", "-", stdin=b'"a string"\n'), "JSON object")
     one_line_error(submit("--file", "-", stdin=b'{"kind": "vision", "prompt": "x", "images": ["zz"]}\n'),
                    "images[0]", "base64")
+
+
+@pytest.mark.parametrize("command", [["submit", "hi", "--wait"], ["result", "some-id"]])
+def test_a_nan_timeout_is_one_line_not_a_wait_for_ever(command: list[str]) -> None:
+    """click reads "nan" as a float; a NaN deadline is never reached (the command hung)."""
+    env = {**os.environ, "TIERFLEET_REDIS_URL": "redis://127.0.0.1:1/0"}
+    proc = subprocess.run([sys.executable, "-m", "tierfleet", *command, "--timeout", "nan"],
+                          capture_output=True, env=env, timeout=60)
+    one_line_error(proc, "--timeout", "nan")

@@ -51,3 +51,23 @@ def test_bad_configs_name_the_problem(tmp_path: Path, body: str, needle: str) ->
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_unreadable_configs_are_one_line_errors(tmp_path: Path) -> None:
+    """A directory, bytes that are not UTF-8, several bad fields: each a ConfigError on
+    one line naming the file and the fields (the CLI prints it as its one error line)."""
+    folder = tmp_path / "fleet.toml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=r"cannot read config file .*Is a directory"):
+        load_config(folder)
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'redis_url = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(latin)
+    two = tmp_path / "two.toml"
+    two.write_text('[tiers.a]\nplace = "local"\ncolour = 1\n[reliability]\nmax_attempts = "x"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(two)
+    text = str(info.value)
+    assert "\n" not in text and "errors.pydantic.dev" not in text, text
+    assert "tiers.a.colour" in text and "reliability.max_attempts" in text, text

@@ -121,3 +121,25 @@ def test_the_route_keeps_privacy_for_every_fallback(dispatcher: Dispatcher) -> N
                                  privacy=Privacy.CONFIDENTIAL))
     assert route.tier in {"local-mac", "local-gpu"}
     assert set(route.fallbacks) <= {"local-mac", "local-gpu"}
+
+
+def test_the_cached_fleet_state_keeps_the_budgets_after_a_submit(
+    dispatcher: Dispatcher, fake_redis: fakeredis.FakeRedis, core_config: FleetConfig,
+) -> None:
+    """Counting a published job into the cached queue depths used to rebuild the state
+    without its budgets: for the rest of the second the budget stage saw none."""
+    from tierfleet.budgets import BudgetBook
+
+    BudgetBook(fake_redis, core_config).set("fleet-cap", limit_usd=5.0, scope="fleet")
+    assert [b.name for b in dispatcher.fleet_state().budgets] == ["fleet-cap"]
+    dispatcher.submit({"prompt": "say hello", "kind": "chat"})
+    state = dispatcher.fleet_state()  # the cached one, with the job counted in
+    assert sum(state.queue_depth.values()) == 1
+    assert [b.name for b in state.budgets] == ["fleet-cap"]
+
+
+def test_a_nan_timeout_is_refused_not_waited_on_for_ever(dispatcher: Dispatcher) -> None:
+    """A NaN deadline is never passed: the wait on a pending job polled Redis for ever."""
+    handle = dispatcher.submit({"prompt": "say hello", "kind": "chat"})
+    with pytest.raises(ValueError, match="NaN"):
+        dispatcher.result(handle.id, timeout=float("nan"))

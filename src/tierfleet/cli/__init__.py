@@ -11,8 +11,11 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 import typer
+
+from ..connections import use_interactive_timeouts
 
 app = typer.Typer(
     name="tierfleet",
@@ -23,6 +26,16 @@ app = typer.Typer(
 )
 
 _AREAS = ("jobs", "route", "learn", "money", "books", "lab", "ops")
+# Commands that run until stopped keep the store clients' patient timeouts (a slow Redis
+# must not stop a reaper); every other command is one a person waits on.
+SERVICES = frozenset({"worker", "reaper", "api", "flower", "metrics", "sim", "local-model",
+                      "demo", "ledger-writer"})
+
+
+@app.callback()
+def _timeouts(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand not in SERVICES:
+        use_interactive_timeouts()
 
 
 def _register() -> None:
@@ -40,4 +53,12 @@ _register()
 
 
 def main() -> None:
-    app()
+    from ._common import clear_errors
+
+    # The net under every command: a Redis or tierfleet error that a command did not
+    # catch itself is still one line and a non-zero exit, never a traceback.
+    try:
+        with clear_errors():
+            app()
+    except typer.Exit as exc:  # what clear_errors raises, here outside click's handling
+        sys.exit(exc.exit_code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +19,14 @@ from ..errors import TierfleetError
 console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
+# The Redis the command was pointed at (password redacted), for the error that says it
+# cannot be reached: a timeout's own text names no host.
+_redis_where = "Redis"
+
+
+def redact_url(url: str) -> str:
+    # A Redis URL may carry a password: never print it.
+    return re.sub(r"//[^@/;]*@", "//***@", url)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -34,8 +43,12 @@ def clear_errors() -> Iterator[None]:
         yield
     except TierfleetError as exc:
         fail(str(exc))
-    except redis.ConnectionError as exc:
-        fail(f"cannot reach Redis ({exc}); set TIERFLEET_REDIS_URL or redis_url in the config")
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        # TimeoutError is no ConnectionError: a Redis that accepts and never answers.
+        fail(f"cannot reach {_redis_where} ({exc or type(exc).__name__}); "
+             "set TIERFLEET_REDIS_URL or redis_url in the config")
+    except redis.RedisError as exc:  # NOAUTH, WRONGPASS, MISCONF, OOM...: Redis said no
+        fail(f"{_redis_where} refused the command: {exc or type(exc).__name__}")
     except KeyboardInterrupt:
         err_console.print("interrupted")
         raise typer.Exit(130) from None
@@ -49,8 +62,11 @@ def config_option() -> Any:
 
 
 def get(config_path: str | None) -> FleetConfig:
+    global _redis_where
     with clear_errors():
-        return load_config(config_path)
+        cfg = load_config(config_path)
+        _redis_where = f"Redis at {redact_url(cfg.redis_url)}"
+        return cfg
     raise AssertionError  # unreachable: clear_errors exits
 
 

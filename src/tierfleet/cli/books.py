@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import redis
 import typer
 from rich.table import Table
 
+from ..broker import redis_client
 from ..budgets import BudgetBook
 from . import _common
 
@@ -30,7 +30,7 @@ def budget_set(
 ) -> None:
     """Create or change a budget for every worker at once (kept in Redis, over the config's)."""
     cfg = _common.get(config)
-    book = BudgetBook(redis.Redis.from_url(cfg.redis_url, decode_responses=True), cfg)
+    book = BudgetBook(redis_client(cfg), cfg)
     if name not in book.effective() and limit_usd is None:
         _common.fail(f"budget {name} is new: give --limit-usd")
     try:
@@ -46,7 +46,7 @@ def budget_set(
 def budget_show(config: str | None = _common.config_option()) -> None:
     """Every budget's spend, holds and room in its current period."""
     cfg = _common.get(config)
-    book = BudgetBook(redis.Redis.from_url(cfg.redis_url, decode_responses=True), cfg)
+    book = BudgetBook(redis_client(cfg), cfg)
     t = Table("budget", "scope", "period", "limit", "spent", "held", "used", "on_exhausted", "alert")
     for s in book.status():
         t.add_row(s.name, s.scope, s.period, f"${s.limit_usd:,.2f}", f"${s.spent_usd:,.4f}",
@@ -132,7 +132,7 @@ def ledger_reconcile(
     else:
         from ..ledger import Ledger
 
-        records = Ledger(redis.Redis.from_url(cfg.redis_url, decode_responses=True), cfg).raw_between(0, 4e9)
+        records = Ledger(redis_client(cfg), cfg).raw_between(0, 4e9)
     diffs = reconcile(ledger_usage(records, days, hosts), provider)
     if not diffs:
         typer.echo(f"no differences over {len(provider)} (day, model) rows")
@@ -163,7 +163,7 @@ def ledger_writer(
     cfg = _common.get(config)
     if not cfg.ledger.url:
         _common.fail("ledger.url is not set: no database to write the ledger to")
-    writer = SqlLedgerWriter(redis.Redis.from_url(cfg.redis_url), cfg)
+    writer = SqlLedgerWriter(redis_client(cfg, decode_responses=False), cfg)
     if once:
         typer.echo(f"{writer.drain()} records written")
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
@@ -34,6 +35,13 @@ def _reject(message: str) -> NoReturn:
     (no unpaired surrogates) and inert (no rich markup in a field name like ``[/x]``)."""
     err_console.print("[bold red]error:[/] " + escape(safe_text(message)), soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _check_timeout(timeout: float | None) -> None:
+    # click reads "nan" as a float, and a NaN deadline is never reached: the wait would
+    # never end. (inf is allowed: it says "wait for ever" on purpose.)
+    if timeout is not None and math.isnan(timeout):
+        fail("--timeout must be a number of seconds, not nan")
 
 
 def _parse_json(text: str | bytes, where: str) -> Any:
@@ -139,6 +147,7 @@ def register(app: typer.Typer) -> None:
         config: str = config_option(),
     ) -> None:
         """Submit one job from flags, or many from a JSONL file."""
+        _check_timeout(timeout)
         if file is not None:
             jobs = _read_jobs(file)
         elif prompt is not None or input_json is not None:
@@ -196,6 +205,7 @@ def register(app: typer.Typer) -> None:
         config: str = config_option(),
     ) -> None:
         """Print a job's result as JSON (status pending while it runs)."""
+        _check_timeout(timeout)
         d = _dispatcher(config)
         with clear_errors():
             r = d.result(job_id, timeout)

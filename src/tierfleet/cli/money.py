@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..broker import redis_client
 from ..budgets import BudgetBook
 from ..errors import TierfleetError
 from ..reports.inventory import Inventory, Throughput, plot_inventory, project
@@ -26,9 +26,7 @@ _out = _common.console
 _err = _common.err_console
 
 
-def _redact_url(url: str) -> str:
-    # A Redis URL may carry a password: never print it.
-    return re.sub(r"//[^@/]*@", "//***@", url)
+_redact_url = _common.redact_url
 
 
 def _show(table: Table) -> None:
@@ -180,7 +178,8 @@ def register(app: typer.Typer) -> None:
             _common.fail("--source sql needs ledger.url in the config" if source == "sql"
                          else f"--source must be redis or sql, not {source!r}")
         url = cfg.ledger.url if source == "sql" else ""  # "": Redis
-        client = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=5)
+        # The fleet's client: Sentinel URLs, the CLI's timeouts, no Redis nobody chose.
+        client = _common.run(lambda: redis_client(cfg, decode_responses=False))
         try:
             rep = build(since, by, config=cfg, redis=client, sql_url=url)
             previous = previous_report(rep, config=cfg, redis=client, sql_url=url) if check_ else None
