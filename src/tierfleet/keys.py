@@ -84,6 +84,11 @@ def dead_bodies(config: FleetConfig) -> str:
     return key(config, "dlq", "msg")
 
 
+def replay_claim(config: FleetConfig, job_id: str) -> str:
+    """Held while one ``dlq replay`` re-sends this dead letter (expires)."""
+    return key(config, "dlq", "replaying", job_id)
+
+
 def heartbeat(config: FleetConfig, node: str) -> str:
     return key(config, "hb", node)
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from . import keys
 from .broker import make_celery, redis_client, send
 from .config import FleetConfig
+from .envelope import Delivery
 from .errors import TierfleetError
 from .jobs import Result, Status
 from .store import OpenJobs, Parking, ResultStore
+
+REPLAY_CLAIM_S = 60
 
 
 def replay(config: FleetConfig, job_id: str | None = None) -> int:
@@ -19,20 +25,29 @@ def replay(config: FleetConfig, job_id: str | None = None) -> int:
     n = 0
     open_jobs = OpenJobs(client, config)
     for jid in ids:
-        dead = parking.dead_delivery(jid)
-        if dead is None:
+        # Two replays of one id at once would both clear the result and publish: one
+        # claim per id, which expires, so a replay that died holding it is retried later.
+        claim = keys.replay_claim(config, jid)
+        if not client.set(claim, "1", nx=True, ex=REPLAY_CLAIM_S):
             continue
-        delivery = dead.replayed()
-        # Open first (with the delivery kept), then publish, then drop the dead letter: a
-        # crash at any point leaves the job a dead letter or open and repairable, never gone.
-        # The stored DEAD result is terminal; replace it so the new run's answer is kept.
-        results.forget(jid)
-        results.save(Result(job_id=jid, status=Status.PENDING, tier=delivery.tier))
-        open_jobs.update(delivery)
-        send(app, delivery)
-        parking.take_dead(jid)
-        n += 1
+        try:
+            dead = parking.dead_delivery(jid)  # read under the claim: gone if one just finished
+            if dead is None:
+                continue
+            _resend(dead.replayed(), jid, results, open_jobs, app, parking)
+            n += 1
+        finally:
+            client.delete(claim)
     return n
+
+
+def _resend(delivery: Delivery, jid: str, results: ResultStore, open_jobs: OpenJobs,
+            app: Any, parking: Parking) -> None:
+    results.forget(jid)
+    results.save(Result(job_id=jid, status=Status.PENDING, tier=delivery.tier))
+    open_jobs.update(delivery)
+    send(app, delivery)
+    parking.take_dead(jid)
 
 
 def resolve_dead_id(parking: Parking, given: str) -> str:

@@ -19,6 +19,7 @@ model with a rubric prompt. Each label names its judge and version.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -52,6 +53,13 @@ redis.call('EXPIRE', KEYS[1], 172800)
 return 1
 """
 
+
+
+def shadow_id(job_id: str) -> str:
+    """The shadow job's id: ``sh.`` + the job's, or + its hash when that would pass
+    the id limit (cutting it would give two long ids sharing a prefix one shadow)."""
+    sid = f"sh.{job_id}"
+    return sid if len(sid) <= 128 else f"sh.{hashlib.sha256(job_id.encode()).hexdigest()}"
 
 class Judge(Protocol):
     """Scores a small and a strong answer to one job, each 0..1; None: cannot judge this job."""
@@ -195,7 +203,7 @@ class ShadowSampler:
         if not self._reserve(keys=[keys.shadow_spent(self.config, day)],
                              args=[to_nanos(estimate), to_nanos(sc.daily_budget_usd)]):
             return None
-        sid = f"sh.{job.id}"[:128]
+        sid = shadow_id(job.id)
         self.redis.set(keys.shadow(self.config, sid),
                        json.dumps({"answer": answer, "note": note.model_dump(mode="json")}),
                        ex=self.config.reliability.result_expires_s)

@@ -158,3 +158,22 @@ def test_submit_help_lists_every_rules_kinds_input_fields() -> None:
         for field in schema["properties"]:
             star = "*" if field in schema.get("required", []) else ""
             assert f"{field}{star}" in text, (kind, field)
+
+
+def test_a_replay_already_under_way_is_not_sent_twice(
+        wired: Dispatcher, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tierfleet import keys, replay
+
+    app = AnsweringApp(wired.redis, wired.config)  # type: ignore[arg-type]
+    monkeypatch.setattr(replay, "redis_client", lambda _c: wired.redis)
+    monkeypatch.setattr(replay, "make_celery", lambda _c: app)
+    _bury(wired, "twice-1", "down")
+    # Another `dlq replay` of the same id holds the claim: this one sends nothing ...
+    wired.redis.set(keys.replay_claim(wired.config, "twice-1"), "1")
+    assert replay.replay(wired.config, "twice-1") == 0 and app.sent == []
+    assert "twice-1" in [d["id"] for d in Parking(wired.redis, wired.config).dead()]
+    # ... once it is gone, the dead letter is sent once, and a second replay finds nothing.
+    wired.redis.delete(keys.replay_claim(wired.config, "twice-1"))
+    assert replay.replay(wired.config, "twice-1") == 1
+    assert replay.replay(wired.config, "twice-1") == 0
+    assert len(app.sent) == 1 and not wired.redis.exists(keys.replay_claim(wired.config, "twice-1"))
