@@ -51,6 +51,7 @@ from starlette.concurrency import run_in_threadpool
 from ..config import FleetConfig
 from ..dispatch import Dispatcher, parse_job
 from ..errors import JobRejected
+from ..inputs import scan
 from ..jobs import MODEL_KINDS, TERMINAL, Job, Kind, Privacy, Result, Risk, Status, UserTier
 from ..rules import json_validate
 from . import retries, streaming
@@ -475,6 +476,10 @@ def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
         x_tierfleet_job_id: Annotated[str | None, Header(max_length=128)] = None,
         idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
     ) -> Response:
+        # The whole body, unknown fields included, before anything serialises it (the
+        # retry fingerprint, the job): a lone surrogate, NaN/Infinity or a value nested
+        # past the limit is the caller's 422 naming the field, never a 500 or a silent null.
+        scan(await request.json(), "", max_depth=cfg.limits.max_json_depth, start_depth=-1)
         headers = {
             "privacy": x_tierfleet_privacy, "risk": x_tierfleet_risk,
             "workflow": x_tierfleet_workflow, "kind": x_tierfleet_kind,

@@ -1,0 +1,48 @@
+"""Hostile chat requests, as an adversarial client sends them: every one a 4xx in OpenAI's
+shape naming the field, answered at once; never a 500, a hang or a silent change."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.unit.api.conftest import AUTH, error_of
+
+JSON = {**AUTH, "Content-Type": "application/json"}
+# local-gpu has no worker here: a request that gets through is a 504 after 0.1 s.
+HEAD = '{"model": "tier:local-gpu", "tierfleet": {"wait_s": 0.1}, '
+USER = '"messages": [{"role": "user", "content": "hello"}]'
+
+
+def _deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    # A lone surrogate: valid JSON escapes, not valid Unicode (nothing can encode it).
+    (HEAD + '"messages": [{"role": "user", "content": "\\ud800"}]}', "messages[0].content"),
+    (HEAD + USER + ', "user": "\\udfff"}', "user"),
+    (HEAD.replace('"wait_s": 0.1', '"wait_s": 0.1, "metadata": {"a": "\\ud800"}') + USER + "}",
+     "tierfleet.metadata.a"),
+    (HEAD + '"messages": [{"role": "user", "content": [{"type": "text", '
+     '"text": "x\\ud83d"}]}]}', "messages[0].content[0].text"),
+    # NaN and Infinity are not JSON (RFC 8259); json.loads takes them anyway.
+    (HEAD + USER + ', "temperature": NaN}', "temperature"),
+    (HEAD + USER + ', "tools": [{"type": "function", "function": {"name": "f", '
+     '"parameters": {"type": "object", "maximum": Infinity}}}]}',
+     "tools[0].function.parameters.maximum"),
+    # Nested past the limit but within what the JSON parser takes, in an unknown field
+    # (the retry fingerprint serialises it) and inside a tool call.
+    (HEAD + USER + ', "zz": ' + _deep(600) + "}", "zz"),
+    (HEAD + '"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "c", '
+     '"type": "function", "function": {"name": "f", "arguments": "{}", "x": ' + _deep(600)
+     + '}}]}, {"role": "user", "content": "x"}]}', "messages[0]"),
+], ids=["surrogate-content", "surrogate-unknown-field", "surrogate-metadata", "surrogate-part",
+        "nan-temperature", "infinity-tool-schema", "deep-unknown-field", "deep-tool-call"])
+def test_chat_body_is_scanned_before_anything_serialises_it(client: TestClient, body: str,
+                                                            param: str) -> None:
+    resp = client.post("/v1/chat/completions", content=body.encode(), headers=JSON)
+    assert resp.status_code == 422, resp.text
+    err = error_of(resp)
+    assert err["type"] == "invalid_request_error"
+    assert err["param"].startswith(param), err
