@@ -195,7 +195,9 @@ def create_app(config: FleetConfig | None = None, dispatcher: Dispatcher | None 
              tags=["jobs"], summary="A job's result (pending until it is final)")
     async def get_job(
         job_id: Annotated[str, Path(min_length=1, max_length=128, pattern=JOB_ID_PATTERN)],
-        wait: Annotated[float, Query(ge=0, description="seconds to wait for a final result "
+        # Finite: "inf" would hold the request to the cap, which is no number a caller means.
+        wait: Annotated[float, Query(ge=0, allow_inf_nan=False,
+                                     description="seconds to wait for a final result "
                                      "(capped at api.wait_timeout_s)")] = 0.0,
     ) -> Result:
         res = await wait_final(job_id, min(wait, cfg.api.wait_timeout_s))

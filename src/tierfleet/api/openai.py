@@ -156,7 +156,10 @@ class StreamOptions(BaseModel):
 class TierfleetOptions(BaseModel):
     """Job tags for a chat completion (``extra_body={"tierfleet": {...}}``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # No NaN/Infinity, even spelled as a string ("inf"): wait_s never reaches the Job's
+    # own check, and an infinite wait is no wait a caller means (it held the request to
+    # api.wait_timeout_s, 600 s by default).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     id: str | None = Field(default=None, min_length=1, max_length=128, pattern=JOB_ID_PATTERN)
     kind: Kind | None = None

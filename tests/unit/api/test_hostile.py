@@ -3,6 +3,8 @@ shape naming the field, answered at once; never a 500, a hang or a silent change
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -46,3 +48,20 @@ def test_chat_body_is_scanned_before_anything_serialises_it(client: TestClient, 
     err = error_of(resp)
     assert err["type"] == "invalid_request_error"
     assert err["param"].startswith(param), err
+
+
+@pytest.mark.parametrize("wait", ["inf", "Infinity", "nan", "1e400"])
+def test_a_wait_is_a_finite_number(client: TestClient, wait: str) -> None:
+    """"inf" is no wait a caller means: it held the request to api.wait_timeout_s (600 s)."""
+    t0 = time.monotonic()
+    resp = client.post("/v1/chat/completions", headers=AUTH, json={
+        "model": "tier:local-gpu", "messages": [{"role": "user", "content": "x"}],
+        "tierfleet": {"wait_s": wait}})
+    assert resp.status_code == 422, resp.text
+    assert error_of(resp)["param"] == "tierfleet.wait_s"
+    job = client.post("/v1/jobs", json={"kind": "summary", "prompt": "x", "tier": "local-gpu"},
+                      headers=AUTH).json()["id"]
+    resp = client.get(f"/v1/jobs/{job}", params={"wait": wait}, headers=AUTH)
+    assert resp.status_code == 422, resp.text
+    assert error_of(resp)["param"] == "wait"
+    assert time.monotonic() - t0 < 5
