@@ -499,22 +499,27 @@ def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
         job, wait_s = _chat_job(cfg, body, tags, job_id=ident.job_id)
         limit = min(wait_s or cfg.api.wait_timeout_s, cfg.api.wait_timeout_s)
         stored = await run_in_threadpool(d.results.get, job.id)
-        if stored is None or stored.status not in TERMINAL:
-            # Remembered before the submit, not after: a retry that comes while this try is
-            # still being admitted (routing under load can outlast a client's timeout and
-            # the SDK's backoff) must find the id, or it would start a second job. Finding
-            # it early is safe: the retry submits the same job under the same id.
-            await run_in_threadpool(retries.remember, d.r, cfg, ident)
-            # A repeated request with the same job id gets the stored answer, not a second run;
-            # one still running is the same job (admission is idempotent by id).
-            try:
+        try:
+            if stored is None or stored.status not in TERMINAL:
+                # Remembered before the submit, not after: a retry that comes while this try
+                # is still being admitted (routing under load can outlast a client's timeout
+                # and the SDK's backoff) must find the id, or it would start a second job.
+                # Finding it early is safe: the retry submits the same job under the same id.
+                await run_in_threadpool(retries.remember, d.r, cfg, ident)
+                # One still running is the same job (admission is idempotent by id).
                 await run_in_threadpool(d.submit, job)
-            except JobRejected as exc:
-                if exc.field == "id" and ident.source == "idempotency-key":
-                    raise ApiError(422, f"Idempotency-Key {idempotency_key!r} was used for "
-                                   "another request body", code="idempotency_key_reused",
-                                   param="idempotency-key") from None
-                raise
+            elif await run_in_threadpool(d.open.admitted_otherwise, job):
+                # A repeated request with the same job id gets the stored answer, not a
+                # second run, but only if it is the same request: another body under a
+                # reused id must not be handed the other job's answer.
+                raise JobRejected("id", f"job {job.id!r} already exists with a different "
+                                  "body: give the new job its own id")
+        except JobRejected as exc:
+            if exc.field == "id" and ident.source == "idempotency-key":
+                raise ApiError(422, f"Idempotency-Key {idempotency_key!r} was used for "
+                               "another request body", code="idempotency_key_reused",
+                               param="idempotency-key") from None
+            raise
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
             events = streaming.relay(request, d, job.id, model=job.model or body.model,
