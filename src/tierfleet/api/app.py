@@ -17,6 +17,7 @@ Endpoints (all ``/v1`` ones need ``Authorization: Bearer <token>`` when tokens a
 - ``GET  /v1/status``          queues, workers, hosts and breakers, parked jobs, dead letters
 - ``POST /v1/chat/completions`` OpenAI-compatible; waits for the answer (below)
 - ``GET  /v1/models``          ``auto``, the models and ``tier:NAME``, with privacy and capabilities
+- ``GET  /v1/models/{id}``     one of them (the SDK's ``models.retrieve``); 404 for an unknown id
 - ``GET  /metrics``            Prometheus text format: this API process's requests only (the
   fleet-wide series come from ``tierfleet metrics``, their one exporter)
 - ``GET  /healthz``            200 when Redis answers, else 503
