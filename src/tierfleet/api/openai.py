@@ -15,7 +15,8 @@ unknown names get OpenAI's 404 ``model_not_found``. Job tags go in a
 in ``X-Tierfleet-Privacy``/``-Risk``/``-Workflow``/``-Kind``/``-Session``/
 ``-User-Tier``/``-Job-Id`` headers; the body wins over a header. OpenAI
 parameters the fleet has no use for (temperature, top_p, seed, ...) are
-accepted and ignored; ``max_tokens``/``max_completion_tokens`` and
+checked against OpenAI's ranges and ignored (``logprobs`` and ``n`` > 1, which
+would change the answer's shape, are refused); ``max_tokens``/``max_completion_tokens`` and
 ``response_format`` (JSON) are honoured; ``stream: true`` is answered as a
 server-sent-event stream of the host's tokens as they come (:mod:`.streaming`). The call waits up to
 ``api.wait_timeout_s`` (or ``tierfleet.wait_s``, never longer); on timeout it
@@ -190,6 +191,21 @@ class ChatCompletionRequest(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1, le=1, description="only 1 is supported")
+    # Sampling parameters the fleet does not pass on, typed with OpenAI's own ranges: a
+    # valid one is ignored, a wrong type or an out-of-range value is a 422 naming it, as
+    # at OpenAI (ignored silently, a client's bug would look honoured).
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    seed: int | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    user: str | None = None
+    # No host here returns token log probabilities: asking for them is refused, like n > 1,
+    # rather than answered with logprobs null.
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[ToolIn] | None = Field(default=None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
@@ -358,6 +374,10 @@ def _chat_job(config: FleetConfig, body: ChatCompletionRequest,
     for name, value in headers.items():
         if value is not None and name not in opts:
             opts[name] = value
+    if body.logprobs or body.top_logprobs:
+        raise ApiError(422, "log probabilities are not available from this fleet's hosts",
+                       code="unsupported_value",
+                       param="logprobs" if body.logprobs else "top_logprobs")
     kind = Kind(opts.pop("kind", Kind.AUTO))
     if kind not in MODEL_KINDS and kind is not Kind.AUTO:
         raise ApiError(422, f"kind {kind.value!r} is a rules kind: submit it to POST /v1/jobs",

@@ -65,3 +65,49 @@ def test_a_wait_is_a_finite_number(client: TestClient, wait: str) -> None:
     assert resp.status_code == 422, resp.text
     assert error_of(resp)["param"] == "wait"
     assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"temperature": 5}, "temperature"),
+    ({"temperature": -0.1}, "temperature"),
+    ({"temperature": "hot"}, "temperature"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"presence_penalty": 3}, "presence_penalty"),
+    ({"frequency_penalty": -2.5}, "frequency_penalty"),
+    ({"logit_bias": {"50256": 101}}, "logit_bias"),
+    ({"logit_bias": "none"}, "logit_bias"),
+    ({"seed": "seven"}, "seed"),
+    ({"seed": 1.5}, "seed"),
+    ({"stop": 5}, "stop"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"stop": [1, 2]}, "stop"),
+    ({"user": {"id": 1}}, "user"),
+    ({"logprobs": "yes please"}, "logprobs"),
+    ({"logprobs": True}, "logprobs"),
+    ({"logprobs": True, "top_logprobs": 5}, "logprobs"),
+    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"top_logprobs": 50}, "top_logprobs"),
+])
+def test_openai_parameters_are_checked_with_openais_ranges(client: TestClient,
+                                                           extra: dict[str, object],
+                                                           param: str) -> None:
+    resp = client.post("/v1/chat/completions", headers=AUTH, json={
+        "model": "tier:local-gpu", "messages": [{"role": "user", "content": "x"}],
+        "tierfleet": {"wait_s": 0.1}, **extra})
+    assert resp.status_code == 422, resp.text
+    assert error_of(resp)["param"].startswith(param), error_of(resp)
+
+
+def test_valid_openai_parameters_are_accepted_and_ignored(client: TestClient) -> None:
+    resp = client.post("/v1/chat/completions", headers=AUTH, json={
+        "model": "tier:local-gpu", "messages": [{"role": "user", "content": "x"}],
+        "tierfleet": {"wait_s": 0.1}, "temperature": 2, "top_p": 0, "presence_penalty": -2,
+        "frequency_penalty": 2, "logit_bias": {"50256": -100}, "seed": -7, "stop": "END",
+        "user": "u-1", "logprobs": False, "top_logprobs": 0, "metadata": {"x": "y"},
+        "store": False, "service_tier": "auto"})
+    assert resp.status_code == 504, resp.text  # admitted: local-gpu has no worker here
+    resp = client.post("/v1/chat/completions", headers=AUTH, json={
+        "model": "tier:local-gpu", "messages": [{"role": "user", "content": "x"}],
+        "tierfleet": {"wait_s": 0.1}, "stop": ["a", "b", "c", "d"], "seed": None,
+        "temperature": None})
+    assert resp.status_code == 504, resp.text
