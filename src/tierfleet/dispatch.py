@@ -34,6 +34,7 @@ from .inputs import check_image, safe_text, scan
 from .jobs import Job, Result, Route
 from .learning import fleet_policy
 from .policy import FleetState, Policy
+from .shown import shown_dead_letter
 from .store import OpenJobs, Parking, ResultStore
 
 
@@ -390,7 +391,10 @@ class Dispatcher:
             "in_flight": int(self.redis.hlen(keys.UNACKED)),
             "hosts": breaker_table(self.breaker),
             "parked": parking.parked(),
-            "dead_letters": [{"id": d["id"], "reason": d.get("reason")} for d in parking.dead()],
+            # Any producer token reads this: a dead letter's reason (a host's error may quote
+            # the job) as ``dlq list`` shows it, a confidential job's words scrubbed.
+            "dead_letters": [{"id": d["id"], "reason": shown_dead_letter(d, self.config)["reason"]}
+                             for d in parking.dead()],
             "open_jobs": self.open.count(),
             "repaired": int(self.redis.get(keys.stats(self.config, "repaired")) or 0),
             "repaired_dead": int(self.redis.get(keys.stats(self.config, "repaired_dead")) or 0),

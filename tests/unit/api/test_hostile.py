@@ -9,6 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.unit.api.conftest import AUTH, error_of
+from tierfleet.dispatch import Dispatcher
+from tierfleet.envelope import Delivery
+from tierfleet.jobs import Job, Kind, Privacy, Route
+from tierfleet.store import Parking
 
 JSON = {**AUTH, "Content-Type": "application/json"}
 # local-gpu has no worker here: a request that gets through is a 504 after 0.1 s.
@@ -111,3 +115,21 @@ def test_valid_openai_parameters_are_accepted_and_ignored(client: TestClient) ->
         "tierfleet": {"wait_s": 0.1}, "stop": ["a", "b", "c", "d"], "seed": None,
         "temperature": None})
     assert resp.status_code == 504, resp.text
+
+
+def test_status_never_shows_a_confidential_jobs_words(client: TestClient,
+                                                      dispatcher: Dispatcher) -> None:
+    """/v1/status answers any producer token: a dead letter's reason (a host's error can
+    quote the job) is scrubbed of a confidential job's words, as a parked one's is."""
+    secret = "Quarterly merger with Globex at 41 dollars"
+    for jid, privacy in (("dead-secret", "confidential"), ("dead-plain", "internal")):
+        job = Job(id=jid, kind=Kind.SUMMARY, prompt=secret, privacy=Privacy(privacy))
+        route = Route(tier="local-mac", kind=Kind.SUMMARY)
+        Parking(dispatcher.redis, dispatcher.config).bury(Delivery(job=job, route=route),
+                                f"gave up after 3 parks: host said: cannot summarise {secret!r}")
+    status = client.get("/v1/status", headers=AUTH)
+    assert status.status_code == 200
+    reasons = {d["id"]: d["reason"] for d in status.json()["dead_letters"]}
+    assert "Globex" not in reasons["dead-secret"] and "merger" not in reasons["dead-secret"]
+    assert reasons["dead-secret"].startswith("gave up after 3 parks")
+    assert "Globex" in reasons["dead-plain"]  # only a confidential job's words are scrubbed
