@@ -36,7 +36,7 @@ from .inputs import check_image, safe_text, scan
 from .jobs import Job, Result, Route
 from .learning import fleet_policy
 from .policy import FleetState, Policy
-from .shown import scrub
+from .shown import shown_dead_letter
 from .store import OpenJobs, Parking, ResultStore
 
 
@@ -395,9 +395,9 @@ class Dispatcher:
             "in_flight": int(self.redis.hlen(keys.UNACKED)),
             "hosts": breaker_table(self.breaker),
             "parked": parking.parked(),
-            # An operator's screen: a reason quoting a confidential job (a host's error)
-            # is scrubbed of its words, as in ``dlq list``.
-            "dead_letters": [{"id": d["id"], "reason": scrub(d.get("reason"), d["delivery"].get("job") or {})}
+            # Any producer token reads this: a dead letter's reason (a host's error may quote
+            # the job) as ``dlq list`` shows it, a confidential job's words scrubbed.
+            "dead_letters": [{"id": d["id"], "reason": shown_dead_letter(d, self.config)["reason"]}
                              for d in parking.dead()],
             "open_jobs": self.open.count(),
             "repaired": int(self.redis.get(keys.stats(self.config, "repaired")) or 0),

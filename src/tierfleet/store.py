@@ -219,6 +219,14 @@ class OpenJobs:
             )
         return [x.decode() if isinstance(x, bytes) else str(x) for x in pipe.execute()]
 
+    def admitted_otherwise(self, job: Any) -> bool:
+        """True when ``job.id`` was admitted with another body. The digest expires with the
+        admission's result TTL, so this still answers once the job is final and closed here."""
+        kept = self.redis.get(keys.digest(self.config, job.id))
+        if isinstance(kept, bytes):
+            kept = kept.decode()
+        return kept is not None and kept != self.digest(job)
+
     def update(self, delivery: Delivery, pipe: Any = None) -> None:
         """The job goes on as ``delivery`` (moved, parked, repaired): keep that copy."""
         p = pipe if pipe is not None else self.redis.pipeline(transaction=False)

@@ -356,9 +356,9 @@ def test_fuzz_the_schema_no_5xx(fleet: Fleet) -> None:
     # Every route the app serves is fuzzed (a new one is counted here, not skipped).
     assert {f"{op.method.upper()} {op.path}" for op in ops} >= {
         "POST /v1/jobs", "POST /v1/jobs/batch", "GET /v1/jobs/{job_id}", "GET /v1/status",
-        "POST /v1/chat/completions", "GET /v1/models", "POST /v1/jobs/{job_id}/feedback",
-        "GET /metrics", "GET /healthz"}
-    assert len(ops) == 9
+        "POST /v1/chat/completions", "GET /v1/models", "GET /v1/models/{model_id}",
+        "POST /v1/jobs/{job_id}/feedback", "GET /metrics", "GET /healthz"}
+    assert len(ops) == 10
     seen: dict[int, int] = {}
     no_inputs: list[str] = []
 

@@ -184,6 +184,11 @@ def test_a_cut_answer_is_length_with_the_hosts_counts(fleet: Fleet) -> None:
 def test_models_through_the_sdk(fleet: Fleet) -> None:
     ids = [m.id for m in sdk(fleet).models.list()]
     assert ids[0] == "auto" and "qwen3:4b" in ids and "tier:paid" in ids
+    for name in ("auto", "qwen3:4b", "tier:paid"):
+        assert sdk(fleet).models.retrieve(name).id == name
+    with pytest.raises(openai.NotFoundError) as nf:
+        sdk(fleet).models.retrieve("gpt-4o")
+    assert nf.value.code == "model_not_found"
 
 
 # -- 3. structured output and tools -------------------------------------------------------

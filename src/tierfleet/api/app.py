@@ -17,6 +17,7 @@ Endpoints (all ``/v1`` ones need ``Authorization: Bearer <token>`` when tokens a
 - ``GET  /v1/status``          queues, workers, hosts and breakers, parked jobs, dead letters
 - ``POST /v1/chat/completions`` OpenAI-compatible; waits for the answer (below)
 - ``GET  /v1/models``          ``auto``, the models and ``tier:NAME``, with privacy and capabilities
+- ``GET  /v1/models/{id}``     one of them (the SDK's ``models.retrieve``); 404 for an unknown id
 - ``GET  /metrics``            Prometheus text format: this API process's requests only (the
   fleet-wide series come from ``tierfleet metrics``, their one exporter)
 - ``GET  /healthz``            200 when Redis answers, else 503
@@ -195,7 +196,9 @@ def create_app(config: FleetConfig | None = None, dispatcher: Dispatcher | None 
              tags=["jobs"], summary="A job's result (pending until it is final)")
     async def get_job(
         job_id: Annotated[str, Path(min_length=1, max_length=128, pattern=JOB_ID_PATTERN)],
-        wait: Annotated[float, Query(ge=0, description="seconds to wait for a final result "
+        # Finite: "inf" would hold the request to the cap, which is no number a caller means.
+        wait: Annotated[float, Query(ge=0, allow_inf_nan=False,
+                                     description="seconds to wait for a final result "
                                      "(capped at api.wait_timeout_s)")] = 0.0,
     ) -> Result:
         res = await wait_final(job_id, min(wait, cfg.api.wait_timeout_s))

@@ -1,22 +1,26 @@
-"""``GET /v1/models``: what a client may put in ``model``, with what it can do.
+"""``GET /v1/models`` (and ``/v1/models/{id}``): what a client may put in ``model``, with
+what it can do.
 
 OpenAI's list shape (``{"object": "list", "data": [{"id", "object": "model",
 "created", "owned_by"}]}``), so chat UIs and agent frameworks that list models
 work; each entry adds a ``tierfleet`` object with the privacy levels that may use
 it and its capabilities (vision, tools, JSON Schema output, context window), so a
 client can tell before it asks whether a confidential job or a tool call may go there.
+``GET /v1/models/{id}`` answers one entry (the SDK's ``client.models.retrieve``), or
+OpenAI's 404 ``model_not_found``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Path
 from pydantic import BaseModel
 
 from ..config import FleetConfig
 from ..jobs import Privacy
-from .errors import ERROR_RESPONSES
+from .errors import ERROR_RESPONSES, ApiError, ErrorResponse
+from .openai import AUTO_MODELS
 
 __all__ = ["ModelList", "add_models_route", "model_list"]
 
@@ -112,3 +116,31 @@ def add_models_route(app: FastAPI, config: FleetConfig, *, auth: list[Any]) -> N
              summary="Models a chat request may name, with privacy and capabilities")
     async def list_models() -> ModelList:
         return listing
+
+    by_id = {m.id: m for m in listing.data}
+
+    # ``:path``: model names may hold a '/' ("org/model"), as ids do at OpenAI.
+    @app.get("/v1/models/{model_id:path}", response_model=ModelEntry, dependencies=auth,
+             tags=["openai"],
+             responses={**ERROR_RESPONSES,
+                        404: {"model": ErrorResponse, "description": "no such model"}},
+             summary="One model a chat request may name (the SDK's models.retrieve)")
+    async def retrieve_model(
+        model_id: Annotated[str, Path(min_length=1, max_length=256)],
+    ) -> ModelEntry:
+        entry = _lookup(by_id, config, model_id)
+        if entry is None:
+            raise ApiError(404, f"The model {model_id!r} does not exist in this fleet; "
+                           "GET /v1/models lists them", code="model_not_found", param="model")
+        return entry
+
+
+def _lookup(by_id: dict[str, ModelEntry], config: FleetConfig, name: str) -> ModelEntry | None:
+    """The entry for ``name`` as a chat request's ``model`` reads it: an id, an alias of
+    ``auto``, or a bare tier name no model shares (see ``openai.resolve_target``)."""
+    if name in by_id:
+        return by_id[name]
+    if name.strip().lower() in AUTO_MODELS:
+        return by_id["auto"].model_copy(update={"id": name})
+    tier = by_id.get(f"tier:{name}")
+    return tier.model_copy(update={"id": name}) if tier is not None else None

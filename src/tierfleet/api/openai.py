@@ -15,7 +15,8 @@ unknown names get OpenAI's 404 ``model_not_found``. Job tags go in a
 in ``X-Tierfleet-Privacy``/``-Risk``/``-Workflow``/``-Kind``/``-Session``/
 ``-User-Tier``/``-Job-Id`` headers; the body wins over a header. OpenAI
 parameters the fleet has no use for (temperature, top_p, seed, ...) are
-accepted and ignored; ``max_tokens``/``max_completion_tokens`` and
+checked against OpenAI's ranges and ignored (``logprobs`` and ``n`` > 1, which
+would change the answer's shape, are refused); ``max_tokens``/``max_completion_tokens`` and
 ``response_format`` (JSON) are honoured; ``stream: true`` is answered as a
 server-sent-event stream of the host's tokens as they come (:mod:`.streaming`). The call waits up to
 ``api.wait_timeout_s`` (or ``tierfleet.wait_s``, never longer); on timeout it
@@ -51,6 +52,7 @@ from starlette.concurrency import run_in_threadpool
 from ..config import FleetConfig
 from ..dispatch import Dispatcher, parse_job
 from ..errors import JobRejected
+from ..inputs import scan
 from ..jobs import MODEL_KINDS, TERMINAL, Job, Kind, Privacy, Result, Risk, Status, UserTier
 from ..rules import json_validate
 from . import retries, streaming
@@ -155,7 +157,10 @@ class StreamOptions(BaseModel):
 class TierfleetOptions(BaseModel):
     """Job tags for a chat completion (``extra_body={"tierfleet": {...}}``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # No NaN/Infinity, even spelled as a string ("inf"): wait_s never reaches the Job's
+    # own check, and an infinite wait is no wait a caller means (it held the request to
+    # api.wait_timeout_s, 600 s by default).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     id: str | None = Field(default=None, min_length=1, max_length=128, pattern=JOB_ID_PATTERN)
     kind: Kind | None = None
@@ -186,6 +191,21 @@ class ChatCompletionRequest(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1, le=1, description="only 1 is supported")
+    # Sampling parameters the fleet does not pass on, typed with OpenAI's own ranges: a
+    # valid one is ignored, a wrong type or an out-of-range value is a 422 naming it, as
+    # at OpenAI (ignored silently, a client's bug would look honoured).
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    seed: int | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    user: str | None = None
+    # No host here returns token log probabilities: asking for them is refused, like n > 1,
+    # rather than answered with logprobs null.
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[ToolIn] | None = Field(default=None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
@@ -354,6 +374,10 @@ def _chat_job(config: FleetConfig, body: ChatCompletionRequest,
     for name, value in headers.items():
         if value is not None and name not in opts:
             opts[name] = value
+    if body.logprobs or body.top_logprobs:
+        raise ApiError(422, "log probabilities are not available from this fleet's hosts",
+                       code="unsupported_value",
+                       param="logprobs" if body.logprobs else "top_logprobs")
     kind = Kind(opts.pop("kind", Kind.AUTO))
     if kind not in MODEL_KINDS and kind is not Kind.AUTO:
         raise ApiError(422, f"kind {kind.value!r} is a rules kind: submit it to POST /v1/jobs",
@@ -475,6 +499,10 @@ def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
         x_tierfleet_job_id: Annotated[str | None, Header(max_length=128)] = None,
         idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
     ) -> Response:
+        # The whole body, unknown fields included, before anything serialises it (the
+        # retry fingerprint, the job): a lone surrogate, NaN/Infinity or a value nested
+        # past the limit is the caller's 422 naming the field, never a 500 or a silent null.
+        scan(await request.json(), "", max_depth=cfg.limits.max_json_depth, start_depth=-1)
         headers = {
             "privacy": x_tierfleet_privacy, "risk": x_tierfleet_risk,
             "workflow": x_tierfleet_workflow, "kind": x_tierfleet_kind,
@@ -491,22 +519,27 @@ def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
         job, wait_s = _chat_job(cfg, body, tags, job_id=ident.job_id)
         limit = min(wait_s or cfg.api.wait_timeout_s, cfg.api.wait_timeout_s)
         stored = await run_in_threadpool(d.results.get, job.id)
-        if stored is None or stored.status not in TERMINAL:
-            # Remembered before the submit, not after: a retry that comes while this try is
-            # still being admitted (routing under load can outlast a client's timeout and
-            # the SDK's backoff) must find the id, or it would start a second job. Finding
-            # it early is safe: the retry submits the same job under the same id.
-            await run_in_threadpool(retries.remember, d.r, cfg, ident)
-            # A repeated request with the same job id gets the stored answer, not a second run;
-            # one still running is the same job (admission is idempotent by id).
-            try:
+        try:
+            if stored is None or stored.status not in TERMINAL:
+                # Remembered before the submit, not after: a retry that comes while this try
+                # is still being admitted (routing under load can outlast a client's timeout
+                # and the SDK's backoff) must find the id, or it would start a second job.
+                # Finding it early is safe: the retry submits the same job under the same id.
+                await run_in_threadpool(retries.remember, d.r, cfg, ident)
+                # One still running is the same job (admission is idempotent by id).
                 await run_in_threadpool(d.submit, job)
-            except JobRejected as exc:
-                if exc.field == "id" and ident.source == "idempotency-key":
-                    raise ApiError(422, f"Idempotency-Key {idempotency_key!r} was used for "
-                                   "another request body", code="idempotency_key_reused",
-                                   param="idempotency-key") from None
-                raise
+            elif await run_in_threadpool(d.open.admitted_otherwise, job):
+                # A repeated request with the same job id gets the stored answer, not a
+                # second run, but only if it is the same request: another body under a
+                # reused id must not be handed the other job's answer.
+                raise JobRejected("id", f"job {job.id!r} already exists with a different "
+                                  "body: give the new job its own id")
+        except JobRejected as exc:
+            if exc.field == "id" and ident.source == "idempotency-key":
+                raise ApiError(422, f"Idempotency-Key {idempotency_key!r} was used for "
+                               "another request body", code="idempotency_key_reused",
+                               param="idempotency-key") from None
+            raise
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
             events = streaming.relay(request, d, job.id, model=job.model or body.model,

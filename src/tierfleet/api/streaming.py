@@ -120,15 +120,20 @@ async def relay(request: Request, d: Dispatcher, job_id: str, *, model: str, lim
                                headers={"x-tierfleet-job-id": job_id})
             yield error(f"job {job_id} not finished after {limit_s:g}s", "timeout")
             return
-        if sent and await request.is_disconnected():
+        if await request.is_disconnected():
+            # Before the first token too: a client that hung up while the job queued would
+            # otherwise be waited for until limit_s (600 s), a thread in XREAD each turn.
             return
 
 
-async def primed(events: AsyncIterator[str]) -> tuple[str, AsyncIterator[str]]:
-    """The first event (raising the relay's HTTP error, if any) and the whole stream."""
-    first = await events.__anext__()
+async def primed(events: AsyncIterator[str]) -> tuple[str | None, AsyncIterator[str]]:
+    """The first event (raising the relay's HTTP error, if any) and the whole stream.
+    No first event: the client hung up before it, and the stream is empty."""
+    first = await anext(events, None)
 
     async def rest() -> AsyncIterator[str]:
+        if first is None:
+            return
         yield first
         async for e in events:
             yield e

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from tests.unit.api.conftest import AUTH
+from tests.unit.api.conftest import AUTH, error_of
 from tierfleet.api.models import model_list
 from tierfleet.config import FleetConfig, ModelConfig
 from tierfleet.dispatch import Dispatcher
@@ -68,3 +68,22 @@ def test_schema_is_served_and_no_page_needs_a_cdn(client: TestClient) -> None:
     assert client.get("/openapi.json").json()["paths"]["/v1/models"]
     assert client.get("/docs").status_code == 404
     assert client.get("/redoc").status_code == 404
+
+
+def test_one_model_is_retrieved_as_the_sdk_asks_for_it(client: TestClient) -> None:
+    """``client.models.retrieve(id)`` calls ``GET /v1/models/{id}``: every listed id answers
+    its entry, ids with ':' and '/' included; an unknown one is OpenAI's 404."""
+    listing = client.get("/v1/models", headers=AUTH).json()["data"]
+    for entry in listing:
+        resp = client.get(f"/v1/models/{entry['id']}", headers=AUTH)
+        assert resp.status_code == 200, (entry["id"], resp.text)
+        assert resp.json() == entry
+    # What a chat request accepts in ``model`` is found too: auto's aliases, a bare tier.
+    assert client.get("/v1/models/tierfleet/auto", headers=AUTH).json()["tierfleet"]["kind"] == "auto"
+    bare = client.get("/v1/models/local-mac", headers=AUTH).json()
+    assert bare["id"] == "local-mac" and bare["tierfleet"]["tiers"] == ["local-mac"]
+    for unknown in ("gpt-4o", "org/none", "tier:rules", "tier:moon", "..%2F..%2Fetc"):
+        resp = client.get(f"/v1/models/{unknown}", headers=AUTH)
+        assert resp.status_code == 404, (unknown, resp.text)
+        assert error_of(resp)["code"] == "model_not_found"
+    assert client.get("/v1/models/auto").status_code == 401

@@ -10,6 +10,7 @@ from tests.unit.api.conftest import AUTH, TOKENS, error_of
 from tierfleet.api import retries
 from tierfleet.config import FleetConfig
 from tierfleet.dispatch import Dispatcher
+from tierfleet.jobs import Result, Status
 
 # local-gpu has no worker in these tests: every job stays pending, each request is a 504.
 BODY: dict[str, Any] = {"model": "tier:local-gpu",
@@ -78,3 +79,33 @@ def test_retry_count_parsing_and_fingerprint_order() -> None:
 
 def test_default_wait_is_the_sdks_timeout(config: FleetConfig) -> None:
     assert config.api.wait_timeout_s == 600
+
+
+def test_a_reused_key_never_gets_the_other_requests_answer(client: TestClient,
+                                                           dispatcher: Dispatcher) -> None:
+    """Once the first job is final its answer is stored; a second body under the same
+    Idempotency-Key (or producer id) is refused as while it ran, never handed that answer."""
+    first = _job_of(client.post("/v1/chat/completions", json=BODY,
+                                headers={**AUTH, "Idempotency-Key": "k-done"}))
+    dispatcher.results.save(Result(job_id=first, status=Status.SUCCEEDED, tier="local-gpu",
+                                   text="the answer to the first question"))
+    same = client.post("/v1/chat/completions", json=BODY,
+                       headers={**AUTH, "Idempotency-Key": "k-done"})
+    assert same.status_code == 200, same.text  # the retry gets the stored answer
+    assert same.json()["choices"][0]["message"]["content"] == "the answer to the first question"
+    changed = {**BODY, "messages": [{"role": "user", "content": "a different question"}]}
+    for extra in ({"Idempotency-Key": "k-done"}, {}):
+        body = changed if extra else {**changed, "tierfleet": {"wait_s": 0.2, "id": first}}
+        resp = client.post("/v1/chat/completions", json=body, headers={**AUTH, **extra})
+        assert resp.status_code == 422, resp.text
+        err = error_of(resp)
+        assert err["code"] == ("idempotency_key_reused" if extra else "job_rejected")
+        assert "first question" not in resp.text
+    # A rules job's id named by a chat request is another body too.
+    client.post("/v1/jobs", json={"id": "rules-7", "kind": "dedupe",
+                                  "input": {"items": ["a", "a"]}}, headers=AUTH)
+    dispatcher.results.save(Result(job_id="rules-7", status=Status.SUCCEEDED, kind="dedupe",
+                                   tier="rules", output={"items": ["a"]}))
+    resp = client.post("/v1/chat/completions", json=BODY,
+                       headers={**AUTH, "X-Tierfleet-Job-Id": "rules-7"})
+    assert resp.status_code == 422 and error_of(resp)["param"] == "id"
