@@ -183,8 +183,8 @@ def install_handlers(app: FastAPI) -> None:
         if exc.status_code == 400:
             # FastAPI's answer when the JSON parser itself gives up (a body nested
             # thousands deep): the caller's input, so 422 like any other bad body.
-            return error_response(422, "request body is not JSON the API can read (nested too "
-                                  "deep?)", code="invalid_value", param="body")
+            return error_response(422, "request body is not JSON the API can read (not UTF-8, "
+                                  "or nested too deep)", code="invalid_value", param="body")
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(
             exc.status_code)
         return error_response(exc.status_code, str(exc.detail), code=code,

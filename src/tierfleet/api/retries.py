@@ -71,7 +71,8 @@ def identify(client: redis.Redis, config: FleetConfig, headers: Mapping[str, str
     """The job id a request stands for (see the module doc for the order)."""
     token = bearer(headers)
     fp = fingerprint(token, body)
-    key = headers.get("idempotency-key")
+    # A key of spaces is no key: it would make every such request one job.
+    key = (headers.get("idempotency-key") or "").strip()
     if key:
         digest = hashlib.sha256(f"{token}\x00{key}".encode()).hexdigest()[:32]
         return JobIdentity(f"idem-{digest}", "idempotency-key", fp)

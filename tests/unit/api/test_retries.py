@@ -109,3 +109,11 @@ def test_a_reused_key_never_gets_the_other_requests_answer(client: TestClient,
     resp = client.post("/v1/chat/completions", json=BODY,
                        headers={**AUTH, "X-Tierfleet-Job-Id": "rules-7"})
     assert resp.status_code == 422 and error_of(resp)["param"] == "id"
+
+
+def test_a_blank_idempotency_key_is_no_key(client: TestClient) -> None:
+    one = _job_of(client.post("/v1/chat/completions", json=BODY, headers={**AUTH, "Idempotency-Key": "  "}))
+    changed = {**BODY, "messages": [{"role": "user", "content": "something else"}]}
+    two = _job_of(client.post("/v1/chat/completions", json=changed,
+                              headers={**AUTH, "Idempotency-Key": "  "}))
+    assert one != two and not one.startswith("idem-")
