@@ -126,9 +126,13 @@ def test_ledger_export_csv_and_parquet_and_reconcile_from_the_cli(
         w.writerow(["start_time", "model", "num_model_requests", "input_tokens", "output_tokens"])
         for i, (day, (req, tin, tout)) in enumerate(sorted(per_day.items())):
             w.writerow([f"{day}T00:00:00Z", "gpt-5.5", req + (1 if i == 0 else 0), tin, tout])
-    r = cli(["ledger", "reconcile", str(usage)], cfg_path)
+    # The records name host "openai" (the config's paid host is "provider"): say which
+    # hosts this provider bills, or every day differs. The records span three hours back
+    # from now, so they may cross midnight UTC: only the day given one more request differs.
+    r = cli(["ledger", "reconcile", str(usage), "--host", "openai"], cfg_path)
     first = sorted(per_day)[0]
     assert r.returncode == 1 and first in r.stdout and "requests" in r.stdout, r.stdout + r.stderr
-    assert r.stdout.count("gpt-5.5") == 1
+    assert r.stdout.count("gpt-5.5") == 1, r.stdout
+    assert f"{per_day[first][0]} vs {per_day[first][0] + 1}" in r.stdout, r.stdout  # the ledger's side counted
     r = cli(["report", "--source", "sql", "--json", "--since", "30d"], cfg_path)
     assert r.returncode == 0 and json.loads(r.stdout)["jobs"] == 100, r.stderr
