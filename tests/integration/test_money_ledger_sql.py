@@ -133,6 +133,7 @@ def test_ledger_export_csv_and_parquet_and_reconcile_from_the_cli(
     first = sorted(per_day)[0]
     assert r.returncode == 1 and first in r.stdout and "requests" in r.stdout, r.stdout + r.stderr
     assert r.stdout.count("gpt-5.5") == 1, r.stdout
-    assert f"{per_day[first][0]} vs {per_day[first][0] + 1}" in r.stdout, r.stdout  # the ledger's side counted
+    n = per_day[first][0]
+    assert f"{n} vs {n + 1}" in r.stdout, r.stdout  # the ledger side is counted
     r = cli(["report", "--source", "sql", "--json", "--since", "30d"], cfg_path)
     assert r.returncode == 0 and json.loads(r.stdout)["jobs"] == 100, r.stderr
