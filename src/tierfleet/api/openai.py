@@ -185,12 +185,14 @@ class ChatCompletionRequest(BaseModel):
     model: str = Field(default="auto", max_length=256,
                        description='"auto", a configured model, or a tier ("tier:NAME")')
     messages: list[ChatMessageIn] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, gt=0)
-    max_completion_tokens: int | None = Field(default=None, gt=0)
+    # Strict types for what changes the answer or its shape: OpenAI refuses "yes" for a
+    # boolean and true for a count; coerced, a client's bug would look honoured.
+    max_tokens: int | None = Field(default=None, gt=0, strict=True)
+    max_completion_tokens: int | None = Field(default=None, gt=0, strict=True)
     response_format: ResponseFormat | None = None
-    stream: bool | None = False
+    stream: bool | None = Field(default=False, strict=True)
     stream_options: StreamOptions | None = None
-    n: int | None = Field(default=None, ge=1, le=1, description="only 1 is supported")
+    n: int | None = Field(default=None, ge=1, le=1, strict=True, description="only 1 is supported")
     # Sampling parameters the fleet does not pass on, typed with OpenAI's own ranges: a
     # valid one is ignored, a wrong type or an out-of-range value is a 422 naming it, as
     # at OpenAI (ignored silently, a client's bug would look honoured).
@@ -199,16 +201,16 @@ class ChatCompletionRequest(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, strict=True)
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     user: str | None = None
     # No host here returns token log probabilities: asking for them is refused, like n > 1,
     # rather than answered with logprobs null.
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logprobs: bool | None = Field(default=None, strict=True)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, strict=True)
     tools: list[ToolIn] | None = Field(default=None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: bool | None = Field(default=None, strict=True)
     tierfleet: TierfleetOptions | None = None
 
 

@@ -91,6 +91,14 @@ def test_a_wait_is_a_finite_number(client: TestClient, wait: str) -> None:
     ({"logprobs": True, "top_logprobs": 5}, "logprobs"),
     ({"top_logprobs": 3}, "top_logprobs"),
     ({"top_logprobs": 50}, "top_logprobs"),
+    # Coerced, these would look honoured: OpenAI refuses them too.
+    ({"stream": "yes"}, "stream"),
+    ({"stream": 1}, "stream"),
+    ({"n": "1"}, "n"),
+    ({"max_tokens": True}, "max_tokens"),
+    ({"max_tokens": "64"}, "max_tokens"),
+    ({"max_completion_tokens": 1.5}, "max_completion_tokens"),
+    ({"parallel_tool_calls": "no"}, "parallel_tool_calls"),
 ])
 def test_openai_parameters_are_checked_with_openais_ranges(client: TestClient,
                                                            extra: dict[str, object],
