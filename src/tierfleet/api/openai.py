@@ -46,7 +46,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Body, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from ..config import FleetConfig
@@ -212,6 +212,25 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = Field(default=None, strict=True)
     tierfleet: TierfleetOptions | None = None
+
+    @model_validator(mode="after")
+    def _tool_choice_names_a_tool(self) -> ChatCompletionRequest:
+        # As OpenAI: a choice that forces a tool needs tools, and a named one must be
+        # among them (else a host is asked for a call it cannot make).
+        choice = self.tool_choice
+        if choice in (None, "none", "auto"):
+            return self
+        names = {t.function.name for t in self.tools or []}
+        if not names:
+            raise ValueError("tool_choice: forcing a tool call needs 'tools'")
+        if isinstance(choice, dict):
+            fn = choice.get("function")
+            name = fn.get("name") if isinstance(fn, dict) else None
+            if choice.get("type") != "function" or not isinstance(name, str):
+                raise ValueError('tool_choice: expected {"type": "function", "function": {"name": ...}}')
+            if name not in names:
+                raise ValueError(f"tool_choice: no tool named {name[:64]!r} in 'tools'")
+        return self
 
 
 

@@ -99,6 +99,12 @@ def test_a_wait_is_a_finite_number(client: TestClient, wait: str) -> None:
     ({"max_tokens": "64"}, "max_tokens"),
     ({"max_completion_tokens": 1.5}, "max_completion_tokens"),
     ({"parallel_tool_calls": "no"}, "parallel_tool_calls"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+    ({"tool_choice": {"junk": 1}, "tools": [{"type": "function", "function": {"name": "f"}}]},
+     "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "g"}},
+      "tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),
 ])
 def test_openai_parameters_are_checked_with_openais_ranges(client: TestClient,
                                                            extra: dict[str, object],
@@ -123,6 +129,12 @@ def test_valid_openai_parameters_are_accepted_and_ignored(client: TestClient) ->
         "tierfleet": {"wait_s": 0.1}, "stop": ["a", "b", "c", "d"], "seed": None,
         "temperature": None})
     assert resp.status_code == 504, resp.text
+    for choice in ("required", {"type": "function", "function": {"name": "f"}}):
+        resp = client.post("/v1/chat/completions", headers=AUTH, json={
+            "model": "tier:local-gpu", "messages": [{"role": "user", "content": "x"}],
+            "tierfleet": {"wait_s": 0.1}, "tool_choice": choice,
+            "tools": [{"type": "function", "function": {"name": "f"}}]})
+        assert resp.status_code == 504, resp.text
 
 
 def test_status_never_shows_a_confidential_jobs_words(client: TestClient,
