@@ -75,6 +75,8 @@ def _shown(job: Job, text: str | None) -> str | None:
     if text is None or job.privacy.value != "confidential":
         return text
     return scrub(text, job.model_dump(mode="json"))
+
+
 T = TypeVar("T")
 
 # Errors that mean "Redis is not answering right now", as opposed to a bug in a command.
