@@ -32,12 +32,6 @@ SERVICES = frozenset({"worker", "reaper", "api", "flower", "metrics", "sim", "lo
                       "demo", "ledger-writer"})
 
 
-@app.callback()
-def _timeouts(ctx: typer.Context) -> None:
-    if ctx.invoked_subcommand not in SERVICES:
-        use_interactive_timeouts()
-
-
 def _register() -> None:
     for area in _AREAS:
         try:
@@ -54,6 +48,11 @@ _register()
 
 def main() -> None:
     from ._common import clear_errors
+
+    # Here, not in a typer callback: the timeouts are process-wide, and a command run in
+    # process (CliRunner, a notebook) must not shorten every later client's patience.
+    if (sys.argv[1:2] or [""])[0] not in SERVICES:
+        use_interactive_timeouts()
 
     # The net under every command: a Redis or tierfleet error that a command did not
     # catch itself is still one line and a non-zero exit, never a traceback.
