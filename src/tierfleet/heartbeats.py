@@ -1,7 +1,7 @@
 """Worker heartbeats and the stall watchdog: how the fleet tells a live node from a dead one.
 
 Every worker node writes ``P:hb:{node}`` every ``heartbeat_s``, naming the
-queues it consumes and the delivery tags it holds; the key expires after
+queues it consumes, the delivery tags it holds and the jobs they carry; the key expires after
 ``dead_after_s``, so a node that stops beating drops out by itself. The reaper
 reads the live set to find deliveries no live node claims, and the dispatcher
 reads it to count workers per tier.
@@ -24,7 +24,12 @@ import redis
 from . import keys
 from .config import FleetConfig
 
-__all__ = ["Watchdog", "heartbeat_key", "is_alive", "live_workers", "write_heartbeat"]
+__all__ = ["Watchdog", "heartbeat_key", "holds", "is_alive", "live_workers", "write_heartbeat"]
+
+# How long after an owner took a job its node's heartbeat may still not list it: the beat's
+# snapshot of held requests is taken just before the heartbeat is stamped, and both times
+# come from the owner's own clock.
+LIST_GRACE_S = 1.0
 
 
 def heartbeat_key(config: FleetConfig, node: str) -> str:
@@ -33,15 +38,22 @@ def heartbeat_key(config: FleetConfig, node: str) -> str:
 
 def write_heartbeat(client: redis.Redis, config: FleetConfig, node: str, queues: list[str],
                     tags: Iterable[str], concurrency: int,
-                    pids: Iterable[int] | None = None) -> None:
+                    pids: Iterable[int] | None = None,
+                    jobs: Iterable[str] | None = None) -> None:
     """``pids``: the node's live processes (main and pool children), so a lease held by a
-    pool child that died can be taken over while the node itself lives on."""
-    body = {
+    pool child that died can be taken over while the node itself lives on. ``jobs``: the
+    ids of the jobs its deliveries carry, so a lease or a call note that a live process
+    left behind (its release lost with Redis's last second) is not taken for work in
+    progress."""
+    body: dict[str, Any] = {
         "node": node, "queues": queues, "tags": sorted(set(tags)), "pid": os.getpid(),
-        "host": socket.gethostname(), "concurrency": concurrency, "ts": time.time(),
+        "host": socket.gethostname(), "concurrency": concurrency,
     }
     if pids is not None:
         body["pids"] = sorted({os.getpid(), *pids})
+    if jobs is not None:
+        body["jobs"] = sorted(set(jobs))
+    body["ts"] = time.time()  # after the snapshot of what it holds (see LIST_GRACE_S)
     ttl_ms = int(config.reliability.dead_after_s * 1000)
     client.set(heartbeat_key(config, node), json.dumps(body), px=ttl_ms)
 
@@ -60,6 +72,25 @@ def is_alive(client: redis.Redis, config: FleetConfig, node: str, pid: int | Non
         return False
     pids = json.loads(raw).get("pids")
     return pid is None or pids is None or pid in pids
+
+
+def holds(client: redis.Redis, config: FleetConfig, node: str, pid: int | None, job_id: str,
+          since: float | None) -> bool:
+    """Whether ``node`` beats, ``pid`` is one of its processes, and it may still be running
+    ``job_id``, which it took at ``since`` (its own clock): the heartbeat lists the job, or
+    was stamped too soon after ``since`` to list it. A heartbeat that lists no jobs (a
+    node from before job lists) or an unknown ``since`` counts as holding it."""
+    raw = client.get(heartbeat_key(config, node))
+    if not raw:
+        return False
+    body = json.loads(raw)
+    pids = body.get("pids")
+    if not (pid is None or pids is None or pid in pids):
+        return False
+    jobs = body.get("jobs")
+    if jobs is None or since is None or job_id in jobs:
+        return True
+    return float(body.get("ts") or 0) < float(since) + LIST_GRACE_S
 
 
 class Watchdog:

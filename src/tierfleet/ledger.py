@@ -192,10 +192,12 @@ class Planned:
 @dataclass(frozen=True)
 class Recorded:
     """What :meth:`Ledger.record` did: ``new`` is False for a redelivery (nothing written);
-    ``job_cost_usd`` is the job's running total over every attempt recorded so far."""
+    ``job_cost_usd`` is the job's running total over every attempt recorded so far;
+    ``then`` holds the replies of the writes ``then`` queued (empty when nothing was written)."""
 
     new: bool
     job_cost_usd: float
+    then: tuple[Any, ...] = ()
 
 
 class Ledger:
@@ -277,12 +279,17 @@ class Ledger:
         return attempt.model_copy(update=update) if update else attempt
 
     def record(self, attempt: Attempt, *, seconds: float | None = None,
-               also: Callable[[Any, Attempt], None] | None = None) -> Recorded:
+               also: Callable[[Any, Attempt], None] | None = None,
+               then: Callable[[Any, Attempt, float], None] | None = None) -> Recorded:
         """Store one attempt, priced here (see :meth:`price`); a second delivery writes nothing.
 
         ``also(pipe, attempt)`` may queue more writes (the fleet metrics) inside the same
-        transaction, so they happen exactly when the record does. The job's running
-        cost comes from the same read that guards the write, so nobody reads it back.
+        transaction, so they happen exactly when the record does. ``then(pipe, attempt,
+        job_cost_usd)`` queues what the record settles (the job's result, the delivery it
+        moves on as) last in that transaction: a worker killed after the record cannot
+        leave the job looking unsettled, so no redelivery calls the host again for it.
+        The job's running cost comes from the same read that guards the write, so nobody
+        reads it back.
         """
         attempt = self.price(attempt, seconds=seconds)
         job_key = self._job_key(attempt.job_id)
@@ -299,12 +306,15 @@ class Ledger:
                     rec = self._record_dict(attempt, earlier.values())
                     pipe.multi()
                     self._queue_writes(pipe, attempt, rec, also)
-                    pipe.execute()
+                    mark = len(pipe)
+                    if then is not None:
+                        then(pipe, attempt, round(spent + attempt.cost_usd, 8))
+                    replies = pipe.execute()
                     break
                 except redis.WatchError:
                     # Another delivery of this job wrote first: look again.
                     continue
-        return Recorded(True, round(spent + attempt.cost_usd, 8))
+        return Recorded(True, round(spent + attempt.cost_usd, 8), tuple(replies[mark:]))
 
     def _queue_writes(self, pipe: Any, attempt: Attempt, rec: dict[str, Any],
                       also: Callable[[Any, Attempt], None] | None) -> None:
@@ -422,8 +432,9 @@ class InFlight:
     The runner announces each host call here before making it and ends the note in
     the same transaction as the call's ledger record. A note left behind means the
     worker died between the call and its record: the reaper (:meth:`settle`) records
-    such a call as ``lost_call`` once its owner is gone (node not beating, or its pid
-    no longer in the node's heartbeat) or its deadline has passed, pricing the input
+    such a call as ``lost_call`` once its owner is gone (node not beating, its pid no
+    longer in the node's heartbeat, or the job no longer among the jobs it lists: its
+    record was lost with Redis's last second) or its deadline has passed, pricing the input
     tokens it sent, so the ledger still holds every call a provider may bill.
     """
 
@@ -457,7 +468,7 @@ class InFlight:
 
     def settle(self, ledger: Ledger, now: float | None = None) -> int:
         """Record the calls whose worker died before recording them; returns how many."""
-        from .heartbeats import is_alive
+        from .heartbeats import holds
 
         now = time.time() if now is None else now
         settled = 0
@@ -468,7 +479,8 @@ class InFlight:
             grace = self.config.reliability.dead_after_s
             if now - float(note["ts"]) < grace:
                 continue
-            alive = is_alive(self.redis, self.config, node, int(pid) if pid.isdigit() else None)
+            alive = holds(self.redis, self.config, node, int(pid) if pid.isdigit() else None,
+                          str(note["job_id"]), float(note["ts"]))
             if alive and now < float(note["deadline"]):
                 continue
             att = Attempt(

@@ -78,6 +78,8 @@ def _shown(job: Job, text: str | None) -> str | None:
 
 
 T = TypeVar("T")
+# Writes a ledger record settles, queued in its transaction: (pipe, priced attempt, job cost).
+Then = Callable[[Any, Attempt, float], None]
 
 # Errors that mean "Redis is not answering right now", as opposed to a bug in a command.
 REDIS_BLINKS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
@@ -204,15 +206,23 @@ class Runner:
         self._policy_version = d.first_route.policy_version
         rules_tier = d.tier in self.config.tiers and self.config.tiers[d.tier].place == "rules"
         earlier: dict[str, str] | None = None
+        kept_attempt: int | None = None
         if rules_tier:
             # The ledger hash comes with the result, so the job ends in one more round trip.
             stored, earlier = finish.peek(self.redis, self.config,
                                           self.ledger.job_key(d.job.id), d.job.id)
         else:
-            stored = self.results.get(d.job.id)
+            stored, kept_attempt = self.open.result_and_attempt(d.job.id)
         if stored is not None and stored.finished:
             log.info("job %s already %s; redelivery ignored", d.job.id, stored.status.value)
             return Stored(stored)
+        if not rules_tier and kept_attempt is not None and kept_attempt > d.attempt:
+            # This attempt already ended (moved, escalated, parked) and its worker died
+            # before acking it: running it again would call a host for an answer the job
+            # no longer waits for. The kept delivery carries the job on.
+            log.info("job %s: attempt %d superseded by attempt %d; redelivery ignored",
+                     d.job.id, d.attempt, kept_attempt)
+            return Duplicate(f"attempt {d.attempt} superseded by attempt {kept_attempt}")
         if not self.config.tier_allowed(d.tier, d.job.privacy.value):
             # Defence in depth: a hand-crafted message cannot push a job past privacy.
             return self._fail(d, "tier not allowed for this job")
@@ -536,21 +546,46 @@ class Runner:
         # policy would route a harder job, whatever order the config file lists tiers in.
         higher = (None if verdict.ok or d.escalated
                   else next(iter(self._next_tiers(d, self.fleet.above(d.tier))), None))
-        att, spent = self._record(d, host, model, c, outcome="escalated" if higher else "ok",
-                                  error=None if verdict.ok else verdict.reason, call=call)
+        error = None if verdict.ok else verdict.reason
         if higher is not None:
+            # The record and the kept delivery it moves on as, in one transaction: a worker
+            # killed in between would leave this attempt to run (and bill) again.
+            moved = self._moved(d, higher, f"escalated: {verdict.reason}", escalated=True)
+            self._record(d, host, model, c, outcome="escalated", error=error, call=call,
+                         then=lambda pipe, a, cost: self.open.update(moved, pipe))
             self.learning.escalated(d, model, verdict.reason, call)  # the small answer was poor
-            return self._move(d, higher, f"escalated: {verdict.reason}", escalated=True)
-        result = Result(
-            job_id=job.id, status=Status.SUCCEEDED, kind=route.kind.value, output=c.text,
-            text=c.text, tier=d.tier, host=host, model=model, tokens_in=att.tokens_in,
-            tokens_out=att.tokens_out, tokens_estimated=att.tokens_estimated,
-            cost_usd=spent, latency_s=c.latency_s, attempts=d.attempt,
-            trail=[*d.trail, d.tier], simulated=c.simulated,
-            finish_reason=c.finish_reason, served_model=c.model, tool_calls=c.tool_calls,
-            reasons=route.explain(),
-        )
-        stored = self.results.save(result)
+            return self._publish(d, moved, f"escalated: {verdict.reason}")
+
+        def answer(a: Attempt, cost: float) -> Result:
+            return Result(
+                job_id=job.id, status=Status.SUCCEEDED, kind=route.kind.value, output=c.text,
+                text=c.text, tier=d.tier, host=host, model=model, tokens_in=a.tokens_in,
+                tokens_out=a.tokens_out, tokens_estimated=a.tokens_estimated,
+                cost_usd=cost, latency_s=c.latency_s, attempts=d.attempt,
+                trail=[*d.trail, d.tier], simulated=c.simulated,
+                finish_reason=c.finish_reason, served_model=c.model, tool_calls=c.tool_calls,
+                reasons=route.explain(),
+            )
+
+        made: list[Result] = []
+
+        def save(pipe: Any, a: Attempt, cost: float) -> None:
+            # The record and the result in one transaction: a worker killed after the
+            # record can no longer leave the job open, for a redelivery to call the host
+            # again and bill a second answer to the same attempt.
+            made[:] = [answer(a, cost)]
+            self.results.save_in(pipe, made[0])
+
+        att, spent, recorded = self._record_full(d, host, model, c, outcome="ok", error=error,
+                                                 call=call, then=save)
+        if recorded.then:
+            result = made[0]
+            stored = self.results.saved(result, recorded.then[-1])
+        else:
+            # Recorded before (its reply lost to a Redis blink): the result may or may not
+            # have landed with it; saving again keeps the first final one.
+            result = answer(att, spent)
+            stored = self.results.save(result)
         if stored is result and verdict.ok:
             self.cache.put(job, model, {"text": c.text, "host": host, "tier": d.tier,
                                         "simulated": c.simulated})
@@ -597,6 +632,12 @@ class Runner:
 
     def _move(self, d: Delivery, tier: str, why: str, *, escalated: bool = False) -> Moved:
         """Publish the job to ``tier``; the new delivery carries this tier in its trail."""
+        moved = self._moved(d, tier, why, escalated=escalated)
+        self.open.update(moved)  # the kept copy first: a lost publish is then repairable
+        return self._publish(d, moved, why)
+
+    def _moved(self, d: Delivery, tier: str, why: str, *, escalated: bool = False) -> Delivery:
+        """The delivery that carries the job on to ``tier``."""
         route = d.route
         tc = self.config.tiers[tier]
         new_trail = [*d.trail, d.tier]
@@ -611,11 +652,13 @@ class Runner:
             "fallbacks": chain,
             "reasons": [*route.reasons, Reason(stage="worker", text=f"{d.tier} -> {tier}: {why}")],
         })
-        moved = d.moved(new_route, escalated=escalated)
-        self.open.update(moved)  # the kept copy first: a lost publish is then repairable
+        return d.moved(new_route, escalated=escalated)
+
+    def _publish(self, d: Delivery, moved: Delivery, why: str) -> Moved:
+        """Send ``moved``, already kept as the job's open delivery (a lost publish is repaired)."""
         self.publish(moved)
-        log.warning("job %s moved %s -> %s: %s", d.job.id, d.tier, tier, _shown(d.job, why))
-        return Moved(tier, why, moved)
+        log.warning("job %s moved %s -> %s: %s", d.job.id, d.tier, moved.tier, _shown(d.job, why))
+        return Moved(moved.tier, why, moved)
 
     def _park(self, d: Delivery, why: str) -> Parked | Stored:
         kind = d.route.kind
@@ -638,8 +681,18 @@ class Runner:
         return Parked(result, due)
 
     def _record(self, d: Delivery, host: str | None, model: str | None, c: Completion | None, *,
-                outcome: str, error: str | None, call: str | None = None) -> tuple[Attempt, float]:
-        """Bill one model attempt; returns it and the job's cost so far (this attempt included)."""
+                outcome: str, error: str | None, call: str | None = None,
+                then: Then | None = None) -> tuple[Attempt, float]:
+        """Bill one model attempt; returns it and the job's cost so far (this attempt included).
+        ``then`` queues what the record settles in its transaction (:meth:`Ledger.record`)."""
+        att, spent, _ = self._record_full(d, host, model, c, outcome=outcome, error=error,
+                                          call=call, then=then)
+        return att, spent
+
+    def _record_full(self, d: Delivery, host: str | None, model: str | None,
+                     c: Completion | None, *, outcome: str, error: str | None,
+                     call: str | None = None,
+                     then: Then | None = None) -> tuple[Attempt, float, Recorded]:
         job = d.job
         estimated = c is None or c.tokens_in is None or c.tokens_out is None
         if c is None:  # nothing ran: no tokens, no time
@@ -657,10 +710,11 @@ class Runner:
             simulated=bool(c and c.simulated), ts=time.time(), call=call,
         )
         # Rented hosts bill the time they report (Runpod's executionTime), not our latency.
-        recorded = self._bill(att, seconds=c.billed_seconds if c is not None else None)
-        return att, recorded.job_cost_usd
+        recorded = self._bill(att, seconds=c.billed_seconds if c is not None else None, then=then)
+        return att, recorded.job_cost_usd, recorded
 
-    def _bill(self, att: Attempt, *, seconds: float | None = None) -> Recorded:
+    def _bill(self, att: Attempt, *, seconds: float | None = None,
+              then: Then | None = None) -> Recorded:
         """Ledger, metrics and the end of the call's in-flight note in one transaction,
         only for a new record: a redelivery is billed and counted once. The ledger prices
         the attempt."""
@@ -676,7 +730,7 @@ class Runner:
                 self.inflight.end(a.call, pipe)
 
         if not att.call:
-            return self.ledger.record(att, seconds=seconds, also=also)
+            return self.ledger.record(att, seconds=seconds, also=also, then=then)
         # A host call was made: its record must not be lost to a Redis blink. Raising here
         # would make the worker run the delivery again (a second host call) and leave this
         # one to the reaper, which settles a live owner's call only at its deadline (the
@@ -684,7 +738,7 @@ class Runner:
         # by the call id, so writing it again after a blink is a no-op if it had landed.
         return self._through_blinks(
             f"job {att.job_id}: recording host call {att.call}",
-            lambda: self.ledger.record(att, seconds=seconds, also=also))
+            lambda: self.ledger.record(att, seconds=seconds, also=also, then=then))
 
     def _through_blinks(self, what: str, write: Callable[[], T]) -> T:
         """``write`` retried over a Redis blink, for up to half the task time limit.

@@ -98,11 +98,21 @@ class ResultStore:
 
         One round trip: the check and the write run as one script inside Redis.
         """
-        k = self._key(result.job_id)
+        return self.saved(result, self.save_in(self.redis, result))
+
+    def save_in(self, pipe: Any, result: Result) -> Any:
+        """Queue :meth:`save`'s script on ``pipe`` (a transaction it must join); read its
+        reply with :meth:`saved`. On a plain client it runs at once and returns the reply."""
         final = "1" if result.finished else "0"
-        kept = self._save(keys=[k, keys.open_index(self.config), keys.open_bodies(self.config)],
-                          args=[result.model_dump_json(), self.ttl, final, result.job_id])
-        return result if kept is None else Result.model_validate_json(kept)
+        return self._save(
+            keys=[self._key(result.job_id), keys.open_index(self.config), keys.open_bodies(self.config)],
+            args=[result.model_dump_json(), self.ttl, final, result.job_id], client=pipe)
+
+    @staticmethod
+    def saved(result: Result, reply: Any) -> Result:
+        """What is stored after the save script answered ``reply``: ``result``, or the
+        final result that was already there."""
+        return result if reply is None else Result.model_validate_json(reply)
 
     def forget(self, job_id: str) -> None:
         """Drop a stored result, terminal or not: only for a job that is deliberately run again."""
@@ -238,6 +248,17 @@ class OpenJobs:
     def older_than(self, age_s: float, limit: int = 1000) -> list[str]:
         return list(self.redis.zrangebyscore(self.index, 0, time.time() - age_s, start=0, num=limit))
 
+    def result_and_attempt(self, job_id: str) -> tuple[Result | None, int | None]:
+        """The job's stored result and the attempt its kept delivery is at (None when it
+        is not open), in one round trip: a delivery older than the kept one is superseded."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(keys.result(self.config, job_id))
+        pipe.hget(self.bodies, job_id)
+        raw, body = pipe.execute()
+        stored = Result.model_validate_json(raw) if raw else None
+        attempt = int(json.loads(body).get("attempt") or 1) if body else None
+        return stored, attempt
+
     def body(self, job_id: str) -> Delivery | None:
         raw = self.redis.hget(self.bodies, job_id)
         return Delivery.from_kwargs(json.loads(raw)) if raw else None
@@ -274,7 +295,7 @@ class Leases:
     Celery on Redis delivers at least once, so two copies of one job can run at once
     (a restored delivery, a repaired one). The runner takes the job's lease before it
     calls any host and drops it when the delivery returns. A copy that finds the lease
-    held by a live owner (its node beats and lists its pid) with the same or a later
+    held by a live owner (its node beats, lists its pid and the job) with the same or a later
     attempt is a duplicate and steps aside; a later attempt (the job moved on) waits
     briefly for the earlier one to return; a lease whose owner died is taken over.
     The holder's own message stays in ``unacked`` until it returns, so stepping aside
@@ -290,10 +311,11 @@ class Leases:
 
     def acquire(self, job_id: str, owner: str, attempt: int, *, wait_s: float = 5.0) -> str | None:
         """Take the lease; returns the token to release it with, or None for a duplicate."""
-        from .heartbeats import is_alive
+        from .heartbeats import holds
 
         key = keys.lease(self.config, job_id)
-        token = json.dumps({"owner": owner, "attempt": attempt, "nonce": os.urandom(6).hex()})
+        token = json.dumps({"owner": owner, "attempt": attempt, "at": time.time(),
+                            "nonce": os.urandom(6).hex()})
         deadline = time.monotonic() + wait_s
         while True:
             if self.redis.set(key, token, nx=True, px=self.ttl_ms):
@@ -306,8 +328,11 @@ class Leases:
             # a Redis blink), never a duplicate.
             node, _, rest = str(holder.get("owner", "")).partition("|")
             pid = rest.partition("|")[0]
-            alive = holder.get("owner") != owner and is_alive(
-                self.redis, self.config, node, int(pid) if pid.isdigit() else None)
+            # Alive and still running the job: a live process whose release was lost (with
+            # Redis's last second of AOF) no longer lists it, and its lease is taken over.
+            alive = holder.get("owner") != owner and holds(
+                self.redis, self.config, node, int(pid) if pid.isdigit() else None, job_id,
+                holder.get("at"))
             if not alive or (int(holder.get("attempt", 0)) < attempt
                              and time.monotonic() > deadline):
                 if self._take_over(keys=[key], args=[held, token, self.ttl_ms]):

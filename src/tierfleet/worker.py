@@ -209,8 +209,11 @@ def _fresh_runner(**_: Any) -> None:
     _runner = None
 
 
-def _held_tags() -> list[str]:
+def _held() -> tuple[list[str], list[str]]:
+    """The delivery tags this node's requests hold, and their job ids (task id = job id):
+    a request is reserved from its receipt and active while it runs, until it is done."""
     tags: list[str] = []
+    jobs: list[str] = []
     for reqs in (worker_state.active_requests, worker_state.reserved_requests):
         for _ in range(3):  # the sets change under us while tasks start and finish
             try:
@@ -224,7 +227,9 @@ def _held_tags() -> list[str]:
             tag = getattr(getattr(req, "message", None), "delivery_tag", None)
             if tag:
                 tags.append(str(tag))
-    return tags
+            if getattr(req, "id", None):
+                jobs.append(str(req.id))
+    return tags, jobs
 
 
 class Heartbeat(bootsteps.StartStopStep):
@@ -254,9 +259,10 @@ class Heartbeat(bootsteps.StartStopStep):
         def beat() -> None:
             while not self._stop.is_set():
                 try:
-                    held = _held_tags() + qos_tags()
+                    tags, jobs = _held()
+                    held = tags + qos_tags()
                     write_heartbeat(client, config, node, queues, held, concurrency,
-                                    pids=_pool_pids(parent.controller))
+                                    pids=_pool_pids(parent.controller), jobs=jobs)
                     waiting = sum(int(client.llen(q)) for q in queues)
                     done = sum(worker_state.total_count.values())
                     if watchdog.stalled(waiting, len(held), done):

@@ -4,14 +4,16 @@ States: pending (admitted), queued (a message on a tier's list), running (popped
 ``unacked``), moved (published to another tier), parked, dead, final. The machine
 submits jobs (the same id twice, sometimes with another body), delivers them,
 kills "workers" at the worst moments (after kombu's pop but before its ``unacked``
-write; holding a delivery; right after a host answered, before the record), blinks
+write; holding a delivery; right after a host answered, before the record; right
+after the record; after a move is kept, before its publish), blinks
 Redis right after a host answered (the worker lives on and runs the delivery again
 once Redis answers, as ``worker.run_job`` does), takes hosts down and up, and runs
 the reaper's sweeps, in any order hypothesis finds.
 
 After every step: every admitted job is final or open with a kept delivery, and no
 confidential job has reached a rented or paid host. At the end, with the hosts back
-and the sweeps run, every job is final (lost 0, stuck 0) and the ledger holds one
+and the sweeps run, every job is final (lost 0, stuck 0), no attempt of a job has two
+answers billed (two ``ok``/``escalated`` records), and the ledger holds one
 record per host call the hosts received, as soon as the jobs are final and the reaper
 has had its sweep: a call of a worker that still lives is not left to the in-flight
 notes' deadline (the task time limit).
@@ -66,6 +68,7 @@ class Host:
         self.kill_after_answer = False
         self.blink_after_answer = False
         self.blink_on_refuse = False
+        self.poor_once = False  # the next answer is empty: the worker escalates the job
         self.calls: list[CompletionRequest] = []
 
     def complete(self, request: CompletionRequest) -> Completion:
@@ -87,7 +90,9 @@ class Host:
         if self.blink_after_answer:
             self.blink_after_answer = False
             self.server.connected = False  # Redis is gone while the answer travels back
-        return Completion(text=f"answer from {self.name}", model=request.model, host=self.name,
+        text = "" if self.poor_once else f"answer from {self.name}"
+        self.poor_once = False
+        return Completion(text=text, model=request.model, host=self.name,
                           tokens_in=10, tokens_out=5, latency_s=0.01, finish_reason="stop")
 
     def health(self) -> HostHealth:
@@ -163,7 +168,19 @@ class JobLifeCycle(RuleBasedStateMachine):
         self.r = fakeredis.FakeRedis(server=self.server, decode_responses=True)
         self.broker = Broker(self.r)
         self.hosts = {name: Host(name, self.server) for name in CONFIG.hosts}
-        self.runner = Runner(CONFIG, self.r, self.broker.publish, backend_for=self.hosts.__getitem__)
+        self.runner = Runner(CONFIG, self.r, self._publish, backend_for=self.hosts.__getitem__)
+        self.kill_after_record = False  # the next host call's record lands, then its worker dies
+        self.kill_before_publish = False  # the next move is kept, then its worker dies
+        record = self.runner.ledger.record
+
+        def record_then_maybe_die(att: Any, **kw: Any) -> Any:
+            out = record(att, **kw)
+            if self.kill_after_record and att.call:
+                self.kill_after_record = False
+                raise WorkerDied
+            return out
+
+        self.runner.ledger.record = record_then_maybe_die  # type: ignore[method-assign]
         # A wait for Redis ends with Redis back (it was restarted meanwhile).
         self.runner._sleep = lambda s: self._redis_back()
         self.node = 0  # the worker node running deliveries; a new one after each kill
@@ -180,6 +197,13 @@ class JobLifeCycle(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self._patch.undo()
+
+    def _publish(self, d: Delivery) -> None:
+        """The runner's publish (a job moving on): its worker may die just before it."""
+        if self.kill_before_publish:
+            self.kill_before_publish = False
+            raise WorkerDied
+        self.broker.publish(d)
 
     def _redis_back(self) -> None:
         self.server.connected = True
@@ -270,6 +294,14 @@ class JobLifeCycle(RuleBasedStateMachine):
     def killed_right_after_the_host_answered(self, host: str) -> None:
         self.hosts[host].kill_after_answer = True
 
+    @rule()
+    def killed_right_after_the_record(self) -> None:
+        self.kill_after_record = True
+
+    @rule()
+    def killed_as_a_move_is_published(self) -> None:
+        self.kill_before_publish = True
+
     @rule(host=st.sampled_from(sorted(CONFIG.hosts)))
     def redis_blinks_right_after_the_host_answered(self, host: str) -> None:
         self.hosts[host].blink_after_answer = True
@@ -277,6 +309,10 @@ class JobLifeCycle(RuleBasedStateMachine):
     @rule(host=st.sampled_from(sorted(CONFIG.hosts)))
     def host_refuses_as_redis_blinks(self, host: str) -> None:
         self.hosts[host].blink_on_refuse = True
+
+    @rule(host=st.sampled_from(sorted(CONFIG.hosts)))
+    def host_answers_poorly_once(self, host: str) -> None:
+        self.hosts[host].poor_once = True
 
     @rule(host=st.sampled_from(sorted(CONFIG.hosts)), up=st.booleans())
     def host_up_or_down(self, host: str, up: bool) -> None:
@@ -324,7 +360,8 @@ class JobLifeCycle(RuleBasedStateMachine):
         """Hosts back, dead nodes restored, queues drained and sweeps run until quiet."""
         for h in self.hosts.values():
             h.up, h.kill_after_answer, h.blink_after_answer = True, False, False
-            h.blink_on_refuse = False
+            h.blink_on_refuse = h.poor_once = False
+        self.kill_after_record = self.kill_before_publish = False
         for step in range(60):
             self.dead_node_restored() if self.held else None
             for tier in CONFIG.tiers:
@@ -348,6 +385,13 @@ class JobLifeCycle(RuleBasedStateMachine):
         self.reaper.inflight.settle(ledger, now=time.time() + 1)
         left = self.r.hgetall(keys.inflight(CONFIG))
         assert not left, f"host calls of live workers never recorded: {left}"
+        answers: dict[tuple[str, int], int] = {}
+        for i in ids:
+            for a in ledger.job_attempts(i):
+                if a.outcome in ("ok", "escalated", "cached"):
+                    answers[(i, a.attempt)] = answers.get((i, a.attempt), 0) + 1
+        twice = {k: n for k, n in answers.items() if n > 1}
+        assert not twice, f"an attempt billed for two answers (its job ran again): {twice}"
         calls = sum(len(h.calls) for h in self.hosts.values())
         recorded = sum(1 for i in ids for a in ledger.job_attempts(i) if a.host and a.outcome != "cached")
         assert calls == recorded, f"hosts saw {calls} calls, the ledger holds {recorded}"
@@ -399,6 +443,60 @@ def test_a_redis_blink_as_a_refused_call_comes_back_leaves_no_call_to_bill() -> 
         for tier in sorted(CONFIG.tiers):
             machine.deliver(tier)
         assert not machine.r.hgetall(keys.inflight(CONFIG)), "an unsent call is still noted"
+        machine.converge()
+    finally:
+        machine.teardown()
+
+
+def test_a_worker_killed_right_after_its_record_leaves_nothing_to_call_again() -> None:
+    """The record of an answer and the job's result land together: the delivery that
+    comes back from the dead node finds the job final and calls no host."""
+    machine = JobLifeCycle()
+    try:
+        machine.submit("summary", False)
+        machine.killed_right_after_the_record()
+        for tier in sorted(CONFIG.tiers):
+            machine.deliver(tier)
+        assert machine.held, "the worker died holding the delivery"
+        assert machine.results.get("j1").status is Status.SUCCEEDED
+        machine.dead_node_restored()
+        for tier in sorted(CONFIG.tiers):
+            machine.deliver(tier)
+        assert sum(len(h.calls) for h in machine.hosts.values()) == 1
+        machine.converge()
+    finally:
+        machine.teardown()
+
+
+@pytest.mark.parametrize("why", ["escalated", "fallback"])
+def test_a_worker_killed_as_it_moves_a_job_on_leaves_the_old_attempt_superseded(why: str) -> None:
+    """Escalated (a poor answer) or fallen back (the host down), the job is kept as its
+    next attempt before that is published. The worker dies in between: the old attempt
+    comes back from the dead node and steps aside without a host call, and the repair
+    sweep sends the kept next attempt, which finishes the job."""
+    machine = JobLifeCycle()
+    try:
+        machine.submit("summary" if why == "escalated" else "code", False)
+        first = machine.open.body("j1")
+        host = next(h for h, hc in CONFIG.hosts.items() if hc.tier == first.tier)
+        if why == "escalated":
+            machine.host_answers_poorly_once(host)
+        else:
+            machine.host_up_or_down(host, False)
+        machine.killed_as_a_move_is_published()
+        machine.deliver(first.tier)
+        assert machine.held, "the worker died holding the delivery"
+        assert machine.open.body("j1").attempt == 2
+        calls = sum(len(h.calls) for h in machine.hosts.values())
+        machine.host_up_or_down(host, True)
+        machine.dead_node_restored()
+        machine.deliver(first.tier)  # attempt 1 again: superseded, no host call
+        assert sum(len(h.calls) for h in machine.hosts.values()) == calls
+        machine.sweep()
+        machine.sweep()
+        for tier in sorted(CONFIG.tiers):
+            machine.deliver(tier)
+        assert machine.results.get("j1").status is Status.SUCCEEDED
         machine.converge()
     finally:
         machine.teardown()

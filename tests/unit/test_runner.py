@@ -27,7 +27,7 @@ from tierfleet.backends.stub import StubBackend
 from tierfleet.config import FleetConfig
 from tierfleet.envelope import Delivery
 from tierfleet.jobs import Job, Kind, Privacy, Route, Status
-from tierfleet.runner import Moved, Parked, Runner, Stored
+from tierfleet.runner import Duplicate, Moved, Parked, Runner, Stored
 
 GOOD = "def sort(xs):\n    return sorted(xs)"
 REFUSAL = "I'm sorry, but I can't help with that."
@@ -310,20 +310,23 @@ def test_a_redelivery_is_stored_and_billed_once(
     assert sum(int(v) for v in counted.values()) == 1
 
 
-def test_a_redelivered_fallback_is_billed_once(
+def test_a_redelivered_fallback_is_billed_once_and_not_run_again(
     runner: Runner, published: list[Delivery], stub_backends: dict[str, StubBackend],
     core_config: FleetConfig,
 ) -> None:
-    stub_backends["ollama-gpu"].script(HostDown("ollama-gpu", "refused"))
+    gpu = stub_backends["ollama-gpu"].script(HostDown("ollama-gpu", "refused"))
     d = delivery(core_config)
 
     runner.run(d)
-    runner.run(d)  # redelivered before the ack: published twice, the next tier stores once
+    # Redelivered before the ack: the job already moved on as attempt 2, so this copy
+    # steps aside instead of calling the host again and publishing a second move.
+    again = runner.run(d)
 
-    assert [p.tier for p in published] == ["local-mac", "local-mac"]
-    # Each call reached the host and is billed as one; the fallback itself is recorded once.
+    assert isinstance(again, Duplicate) and "superseded" in again.why
+    assert [p.tier for p in published] == ["local-mac"]
+    assert len(gpu.requests) == 1
     assert sorted(attempts(runner, d.job.id), key=str) == [
-        (1, "fallback", None), (1, "host_error", "ollama-gpu"), (1, "host_error", "ollama-gpu")]
+        (1, "fallback", None), (1, "host_error", "ollama-gpu")]
 
 
 def test_the_same_question_is_answered_from_the_cache(
