@@ -284,6 +284,10 @@ def remember_bad(client: redis.Redis, config: FleetConfig, labels: Iterable[Labe
 class NoAnswer(LookupError):
     """Feedback for a job with no stored answer (unknown id, not finished, or expired)."""
 
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} has no answer to give feedback on "
+                         "(unknown, not finished, or older than the result's retention)")
+
 
 def record_feedback(client: redis.Redis, config: FleetConfig, job_id: str, *,
                     good: bool | None = None, score: float | None = None,
@@ -295,8 +299,7 @@ def record_feedback(client: redis.Redis, config: FleetConfig, job_id: str, *,
     """
     answered = AnswerNotes(client, config).get(job_id)
     if answered is None:
-        raise NoAnswer(f"job {job_id!r} has no answer to give feedback on "
-                       "(unknown, not finished, or older than the result's retention)")
+        raise NoAnswer(job_id)
     label = feedback_label(config, answered, good=good, score=score, note_text=note)
     LabelStore(client, config).add(label, replace=True)
     remember_bad(client, config, [label])

@@ -36,8 +36,10 @@ finished in time, 500 only for the server's own faults (its config). Client
 input never produces a 500.
 
 Auth. Producer tokens come from the environment variable named by
-``api.tokens_env`` (comma separated, so tokens can be rotated) and are compared
-with :func:`hmac.compare_digest`. With no token configured the API is open, and
+``api.tokens_env`` (comma separated ``name:token`` entries, several per producer so
+tokens can be rotated; a bare token is the producer ``default``) and are compared
+with :func:`hmac.compare_digest`. A producer sees only its own jobs (:mod:`.tenants`):
+another producer's job id reads as unknown. With no token configured the API is open, and
 :func:`serve` refuses to listen on anything but loopback unless
 ``insecure_no_auth`` (``tierfleet api --insecure-no-auth``) says so on purpose.
 ``/metrics``, ``/healthz`` and the schema stay open for scrapers and probes:
@@ -71,6 +73,7 @@ from .feedback import add_feedback_route
 from .middleware import BodyLimit, RequestMetrics
 from .models import add_models_route
 from .openai import JOB_ID_PATTERN, add_chat_route
+from .tenants import Owners
 
 __all__ = ["create_app", "serve"]
 
@@ -148,7 +151,17 @@ def create_app(config: FleetConfig | None = None, dispatcher: Dispatcher | None 
     app.add_middleware(BodyLimit, max_bytes=cfg.api.max_body_bytes)
     app.add_middleware(RequestMetrics, requests=requests_total, latency=request_seconds)
 
-    auth = [Depends(token_check(token_list))]
+    require = token_check(token_list)
+    auth = [Depends(require)]
+    owners = Owners(d.r, cfg)
+
+    async def claimed(producer: str, jobs: Sequence[Job], field: str) -> None:
+        """Claim every job's id for ``producer`` before admitting any (see ``tenants``)."""
+        mine = await run_in_threadpool(owners.claim, producer, [j.id for j in jobs])
+        for i, ok in enumerate(mine):
+            if not ok:
+                where = field.format(i=i)
+                raise JobRejected(where, f"job id {jobs[i].id!r} is taken: give the job its own id")
 
     async def wait_final(job_id: str, seconds: float) -> Result | None:
         """The job's stored result once final, or the latest one when ``seconds`` run out."""
@@ -169,8 +182,10 @@ def create_app(config: FleetConfig | None = None, dispatcher: Dispatcher | None 
 
     @app.post("/v1/jobs", status_code=202, response_model=Handle, dependencies=auth,
               responses=ERROR_RESPONSES, tags=["jobs"], summary="Submit a job")
-    async def submit_job(job: Annotated[Job, Body(openapi_examples=JOB_EXAMPLES)]) -> Handle:
+    async def submit_job(job: Annotated[Job, Body(openapi_examples=JOB_EXAMPLES)],
+                         producer: str = Depends(require)) -> Handle:
         _check_depth(job)
+        await claimed(producer, [job], "id")
         return await run_in_threadpool(d.submit, job)
 
     @app.post("/v1/jobs/batch", status_code=202, response_model=list[Handle], dependencies=auth,
@@ -179,12 +194,14 @@ def create_app(config: FleetConfig | None = None, dispatcher: Dispatcher | None 
     async def submit_batch(
         batch: Annotated[JobBatch, Body(openapi_examples={"two": {"value": {"jobs": [
             JOB_EXAMPLES["rules"]["value"], JOB_EXAMPLES["model"]["value"]]}}})],
+        producer: str = Depends(require),
     ) -> list[Handle]:
         if len(batch.jobs) > cfg.limits.max_batch:
             raise ApiError(422, f"{len(batch.jobs)} jobs, limit {cfg.limits.max_batch}",
                            code="job_rejected", param="jobs")
         for i, job in enumerate(batch.jobs):
             _check_depth(job, f"jobs[{i}].input")
+        await claimed(producer, batch.jobs, "jobs[{i}].id")
         try:
             return await run_in_threadpool(d.submit_many, batch.jobs)
         except JobRejected as exc:
@@ -200,8 +217,11 @@ def create_app(config: FleetConfig | None = None, dispatcher: Dispatcher | None 
         wait: Annotated[float, Query(ge=0, allow_inf_nan=False,
                                      description="seconds to wait for a final result "
                                      "(capped at api.wait_timeout_s)")] = 0.0,
+        producer: str = Depends(require),
     ) -> Result:
-        res = await wait_final(job_id, min(wait, cfg.api.wait_timeout_s))
+        # Another producer's job reads exactly as an unknown one: nothing says it exists.
+        mine = await run_in_threadpool(owners.owns, producer, job_id)
+        res = await wait_final(job_id, min(wait, cfg.api.wait_timeout_s)) if mine else None
         if res is None:
             raise ApiError(404, f"no job with id {job_id!r}", code="job_not_found",
                            param="job_id")
@@ -212,9 +232,9 @@ def create_app(config: FleetConfig | None = None, dispatcher: Dispatcher | None 
     async def status() -> dict[str, Any]:
         return await run_in_threadpool(d.status)
 
-    add_chat_route(app, cfg, d, auth=auth, wait_final=wait_final)
+    add_chat_route(app, cfg, d, auth=require, owners=owners, wait_final=wait_final)
     add_models_route(app, cfg, auth=auth)
-    add_feedback_route(app, d, cfg, auth)
+    add_feedback_route(app, d, cfg, require, owners)
 
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (text format)",

@@ -1,7 +1,8 @@
 """Who may call the API: producer tokens, and where an open API may listen.
 
 Producer tokens come from the environment variable named by ``api.tokens_env``
-(comma separated, so tokens can be rotated) and are compared with
+(comma separated ``name:token`` entries, several per producer for rotation, or bare
+tokens of the producer ``default``: :mod:`.tenants`) and are compared with
 :func:`hmac.compare_digest`. With no token configured the API is open, and
 ``serve`` refuses to listen on anything but loopback unless told so on purpose;
 ``flower.py`` applies the same loopback rule to Flower.
@@ -37,36 +38,41 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _token_ok(given: str, tokens: Sequence[bytes]) -> bool:
+def _producer_of(given: str, tokens: Sequence[tuple[bytes, str]]) -> str | None:
     g = given.encode()
-    ok = False
-    for t in tokens:  # every token is compared, so timing says nothing about which matched
-        ok |= hmac.compare_digest(g, t)
-    return ok
+    found: str | None = None
+    for t, producer in tokens:  # every token is compared: timing says nothing of which matched
+        if hmac.compare_digest(g, t):
+            found = producer
+    return found
 
 
-def token_check(tokens: Sequence[str]) -> Callable[..., Awaitable[None]]:
-    """A FastAPI dependency that demands one of ``tokens`` as a bearer (none: open)."""
+def token_check(tokens: Sequence[str]) -> Callable[..., Awaitable[str]]:
+    """A FastAPI dependency that demands one of ``tokens`` as a bearer and returns its
+    producer's name (no tokens: the API is open, and every caller is ``default``)."""
     # Imported here: the rest of this module serves Flower too, which has no FastAPI.
     from fastapi import Depends
     from fastapi.security import HTTPBearer
 
     from .errors import ApiError
+    from .tenants import DEFAULT, parse_tokens
 
-    token_list = [t.encode() for t in tokens if t]
+    token_list = [(t.encode(), p) for t, p in parse_tokens(tokens).items()]
     bearer = HTTPBearer(auto_error=False, description="a producer token (api.tokens_env)")
 
     # A plain default, not Annotated[..., Depends(bearer)], and ``Any`` for the type
     # (an HTTPAuthorizationCredentials or None): with postponed annotations FastAPI
     # resolves names in the module's globals, where the lazily imported ones are not.
-    async def require_token(creds: Any = Depends(bearer)) -> None:
+    async def require_token(creds: Any = Depends(bearer)) -> str:
         if not token_list:
-            return
+            return DEFAULT
         if creds is None or creds.scheme.lower() != "bearer":
             raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)",
                            code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
-        if not _token_ok(creds.credentials, token_list):
+        producer = _producer_of(creds.credentials, token_list)
+        if producer is None:
             raise ApiError(401, "invalid bearer token", code="invalid_api_key",
                            headers={"WWW-Authenticate": "Bearer"})
+        return producer
 
     return require_token

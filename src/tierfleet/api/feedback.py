@@ -7,9 +7,10 @@ answer shows no prompt: only the label's bookkeeping and scores.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Path
+from fastapi import Depends, FastAPI, Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
@@ -18,6 +19,7 @@ from ..dispatch import Dispatcher
 from ..labels import NoAnswer, record_feedback
 from .errors import ERROR_RESPONSES, ApiError, ErrorResponse
 from .openai import JOB_ID_PATTERN
+from .tenants import Owners
 
 
 class Feedback(BaseModel):
@@ -36,16 +38,21 @@ class Feedback(BaseModel):
         return self
 
 
-def add_feedback_route(app: FastAPI, d: Dispatcher, cfg: FleetConfig, auth: list[Any]) -> None:
-    @app.post("/v1/jobs/{job_id}/feedback", dependencies=auth, tags=["jobs"],
+def add_feedback_route(app: FastAPI, d: Dispatcher, cfg: FleetConfig,
+                       require: Callable[..., Awaitable[str]], owners: Owners) -> None:
+    @app.post("/v1/jobs/{job_id}/feedback", tags=["jobs"],
               responses={**ERROR_RESPONSES, 404: {"model": ErrorResponse,
                                                   "description": "no answer for this job id"}},
               summary="Say whether a job's answer was good (a label for the router)")
     async def feedback(
         job_id: Annotated[str, Path(min_length=1, max_length=128, pattern=JOB_ID_PATTERN)],
         body: Feedback,
+        producer: str = Depends(require),
     ) -> dict[str, Any]:
         try:
+            if not await run_in_threadpool(owners.owns, producer, job_id):
+                # Another producer's job answers as one without an answer: the same words.
+                raise NoAnswer(job_id)
             label = await run_in_threadpool(record_feedback, d.redis, cfg, job_id,
                                             good=body.good, score=body.score, note=body.note)
         except NoAnswer as exc:

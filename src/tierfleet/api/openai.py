@@ -44,7 +44,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, FastAPI, Header, Request
+from fastapi import Body, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
@@ -57,6 +57,7 @@ from ..jobs import MODEL_KINDS, TERMINAL, Job, Kind, Privacy, Result, Risk, Stat
 from ..rules import json_validate
 from . import retries, streaming
 from .errors import ERROR_RESPONSES, ApiError, ErrorResponse
+from .tenants import Owners
 
 __all__ = ["ChatCompletion", "ChatCompletionRequest", "add_chat_route", "resolve_target"]
 
@@ -490,13 +491,14 @@ def _completion(result: Result, requested: str) -> ChatCompletion:
 
 
 def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
-                   auth: list[Any],
+                   auth: Callable[..., Awaitable[str]], owners: Owners,
                    wait_final: Callable[[str, float], Awaitable[Result | None]]) -> None:
-    """Mount ``POST /v1/chat/completions`` on ``app``; ``wait_final`` is the app's result wait."""
+    """Mount ``POST /v1/chat/completions`` on ``app``; ``auth`` names the calling producer,
+    ``owners`` keeps whose each job is, ``wait_final`` is the app's result wait."""
     cfg, d = config, dispatcher
 
     @app.post(
-        "/v1/chat/completions", response_model=ChatCompletion, dependencies=auth, tags=["openai"],
+        "/v1/chat/completions", response_model=ChatCompletion, tags=["openai"],
         summary="OpenAI-compatible chat completion routed through the fleet",
         responses={
             **ERROR_RESPONSES,
@@ -519,6 +521,7 @@ def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
         x_tierfleet_user_tier: Annotated[UserTier | None, Header()] = None,
         x_tierfleet_job_id: Annotated[str | None, Header(max_length=128)] = None,
         idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+        producer: str = Depends(auth),
     ) -> Response:
         # The whole body, unknown fields included, before anything serialises it (the
         # retry fingerprint, the job): a lone surrogate, NaN/Infinity or a value nested
@@ -536,11 +539,15 @@ def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
         # The fingerprint covers the tags too: a retry carries the same headers.
         ident = await run_in_threadpool(
             retries.identify, d.r, cfg, request.headers,
-            {"body": body.model_dump(mode="json"), "tags": tags}, producer_id)
+            {"body": body.model_dump(mode="json"), "tags": tags}, producer_id, producer)
         job, wait_s = _chat_job(cfg, body, tags, job_id=ident.job_id)
         limit = min(wait_s or cfg.api.wait_timeout_s, cfg.api.wait_timeout_s)
-        stored = await run_in_threadpool(d.results.get, job.id)
         try:
+            # Another producer's id is refused before anything is read: its answer, or
+            # whether it exists at all, is not this caller's to learn.
+            if not (await run_in_threadpool(owners.claim, producer, [job.id]))[0]:
+                raise JobRejected("id", f"job id {job.id!r} is taken: give the job its own id")
+            stored = await run_in_threadpool(d.results.get, job.id)
             if stored is None or stored.status not in TERMINAL:
                 # Remembered before the submit, not after: a retry that comes while this try
                 # is still being admitted (routing under load can outlast a client's timeout

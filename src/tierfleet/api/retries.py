@@ -2,11 +2,12 @@
 
 Three ways a request names its job, strongest first:
 
-1. ``Idempotency-Key`` header: the job id is derived from the caller's token and
-   the key, so one tenant's key never lands on another tenant's job;
+1. ``Idempotency-Key`` header: the job id is derived from the calling producer
+   (``tenants``: the name behind the token, so a rotated token keeps its keys) and
+   the key, so one producer's key never lands on another producer's job;
 2. a producer-set id (``tierfleet.id`` in the body or ``X-Tierfleet-Job-Id``);
 3. neither: a fresh id, remembered for ``api.retry_window_s`` under a fingerprint
-   of (token, body). A request the OpenAI SDK marks as a retry
+   of (producer, body). A request the OpenAI SDK marks as a retry
    (``x-stainless-retry-count`` > 0) with the same fingerprint gets the first
    try's id. A *first* try never attaches: two people asking the same thing are
    two jobs (the answer cache keeps that cheap), only a retry is the same job.
@@ -51,15 +52,10 @@ def retry_count(headers: Mapping[str, str]) -> int:
         return 0
 
 
-def bearer(headers: Mapping[str, str]) -> str:
-    value = headers.get("authorization", "")
-    return value[7:].strip() if value.lower().startswith("bearer ") else ""
-
-
-def fingerprint(token: str, body: Any) -> str:
-    """One tenant's one request body, whatever order its JSON keys came in."""
+def fingerprint(producer: str, body: Any) -> str:
+    """One producer's one request body, whatever order its JSON keys came in."""
     canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(f"{token}\x00{canon}".encode()).hexdigest()
+    return hashlib.sha256(f"{producer}\x00{canon}".encode()).hexdigest()
 
 
 def _recent_key(config: FleetConfig, fp: str) -> str:
@@ -67,14 +63,13 @@ def _recent_key(config: FleetConfig, fp: str) -> str:
 
 
 def identify(client: redis.Redis, config: FleetConfig, headers: Mapping[str, str], body: Any,
-             producer_id: str | None) -> JobIdentity:
-    """The job id a request stands for (see the module doc for the order)."""
-    token = bearer(headers)
-    fp = fingerprint(token, body)
+             producer_id: str | None, producer: str) -> JobIdentity:
+    """The job id a request of ``producer`` stands for (see the module doc for the order)."""
+    fp = fingerprint(producer, body)
     # A key of spaces is no key: it would make every such request one job.
     key = (headers.get("idempotency-key") or "").strip()
     if key:
-        digest = hashlib.sha256(f"{token}\x00{key}".encode()).hexdigest()[:32]
+        digest = hashlib.sha256(f"{producer}\x00{key}".encode()).hexdigest()[:32]
         return JobIdentity(f"idem-{digest}", "idempotency-key", fp)
     if producer_id:
         return JobIdentity(producer_id, "producer", fp)

@@ -21,8 +21,12 @@ from tierfleet.api import create_app
 from tierfleet.config import FleetConfig, load_config
 from tierfleet.dispatch import Dispatcher
 
-TOKENS = ["tok-alpha-0123456789", "tok-beta-9876543210"]
-AUTH = {"Authorization": f"Bearer {TOKENS[1]}"}
+# Two producers; beta has two tokens (a rotation), alpha one.
+KEYS = {"alpha": "tok-alpha-0123456789", "beta": "tok-beta-9876543210",
+        "beta-rotated": "tok-beta-rotated-5555"}
+TOKENS = [f"alpha:{KEYS['alpha']}", f"beta:{KEYS['beta']}", f"beta:{KEYS['beta-rotated']}"]
+AUTH = {"Authorization": f"Bearer {KEYS['beta']}"}
+OTHER_AUTH = {"Authorization": f"Bearer {KEYS['alpha']}"}
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.unit.api.conftest import AUTH, TOKENS, error_of
+from tests.unit.api.conftest import AUTH, KEYS, TOKENS, error_of
 from tierfleet.api import is_loopback, load_tokens, serve
 from tierfleet.config import ApiConfig, FleetConfig
 from tierfleet.dispatch import Dispatcher
@@ -37,7 +37,8 @@ def test_auth_missing_wrong_and_right_token(client: TestClient) -> None:
     assert error_of(missing)["code"] == "missing_api_key"
     assert missing.headers["www-authenticate"] == "Bearer"
 
-    for bad in ("Bearer nope", f"Bearer {TOKENS[0]}x", f"Basic {TOKENS[0]}", TOKENS[0]):
+    for bad in ("Bearer nope", f"Bearer {KEYS['alpha']}x", f"Basic {KEYS['alpha']}",
+                KEYS["alpha"], f"Bearer {TOKENS[0]}"):
         resp = client.get("/v1/status", headers={"Authorization": bad})
         assert resp.status_code == 401, bad
         assert error_of(resp)["type"] == "authentication_error"
@@ -46,7 +47,7 @@ def test_auth_missing_wrong_and_right_token(client: TestClient) -> None:
                        headers={"Authorization": "Bearer nope"})
     assert post.status_code == 401
 
-    for token in TOKENS:  # every configured token works (rotation)
+    for token in KEYS.values():  # every configured token works (rotation)
         ok = client.get("/v1/status", headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 200
         assert {"queues", "workers", "hosts", "parked", "dead_letters"} <= set(ok.json())

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from tests.unit.api.conftest import AUTH, TOKENS, error_of
+from tests.unit.api.conftest import AUTH, OTHER_AUTH, error_of
 from tierfleet.api import retries
 from tierfleet.config import FleetConfig
 from tierfleet.dispatch import Dispatcher
@@ -16,7 +16,6 @@ from tierfleet.jobs import Result, Status
 BODY: dict[str, Any] = {"model": "tier:local-gpu",
                         "messages": [{"role": "user", "content": "refactor this"}],
                         "tierfleet": {"wait_s": 0.2}}
-OTHER_AUTH = {"Authorization": f"Bearer {TOKENS[0]}"}
 
 
 def _job_of(resp: Any) -> str:
@@ -25,14 +24,14 @@ def _job_of(resp: Any) -> str:
 
 
 
-def test_idempotency_key_names_one_job_per_token(client: TestClient,
+def test_idempotency_key_names_one_job_per_producer(client: TestClient,
                                                  dispatcher: Dispatcher) -> None:
     first = _job_of(client.post("/v1/chat/completions", json=BODY,
                                 headers={**AUTH, "Idempotency-Key": "k-1"}))
     again = _job_of(client.post("/v1/chat/completions", json=BODY,
                                 headers={**AUTH, "Idempotency-Key": "k-1"}))
     assert first == again and first.startswith("idem-")
-    # Another tenant's same key is another job.
+    # Another producer's same key is another job.
     other = _job_of(client.post("/v1/chat/completions", json=BODY,
                                 headers={**OTHER_AUTH, "Idempotency-Key": "k-1"}))
     assert other != first
