@@ -35,7 +35,12 @@ def safe_text(text: str) -> str:
 
 
 def _segment(key: str) -> str:
-    return safe_text(key)[:60]
+    """``.key``, or ``["key"]`` for a key a dotted path would garble or lose (empty,
+    or holding ``.``, ``[``, ``]`` or a quote): every field named in an error is a path."""
+    shown = safe_text(key)[:60]
+    if shown and not any(c in shown for c in ".[]\""):
+        return f".{shown}"
+    return "[" + json.dumps(shown, ensure_ascii=False) + "]"
 
 
 class _Path:
@@ -56,7 +61,7 @@ class _Path:
         parts.reverse()
         out = prefix
         for part in parts[:keep]:
-            seg = f"[{part}]" if isinstance(part, int) else f".{_segment(part)}"
+            seg = f"[{part}]" if isinstance(part, int) else _segment(part)
             if len(out) + len(seg) > _FIELD_CHARS:
                 return out + "…"
             out += seg

@@ -388,3 +388,15 @@ def test_any_depth_is_rejected_cleanly(depth: int, wrap: str) -> None:
         value = [value] if wrap == "list" else {"k": value}
     with pytest.raises(JobRejected):
         parse_job({"kind": "json_validate", "input": {"document": value, "schema": {}}})
+
+
+@pytest.mark.parametrize(("data", "field"), [
+    ({"": b""}, '[""]'),
+    ({"input": {"a.b": [1, float("nan")]}, "kind": "dedupe"}, 'input["a.b"][1]'),
+])
+def test_a_key_a_dotted_path_cannot_show_is_named_in_brackets(
+        data: Any, field: str, disp: Dispatcher) -> None:
+    """An empty key, or one with a dot, would name no field or the wrong one."""
+    with pytest.raises(JobRejected) as info:
+        disp.submit(data)
+    assert info.value.field == field
