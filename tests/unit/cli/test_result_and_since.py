@@ -56,3 +56,24 @@ def test_result_of_a_known_job_exits_0(wired: Dispatcher) -> None:
     got = run("result", "j1")
     assert got.exit_code == 0, got.output
     assert json.loads(got.stdout)["status"] == "succeeded" and got.stderr == ""
+
+
+@pytest.mark.parametrize("command", [["report"], ["train-fleet"], ["train", "--from-fleet"]])
+@pytest.mark.parametrize("since", ["99999999d", "99999999999999999999999999999999w", "3651d",
+                                   "0d", "-1d", "soon"])
+def test_a_period_out_of_range_is_one_line_naming_the_option(
+    wired: Dispatcher, command: list[str], since: str
+) -> None:
+    # 99999999d was "year -271764 is out of range", and 1e32 weeks a traceback.
+    got = run(*command, "--since", since)
+    assert got.exit_code == 2, got.output
+    line = got.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert line.startswith("error: --since:") and "at most 3650d" in line and repr(since) in line
+    assert got.stdout == ""
+
+
+def test_the_longest_period_is_accepted(wired: Dispatcher) -> None:
+    got = run("report", "--since", "3650d", "--json")
+    assert got.exit_code == 0, got.output
+    assert json.loads(got.stdout)["since"] == "3650d"
