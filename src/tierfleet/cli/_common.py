@@ -70,6 +70,20 @@ def get(config_path: str | None) -> FleetConfig:
     raise AssertionError  # unreachable: clear_errors exits
 
 
+def since_seconds(since: str, option: str = "--since") -> float:
+    """A ``--since`` period in seconds, or one line naming the option and what it takes,
+    exit 2 (as click's bad parameter). Every command with a period parses it here, before
+    any Redis is read, so they accept the same periods and refuse them alike."""
+    from ..reports.spend import MAX_SINCE_DAYS, parse_since
+
+    try:
+        return parse_since(since)
+    except ValueError:
+        fail(f"{option}: expected a period like 30d, 12h or 2w, above 0 and at most "
+             f"{MAX_SINCE_DAYS}d, got {since!r}")
+        raise  # unreachable: fail exits
+
+
 def run(fn: Callable[[], T]) -> T:
     with clear_errors():
         return fn()

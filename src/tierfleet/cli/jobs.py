@@ -18,6 +18,7 @@ from rich.text import Text
 
 from ..errors import JobRejected
 from ..inputs import loads_strict, safe_text
+from ..jobs import Status
 from ._common import clear_errors, config_option, console, err_console, fail, get
 
 
@@ -204,12 +205,19 @@ def register(app: typer.Typer) -> None:
         timeout: float = typer.Option(None, help="wait up to this many seconds"),
         config: str = config_option(),
     ) -> None:
-        """Print a job's result as JSON (status pending while it runs)."""
+        """Print a job's result as JSON (status pending while it runs; exit 1 when Redis
+        has no record of the id)."""
         _check_timeout(timeout)
         d = _dispatcher(config)
         with clear_errors():
             r = d.result(job_id, timeout)
         print(r.model_dump_json(indent=2))
+        if r.status is Status.UNKNOWN:
+            # The JSON stays on stdout for a script; the exit and stderr tell a person or a
+            # shell `&&` that there is no such job (exit 1, as `submit --wait` gives it).
+            err_console.print("[bold red]error:[/] " + escape(safe_text(f"{job_id}: {r.error}")),
+                              soft_wrap=True)
+            raise typer.Exit(1)
 
     @app.command()
     def status(

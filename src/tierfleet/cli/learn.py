@@ -197,10 +197,9 @@ def register(app: typer.Typer) -> None:
 
 def _train_from_fleet(since: str, full: bool, config: str | None) -> None:
     from ..policy.fleet_training import train_from_fleet
-    from ..reports.spend import parse_since
 
+    days = _common.since_seconds(since) / 86_400  # before the config: a typo needs no Redis
     cfg, r = _client(config)
-    days = parse_since(since) / 86_400
     with _common.clear_errors():
         summary = train_from_fleet(cfg, r, since_days=days, full=full)
     print(json.dumps(summary, indent=2, default=str))

@@ -172,6 +172,7 @@ def register(app: typer.Typer) -> None:
         config: str | None = _common.config_option(),
     ) -> None:
         """Spend, tokens, latency and savings against the baseline model, from the ledger."""
+        _common.since_seconds(since)  # a bad period: one line naming --since, before any Redis
         cfg = _common.get(config)
         source = source or ("sql" if cfg.ledger.url else "redis")
         if source not in ("redis", "sql") or (source == "sql" and not cfg.ledger.url):

@@ -39,6 +39,7 @@ from ..routequality import PeriodRoutes, ledger_records, period_routes
 from .charts import plot_bars, usd
 
 __all__ = [
+    "MAX_SINCE_DAYS",
     "Alert",
     "GroupBy",
     "Report",
@@ -58,10 +59,15 @@ GroupBy = Literal["workflow", "tier", "model", "kind"]
 _SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([hdw]?)\s*$")
 _UNIT_S = {"h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
 DAYS_PER_MONTH = 30
+# The longest period a report or a training run reads: ten years is far more than any
+# ledger holds, and a bound keeps the period's start a date that time and datetime can
+# represent (99999999d was a year -271764, or an OverflowError).
+MAX_SINCE_DAYS = 3650
 
 
 def parse_since(since: str | float) -> float:
-    """'30d', '12h', '2w' or a bare number of days -> seconds."""
+    """'30d', '12h', '2w' or a bare number of days -> seconds (above 0, at most
+    :data:`MAX_SINCE_DAYS` days)."""
     if isinstance(since, int | float):
         seconds = float(since) * 86400
     else:
@@ -69,8 +75,9 @@ def parse_since(since: str | float) -> float:
         if not m:
             raise ValueError(f"since: expected e.g. 30d, 12h or 2w, got {since!r}")
         seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
-    if seconds <= 0:
-        raise ValueError(f"since must be positive, got {since!r}")
+    # Written so that NaN (a float passed in) is refused too.
+    if not 0 < seconds <= MAX_SINCE_DAYS * 86400:
+        raise ValueError(f"since must be above 0 and at most {MAX_SINCE_DAYS}d, got {since!r}")
     return seconds
 
 

@@ -221,7 +221,9 @@ def test_parse_since() -> None:
     assert parse_since("12h") == 12 * 3600
     assert parse_since("2w") == 14 * DAY
     assert parse_since("7") == 7 * DAY
-    for bad in ("", "30x", "-1d", "0d"):
+    assert parse_since("3650d") == 3650 * DAY
+    # Past ten years the start is no date datetime can hold; NaN is no period at all.
+    for bad in ("", "30x", "-1d", "0d", "3651d", "99999999d", 3651, float("nan"), float("inf")):
         with pytest.raises(ValueError):
             parse_since(bad)
 
