@@ -334,7 +334,9 @@ def test_a_retry_after_tokens_ends_the_stream_with_an_error(fleet: Fleet,
                 if len(got) == 3:
                     fleet.sim.down("mac")  # the host dies mid-answer...
                     threading.Timer(1.0, fleet.sim.up, args=("mac",)).start()  # ...and returns
-    assert len(got) == 3 and "moved to another attempt" in str(info.value)
+    # Tokens the host made before it went down may follow the third (the client reads
+    # behind the relay); then the error, never a second answer.
+    assert len(got) >= 3 and "moved to another attempt" in str(info.value)
     res = httpx.get(f"{fleet.base_url}/v1/jobs/{job_id}?wait=60", timeout=90,
                     headers={"Authorization": f"Bearer {TOKENS[0]}"}).json()
     assert res["status"] == "succeeded"

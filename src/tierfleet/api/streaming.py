@@ -16,13 +16,16 @@ the OpenAI SDK raises as ``APIError``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import redis
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from ..dispatch import Dispatcher
@@ -31,6 +34,22 @@ from ..streams import stream_key
 from .errors import ApiError
 
 __all__ = ["relay"]
+
+# Threads for streams waiting on their job's Redis Stream (a blocking XREAD each), apart
+# from the server's pool: streams past this many wait their turn, other requests never.
+STREAM_THREADS = 64
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+    weakref.WeakKeyDictionary())
+
+
+def _stream_threads() -> anyio.CapacityLimiter:
+    """The streams' thread limiter of the running event loop (one per loop: a limiter
+    belongs to the loop it was made in)."""
+    loop = asyncio.get_running_loop()
+    limiter = _limiters.get(loop)
+    if limiter is None:
+        limiter = _limiters[loop] = anyio.CapacityLimiter(STREAM_THREADS)
+    return limiter
 
 
 def _event(payload: dict[str, Any] | str) -> str:
@@ -60,18 +79,23 @@ async def relay(request: Request, d: Dispatcher, job_id: str, *, model: str, lim
         return _event({"error": {"message": message, "type": "api_error", "code": code,
                                  "param": None, "job_id": job_id}})
 
-    def read(block_ms: int | None) -> list[tuple[str, dict[str, str]]]:
+    def look() -> tuple[Result | None, list[tuple[str, dict[str, str]]]]:
+        """The stored result, then what the stream holds after ``last``: at once when the
+        result is final (every token is in the stream by then), else waiting up to 250 ms
+        for the next token, so a token goes out the moment the worker writes it."""
+        res = d.results.get(job_id)
+        final = res is not None and res.status in TERMINAL
         try:
-            got = d.r.xread({key: last}, count=500, block=block_ms)
+            got = d.r.xread({key: last}, count=500, block=None if final else 250)
         except redis.RedisError:
-            return []
-        return [(str(i), f) for _, entries in got or [] for i, f in entries]
+            return res, []
+        return res, [(str(i), f) for _, entries in got or [] for i, f in entries]
 
     while True:
-        res = await run_in_threadpool(d.results.get, job_id)
+        # In the streams' own threads: sixty clients waiting for their first token hold
+        # sixty threads there, and none of those every other request runs in.
+        res, events = await anyio.to_thread.run_sync(look, limiter=_stream_threads())
         final = res is not None and res.status in TERMINAL
-        # A final result means every token is already in the stream: drain without waiting.
-        events = await run_in_threadpool(read, None if final else 250)
         for event_id, fields in events:
             last = event_id
             kind = fields.get("t")
@@ -122,7 +146,7 @@ async def relay(request: Request, d: Dispatcher, job_id: str, *, model: str, lim
             return
         if await request.is_disconnected():
             # Before the first token too: a client that hung up while the job queued would
-            # otherwise be waited for until limit_s (600 s), a thread in XREAD each turn.
+            # otherwise be waited for until limit_s (600 s).
             return
 
 

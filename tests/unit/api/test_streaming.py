@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -42,3 +43,36 @@ def test_a_stream_whose_client_hung_up_before_the_first_token_stops(
     t0 = time.monotonic()
     assert asyncio.run(relay()) == []
     assert time.monotonic() - t0 < 5
+
+
+def test_waiting_streams_hold_none_of_the_threads_other_requests_need(app: Any) -> None:
+    """Twenty clients streaming jobs that wait in their queue (no worker here): they wait
+    in the streams' own threads, and the server's pool stays free for every other request
+    (before, sixty waiting streams slowed /healthz to seconds)."""
+    import anyio.to_thread
+    import httpx
+
+    body = {"model": "tier:local-gpu", "stream": True, "tierfleet": {"wait_s": 1.5},
+            "messages": [{"role": "user", "content": "summarize the week"}]}
+
+    async def main() -> tuple[list[int], int]:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as c:
+            async def one() -> int:
+                return (await c.post("/v1/chat/completions", json=body, headers=AUTH,
+                                     timeout=30)).status_code
+
+            tasks = [asyncio.create_task(one()) for _ in range(20)]
+            await asyncio.sleep(0.5)  # every stream submitted and waiting
+            borrowed = []
+            for _ in range(40):
+                borrowed.append(int(limiter.borrowed_tokens))
+                await asyncio.sleep(0.02)
+            codes = await asyncio.gather(*tasks)
+        return codes, max(borrowed)
+
+    codes, most = asyncio.run(main())
+    assert codes == [504] * 20  # each waited its 1.5 s and said so
+    # A blocking read per stream in the server's pool would hold ~20 of its threads.
+    assert most <= 8, f"{most} of the server's threads held by 20 waiting streams"
