@@ -255,6 +255,11 @@ def create_app(config: FleetConfig | None = None, dispatcher: Dispatcher | None 
         health = Health(status="ok" if ok else "unavailable", redis=ok)
         return JSONResponse(health.model_dump(), status_code=200 if ok else 503)
 
+    # HEAD too, as load balancers and uptime probes often ask (the server sends no body);
+    # left out of the schema, where it would be a second operation of the same route.
+    app.head("/healthz", include_in_schema=False)(healthz)
+    app.head("/metrics", include_in_schema=False)(metrics)
+
     return app
 
 

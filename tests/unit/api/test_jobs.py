@@ -55,6 +55,10 @@ def test_auth_missing_wrong_and_right_token(client: TestClient) -> None:
     # Probes and scrapers need no token.
     assert client.get("/healthz").json() == {"status": "ok", "redis": True}
     assert client.get("/metrics").status_code == 200
+    # Load balancers probe with HEAD: the same status, no body.
+    for path in ("/healthz", "/metrics"):
+        head = client.head(path)
+        assert head.status_code == 200 and head.content == b"", path
 
 
 def test_tokens_come_from_the_configured_env_var(config: FleetConfig) -> None:
