@@ -17,7 +17,7 @@ import binascii
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import BaseModel
 
@@ -122,7 +122,13 @@ def scan(
                     _where(prefix, path, _DEPTH_FIELD_PARTS - bool(prefix)),
                     f"nested deeper than limits.max_json_depth ({max_depth}) levels",
                 )
-            size += 2
+            # Brackets and separators (commas, and colons in an object), counted before any
+            # member is looked at: a million-item list over the limit is refused at once,
+            # not walked first.
+            n = len(node.__dict__) if isinstance(node, BaseModel) else len(node)
+            size += 2 + max(0, (n if isinstance(node, list | tuple) else 2 * n) - 1)
+            if max_bytes is not None and size > max_bytes:
+                _too_big(prefix, path, max_bytes)
             if isinstance(node, list | tuple):
                 stack.extend((v, depth + 1, _Path(path, i)) for i, v in enumerate(node))
             else:
@@ -140,11 +146,15 @@ def scan(
                 _where(prefix, path), f"a {type(node).__name__} is not a JSON value"
             )
         if max_bytes is not None and size > max_bytes:
-            raise JobRejected(
-                _where(prefix, path).split(".")[0].split("[")[0] or "job",
-                f"job is over {max_bytes:,} bytes (limits.max_payload_bytes)",
-            )
+            _too_big(prefix, path, max_bytes)
     return size
+
+
+def _too_big(prefix: str, path: _Path | None, max_bytes: int) -> NoReturn:
+    raise JobRejected(
+        _where(prefix, path).split(".")[0].split("[")[0] or "job",
+        f"job is over {max_bytes:,} bytes (limits.max_payload_bytes)",
+    )
 
 
 def _no_constant(name: str) -> Any:

@@ -400,3 +400,24 @@ def test_a_key_a_dotted_path_cannot_show_is_named_in_brackets(
     with pytest.raises(JobRejected) as info:
         disp.submit(data)
     assert info.value.field == field
+
+
+def test_a_list_far_over_the_payload_limit_is_refused_before_it_is_walked() -> None:
+    """A million items over a 10 kB limit: refused on its length alone (before, the scan
+    queued every item first, seconds of CPU per such request)."""
+    from tierfleet.inputs import scan
+
+    walked = 0
+
+    class Counted(list):  # type: ignore[type-arg]
+        def __iter__(self) -> Iterator[Any]:
+            nonlocal walked
+            for item in super().__iter__():
+                walked += 1
+                yield item
+
+    with pytest.raises(JobRejected) as info:
+        scan({"input": {"items": Counted(["y"] * 1_000_000)}}, "", max_depth=20,
+             max_bytes=10_000, start_depth=-1)
+    assert info.value.field == "input" and "max_payload_bytes" in info.value.message
+    assert walked == 0

@@ -52,7 +52,7 @@ def test_waiting_streams_hold_none_of_the_threads_other_requests_need(app: Any) 
     import anyio.to_thread
     import httpx
 
-    body = {"model": "tier:local-gpu", "stream": True, "tierfleet": {"wait_s": 1.5},
+    body = {"model": "tier:local-gpu", "stream": True, "tierfleet": {"wait_s": 3},
             "messages": [{"role": "user", "content": "summarize the week"}]}
 
     async def main() -> tuple[list[int], int]:
@@ -64,7 +64,13 @@ def test_waiting_streams_hold_none_of_the_threads_other_requests_need(app: Any) 
                                      timeout=30)).status_code
 
             tasks = [asyncio.create_task(one()) for _ in range(20)]
-            await asyncio.sleep(0.5)  # every stream submitted and waiting
+            # Every job admitted (on a busy machine that takes a while), then a moment for
+            # each request to reach its stream.
+            for _ in range(500):
+                if app.state.dispatcher.open.count() == 20:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
             borrowed = []
             for _ in range(40):
                 borrowed.append(int(limiter.borrowed_tokens))
@@ -73,6 +79,6 @@ def test_waiting_streams_hold_none_of_the_threads_other_requests_need(app: Any) 
         return codes, max(borrowed)
 
     codes, most = asyncio.run(main())
-    assert codes == [504] * 20  # each waited its 1.5 s and said so
+    assert codes == [504] * 20  # each waited its 3 s and said so
     # A blocking read per stream in the server's pool would hold ~20 of its threads.
     assert most <= 8, f"{most} of the server's threads held by 20 waiting streams"
