@@ -15,6 +15,7 @@ Endpoints (all ``/v1`` ones need ``Authorization: Bearer <token>`` when tokens a
 - ``GET  /v1/jobs/{id}``       the Result; ``?wait=S`` waits up to S s for a final one;
   404 for an unknown id
 - ``GET  /v1/status``          queues, workers, hosts and breakers, parked jobs, dead letters
+  (a named producer's lists hold only its own jobs)
 - ``POST /v1/chat/completions`` OpenAI-compatible; waits for the answer (below)
 - ``GET  /v1/models``          ``auto``, the models and ``tier:NAME``, with privacy and capabilities
 - ``GET  /v1/models/{id}``     one of them (the SDK's ``models.retrieve``); 404 for an unknown id
@@ -73,7 +74,7 @@ from .feedback import add_feedback_route
 from .middleware import BodyLimit, RequestMetrics
 from .models import add_models_route
 from .openai import JOB_ID_PATTERN, add_chat_route
-from .tenants import Owners
+from .tenants import DEFAULT, Owners
 
 __all__ = ["create_app", "serve"]
 
@@ -227,10 +228,19 @@ def create_app(config: FleetConfig | None = None, dispatcher: Dispatcher | None 
                            param="job_id")
         return res
 
-    @app.get("/v1/status", dependencies=auth, responses=ERROR_RESPONSES, tags=["fleet"],
+    @app.get("/v1/status", responses=ERROR_RESPONSES, tags=["fleet"],
              summary="Queues, workers, hosts and breakers, parked jobs, dead letters")
-    async def status() -> dict[str, Any]:
-        return await run_in_threadpool(d.status)
+    async def status(producer: str = Depends(require)) -> dict[str, Any]:
+        st = await run_in_threadpool(d.status)
+        if producer != DEFAULT:
+            # The fleet's counts, and of its parked and dead jobs only the caller's own:
+            # the lists name jobs, and another producer's are not this caller's to see.
+            for name in ("parked", "dead_letters"):
+                entries = st.get(name) or []
+                mine = await run_in_threadpool(owners.mine, producer,
+                                               [str(e.get("id")) for e in entries])
+                st[name] = [e for e, ok in zip(entries, mine, strict=True) if ok]
+        return st
 
     add_chat_route(app, cfg, d, auth=require, owners=owners, wait_final=wait_final)
     add_models_route(app, cfg, auth=auth)

@@ -95,6 +95,15 @@ class Owners:
         got = self._claim(keys=[self._key(i) for i in job_ids], args=[producer, ttl])
         return [bool(int(x)) for x in got]
 
+    def mine(self, producer: str, job_ids: list[str]) -> list[bool]:
+        """:meth:`owns` for many ids in one round trip."""
+        if not job_ids:
+            return []
+        got = self.redis.mget([self._key(i) for i in job_ids])
+        return [producer == DEFAULT if cur is None
+                else (cur.decode() if isinstance(cur, bytes) else str(cur)) == producer
+                for cur in got]
+
     def owns(self, producer: str, job_id: str) -> bool:
         """Whether ``producer`` may see ``job_id``: its claim, or no claim and ``default``."""
         cur = self.redis.get(self._key(job_id))

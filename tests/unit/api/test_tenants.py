@@ -113,3 +113,27 @@ def test_token_entries_name_their_producer() -> None:
         with pytest.raises(ConfigError) as info:
             parse_tokens(bad)
         assert "secret-1" not in str(info.value) and "same" not in str(info.value)
+
+
+def test_fleet_status_lists_only_the_callers_own_parked_and_dead_jobs(
+        client: TestClient, dispatcher: Dispatcher) -> None:
+    from tierfleet.envelope import Delivery
+    from tierfleet.jobs import Job, Kind, Route
+    from tierfleet.store import Parking
+
+    parking = Parking(dispatcher.redis, dispatcher.config)
+    assert client.post("/v1/jobs", json=JOB, headers=ALPHA).status_code == 202
+    for job_id in ("alpha-1", "from-the-cli"):
+        d = Delivery(job=Job(id=job_id, prompt="hi", kind=Kind.CHAT),
+                     route=Route(tier="local-mac", kind=Kind.CHAT))
+        if job_id == "alpha-1":
+            parking.park(d, 0, "down")
+        else:
+            parking.bury(d, "gave up")
+
+    def listed(headers: dict[str, str]) -> tuple[list[str], list[str]]:
+        st = client.get("/v1/status", headers=headers).json()
+        return [e["id"] for e in st["parked"]], [e["id"] for e in st["dead_letters"]]
+
+    assert listed(ALPHA) == (["alpha-1"], [])
+    assert listed(BETA) == ([], [])
