@@ -395,8 +395,9 @@ class Dispatcher:
             "in_flight": int(self.redis.hlen(keys.UNACKED)),
             "hosts": breaker_table(self.breaker),
             "parked": parking.parked(),
-            # Producers read this (the API keeps a named one to its own jobs): a dead letter's reason (a host's error may quote
-            # the job) as ``dlq list`` shows it, a confidential job's words scrubbed.
+            # Producers read this (the API keeps a named one to its own jobs): a dead
+            # letter's reason (a host's error may quote the job) as ``dlq list`` shows
+            # it, a confidential job's words scrubbed.
             "dead_letters": [{"id": d["id"], "reason": shown_dead_letter(d, self.config)["reason"]}
                              for d in parking.dead()],
             "open_jobs": self.open.count(),
