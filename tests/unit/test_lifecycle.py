@@ -280,6 +280,13 @@ class JobLifeCycle(RuleBasedStateMachine):
     def deliver(self, tier: str) -> None:
         self._run(tier)
 
+    def deliver_on_every_tier(self) -> None:
+        for tier in sorted(CONFIG.tiers):
+            self._run(tier)
+
+    def host_calls(self) -> int:
+        return sum(len(h.calls) for h in self.hosts.values())
+
     @rule(tier=st.sampled_from(sorted(CONFIG.tiers)))
     def killed_between_pop_and_unacked(self, tier: str) -> None:
         self.r.rpop(tier)  # kombu's BRPOP took it; the process died before HSET unacked
@@ -424,9 +431,8 @@ def test_a_redis_blink_right_after_the_host_answered_is_billed_at_once_and_not_c
         machine.submit("summary", False)
         for host in CONFIG.hosts:
             machine.redis_blinks_right_after_the_host_answered(host)
-        for tier in sorted(CONFIG.tiers):
-            machine.deliver(tier)
-        assert sum(len(h.calls) for h in machine.hosts.values()) == 1
+        machine.deliver_on_every_tier()
+        assert machine.host_calls() == 1
         machine.converge()
     finally:
         machine.teardown()
@@ -440,8 +446,7 @@ def test_a_redis_blink_as_a_refused_call_comes_back_leaves_no_call_to_bill() -> 
         for h in machine.hosts.values():
             h.blink_on_refuse = True
         machine.submit("summary", False)
-        for tier in sorted(CONFIG.tiers):
-            machine.deliver(tier)
+        machine.deliver_on_every_tier()
         assert not machine.r.hgetall(keys.inflight(CONFIG)), "an unsent call is still noted"
         machine.converge()
     finally:
@@ -455,14 +460,12 @@ def test_a_worker_killed_right_after_its_record_leaves_nothing_to_call_again() -
     try:
         machine.submit("summary", False)
         machine.killed_right_after_the_record()
-        for tier in sorted(CONFIG.tiers):
-            machine.deliver(tier)
+        machine.deliver_on_every_tier()
         assert machine.held, "the worker died holding the delivery"
         assert machine.results.get("j1").status is Status.SUCCEEDED
         machine.dead_node_restored()
-        for tier in sorted(CONFIG.tiers):
-            machine.deliver(tier)
-        assert sum(len(h.calls) for h in machine.hosts.values()) == 1
+        machine.deliver_on_every_tier()
+        assert machine.host_calls() == 1
         machine.converge()
     finally:
         machine.teardown()
@@ -487,15 +490,14 @@ def test_a_worker_killed_as_it_moves_a_job_on_leaves_the_old_attempt_superseded(
         machine.deliver(first.tier)
         assert machine.held, "the worker died holding the delivery"
         assert machine.open.body("j1").attempt == 2
-        calls = sum(len(h.calls) for h in machine.hosts.values())
+        calls = machine.host_calls()
         machine.host_up_or_down(host, True)
         machine.dead_node_restored()
         machine.deliver(first.tier)  # attempt 1 again: superseded, no host call
-        assert sum(len(h.calls) for h in machine.hosts.values()) == calls
+        assert machine.host_calls() == calls
         machine.sweep()
         machine.sweep()
-        for tier in sorted(CONFIG.tiers):
-            machine.deliver(tier)
+        machine.deliver_on_every_tier()
         assert machine.results.get("j1").status is Status.SUCCEEDED
         machine.converge()
     finally:
