@@ -26,15 +26,22 @@ def register(app: typer.Typer) -> None:
         """HTTP API: /v1/jobs, /v1/status, OpenAI-compatible /v1/chat/completions, /metrics.
 
         Producer tokens come from the environment variable named by api.tokens_env
-        (default TIERFLEET_API_TOKENS, comma separated).
+        (default TIERFLEET_API_TOKENS): comma-separated name:token entries, several per
+        producer to rotate, or bare tokens of the producer "default". A producer sees
+        only its own jobs.
         """
         with clear_errors():
             require("api")
         from ..api import load_tokens, serve
+        from ..api.tenants import parse_tokens
 
         cfg = get(config)
-        auth = "bearer tokens" if load_tokens(cfg) else "no auth"
-        console.print(f"tierfleet API on http://{host}:{port} ({auth}; docs at /docs)")
+        with clear_errors():
+            producers = sorted(set(parse_tokens(load_tokens(cfg)).values()))
+        auth = (f"bearer tokens of {len(producers)} producer(s): {', '.join(producers)}"
+                if producers else "no auth")
+        console.print(f"tierfleet API on http://{host}:{port} ({auth}; schema at /openapi.json)",
+                      soft_wrap=True)
         with clear_errors():
             serve(cfg, host, port, insecure_no_auth=insecure_no_auth, log_level=log_level)
 
