@@ -553,8 +553,11 @@ class Runner:
             moved = self._moved(d, higher, f"escalated: {verdict.reason}", escalated=True)
             self._record(d, host, model, c, outcome="escalated", error=error, call=call,
                          then=lambda pipe, a, cost: self.open.update(moved, pipe))
+            # Published before the label is written: a Redis blink in between then costs a
+            # label, not a wait for the repair sweep to send the job on.
+            out = self._publish(d, moved, f"escalated: {verdict.reason}")
             self.learning.escalated(d, model, verdict.reason, call)  # the small answer was poor
-            return self._publish(d, moved, f"escalated: {verdict.reason}")
+            return out
 
         def answer(a: Attempt, cost: float) -> Result:
             return Result(
