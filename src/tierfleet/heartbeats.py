@@ -24,7 +24,7 @@ import redis
 from . import keys
 from .config import FleetConfig
 
-__all__ = ["Watchdog", "heartbeat_key", "holds", "is_alive", "live_workers", "write_heartbeat"]
+__all__ = ["Watchdog", "heartbeat_key", "holds", "live_workers", "write_heartbeat"]
 
 # How long after an owner took a job its node's heartbeat may still not list it: the beat's
 # snapshot of held requests is taken just before the heartbeat is stamped, and both times
@@ -65,21 +65,16 @@ def live_workers(client: redis.Redis, config: FleetConfig) -> list[dict[str, Any
     return [json.loads(v) for v in client.mget(found) if v]
 
 
-def is_alive(client: redis.Redis, config: FleetConfig, node: str, pid: int | None) -> bool:
-    """Whether ``node`` beats, and (when its heartbeat lists them) ``pid`` is one of its processes."""
-    raw = client.get(heartbeat_key(config, node))
-    if not raw:
-        return False
-    pids = json.loads(raw).get("pids")
-    return pid is None or pids is None or pid in pids
-
-
-def holds(client: redis.Redis, config: FleetConfig, node: str, pid: int | None, job_id: str,
+def holds(client: redis.Redis, config: FleetConfig, owner: str, job_id: str,
           since: float | None) -> bool:
-    """Whether ``node`` beats, ``pid`` is one of its processes, and it may still be running
-    ``job_id``, which it took at ``since`` (its own clock): the heartbeat lists the job, or
-    was stamped too soon after ``since`` to list it. A heartbeat that lists no jobs (a
-    node from before job lists) or an unknown ``since`` counts as holding it."""
+    """Whether ``owner`` (``node|pid|thread``, as leases and call notes name it) may still
+    be running ``job_id``, which it took at ``since`` (its own clock): its node beats,
+    lists the pid among its processes, and lists the job or was stamped too soon after
+    ``since`` to list it. A heartbeat without pids or jobs (a node from before they were
+    listed) or an unknown ``since`` counts as holding it."""
+    node, _, rest = owner.partition("|")
+    pid_text = rest.partition("|")[0]
+    pid = int(pid_text) if pid_text.isdigit() else None
     raw = client.get(heartbeat_key(config, node))
     if not raw:
         return False

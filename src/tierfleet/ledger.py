@@ -474,12 +474,10 @@ class InFlight:
         settled = 0
         for call, raw in self.redis.hgetall(self.key).items():
             note = json.loads(raw)
-            node, _, rest = str(note.get("owner", "")).partition("|")
-            pid = rest.partition("|")[0]
             grace = self.config.reliability.dead_after_s
             if now - float(note["ts"]) < grace:
                 continue
-            alive = holds(self.redis, self.config, node, int(pid) if pid.isdigit() else None,
+            alive = holds(self.redis, self.config, str(note.get("owner", "")),
                           str(note["job_id"]), float(note["ts"]))
             if alive and now < float(note["deadline"]):
                 continue

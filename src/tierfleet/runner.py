@@ -570,24 +570,24 @@ class Runner:
                 reasons=route.explain(),
             )
 
-        made: list[Result] = []
+        result: Result | None = None
 
         def save(pipe: Any, a: Attempt, cost: float) -> None:
             # The record and the result in one transaction: a worker killed after the
             # record can no longer leave the job open, for a redelivery to call the host
             # again and bill a second answer to the same attempt.
-            made[:] = [answer(a, cost)]
-            self.results.save_in(pipe, made[0])
+            nonlocal result
+            result = answer(a, cost)
+            self.results.save_in(pipe, result)
 
-        att, spent, recorded = self._record_full(d, host, model, c, outcome="ok", error=error,
-                                                 call=call, then=save)
-        if recorded.then:
-            result = made[0]
+        att, recorded = self._record(d, host, model, c, outcome="ok", error=error, call=call,
+                                     then=save)
+        if recorded.then and result is not None:
             stored = self.results.saved(result, recorded.then[-1])
         else:
             # Recorded before (its reply lost to a Redis blink): the result may or may not
             # have landed with it; saving again keeps the first final one.
-            result = answer(att, spent)
+            result = answer(att, recorded.job_cost_usd)
             stored = self.results.save(result)
         if stored is result and verdict.ok:
             self.cache.put(job, model, {"text": c.text, "host": host, "tier": d.tier,
@@ -685,17 +685,10 @@ class Runner:
 
     def _record(self, d: Delivery, host: str | None, model: str | None, c: Completion | None, *,
                 outcome: str, error: str | None, call: str | None = None,
-                then: Then | None = None) -> tuple[Attempt, float]:
-        """Bill one model attempt; returns it and the job's cost so far (this attempt included).
-        ``then`` queues what the record settles in its transaction (:meth:`Ledger.record`)."""
-        att, spent, _ = self._record_full(d, host, model, c, outcome=outcome, error=error,
-                                          call=call, then=then)
-        return att, spent
-
-    def _record_full(self, d: Delivery, host: str | None, model: str | None,
-                     c: Completion | None, *, outcome: str, error: str | None,
-                     call: str | None = None,
-                     then: Then | None = None) -> tuple[Attempt, float, Recorded]:
+                then: Then | None = None) -> tuple[Attempt, Recorded]:
+        """Bill one model attempt; returns it and what the ledger did (the job's cost so
+        far included). ``then`` queues what the record settles in its transaction
+        (:meth:`Ledger.record`)."""
         job = d.job
         estimated = c is None or c.tokens_in is None or c.tokens_out is None
         if c is None:  # nothing ran: no tokens, no time
@@ -714,7 +707,7 @@ class Runner:
         )
         # Rented hosts bill the time they report (Runpod's executionTime), not our latency.
         recorded = self._bill(att, seconds=c.billed_seconds if c is not None else None, then=then)
-        return att, recorded.job_cost_usd, recorded
+        return att, recorded
 
     def _bill(self, att: Attempt, *, seconds: float | None = None,
               then: Then | None = None) -> Recorded:

@@ -325,14 +325,11 @@ class Leases:
                 continue
             holder = json.loads(held)
             # owner = "node|pid|thread": the same thread is this delivery run again (after
-            # a Redis blink), never a duplicate.
-            node, _, rest = str(holder.get("owner", "")).partition("|")
-            pid = rest.partition("|")[0]
-            # Alive and still running the job: a live process whose release was lost (with
-            # Redis's last second of AOF) no longer lists it, and its lease is taken over.
+            # a Redis blink), never a duplicate. Alive means still running the job: a live
+            # process whose release was lost (with Redis's last second of AOF) no longer
+            # lists it, and its lease is taken over.
             alive = holder.get("owner") != owner and holds(
-                self.redis, self.config, node, int(pid) if pid.isdigit() else None, job_id,
-                holder.get("at"))
+                self.redis, self.config, str(holder.get("owner", "")), job_id, holder.get("at"))
             if not alive or (int(holder.get("attempt", 0)) < attempt
                              and time.monotonic() > deadline):
                 if self._take_over(keys=[key], args=[held, token, self.ttl_ms]):

@@ -73,8 +73,9 @@ def test_a_lease_of_a_dead_node_is_taken_over(
 def test_a_node_that_lists_no_jobs_holds_every_lease_it_beats_for(
         core_config: FleetConfig, fake_redis: fakeredis.FakeRedis) -> None:
     beat(fake_redis, core_config, None)  # a node from before job lists
-    assert holds(fake_redis, core_config, NODE, os.getpid(), "j1", time.time() - 60)
-    assert not holds(fake_redis, core_config, NODE, os.getpid() + 1, "j1", time.time() - 60)
+    assert holds(fake_redis, core_config, OWNER, "j1", time.time() - 60)
+    assert not holds(fake_redis, core_config, f"{NODE}|{os.getpid() + 1}|1", "j1",
+                     time.time() - 60)
 
 
 def _note(fake_redis: fakeredis.FakeRedis, core_config: FleetConfig, job_id: str, ts: float) -> str:

@@ -158,11 +158,7 @@ def create_app(config: FleetConfig | None = None, dispatcher: Dispatcher | None 
 
     async def claimed(producer: str, jobs: Sequence[Job], field: str) -> None:
         """Claim every job's id for ``producer`` before admitting any (see ``tenants``)."""
-        mine = await run_in_threadpool(owners.claim, producer, [j.id for j in jobs])
-        for i, ok in enumerate(mine):
-            if not ok:
-                where = field.format(i=i)
-                raise JobRejected(where, f"job id {jobs[i].id!r} is taken: give the job its own id")
+        await run_in_threadpool(owners.claim_all, producer, [j.id for j in jobs], field)
 
     async def wait_final(job_id: str, seconds: float) -> Result | None:
         """The job's stored result once final, or the latest one when ``seconds`` run out."""

@@ -545,8 +545,7 @@ def add_chat_route(app: FastAPI, config: FleetConfig, dispatcher: Dispatcher, *,
         try:
             # Another producer's id is refused before anything is read: its answer, or
             # whether it exists at all, is not this caller's to learn.
-            if not (await run_in_threadpool(owners.claim, producer, [job.id]))[0]:
-                raise JobRejected("id", f"job id {job.id!r} is taken: give the job its own id")
+            await run_in_threadpool(owners.claim_all, producer, [job.id])
             stored = await run_in_threadpool(d.results.get, job.id)
             if stored is None or stored.status not in TERMINAL:
                 # Remembered before the submit, not after: a retry that comes while this try

@@ -24,7 +24,7 @@ import redis
 
 from .. import keys
 from ..config import FleetConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, JobRejected
 
 __all__ = ["DEFAULT", "Owners", "parse_tokens"]
 
@@ -94,6 +94,14 @@ class Owners:
         ttl = max(1, 2 * int(self.config.reliability.result_expires_s))
         got = self._claim(keys=[self._key(i) for i in job_ids], args=[producer, ttl])
         return [bool(int(x)) for x in got]
+
+    def claim_all(self, producer: str, job_ids: list[str], field: str = "id") -> None:
+        """:meth:`claim` every id, or ``JobRejected`` naming the first one taken by another
+        producer (``field`` may hold ``{i}``, the id's index) in the words of any reused id."""
+        for i, ok in enumerate(self.claim(producer, job_ids)):
+            if not ok:
+                raise JobRejected(field.format(i=i),
+                                  f"job id {job_ids[i]!r} is taken: give the job its own id")
 
     def mine(self, producer: str, job_ids: list[str]) -> list[bool]:
         """:meth:`owns` for many ids in one round trip."""
